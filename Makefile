@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Each creates .venv and installs (CPU torch wheel first, then genladder with its dev extra) when missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= runs/demo-cvae
+
+.PHONY: demo test lint install clean-venv
+
+$(BIN)/genladder: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(BIN)/genladder
+
+install: $(BIN)/genladder
+
+# Trains a small conditional VAE on CPU (about two minutes) and draws a 10x10 grid, one digit per row.
+demo: install
+	$(BIN)/genladder train cvae --epochs 3 --limit 20000 --run-dir $(DEMO_DIR)-$$(date +%Y%m%d-%H%M%S) --likelihood bernoulli
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests scripts benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,213 @@
+"""The ``genladder`` command: train, sample, reconstruct, interpolate.
+
+Every user error ends as one line ``genladder: error: …`` on stderr with exit code 2, never a
+traceback. Options that the user did not give are absent from the parsed namespace
+(``argparse.SUPPRESS``), so presets and stored run configs fill them and an explicit flag always wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from genladder import __version__
+from genladder.errors import GenladderError
+from genladder.models import MODEL_KINDS, is_diffusion
+
+SUPPRESS = argparse.SUPPRESS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise GenladderError(f"{message} (see 'genladder {self.prog.split()[-1]} --help')"
+                             if " " in self.prog else f"{message} (see 'genladder --help')")
+
+
+def parse_duration(text: str) -> float:
+    """'90' or '90s' -> 90.0, '10m' -> 600.0, '1.5h' -> 5400.0 (seconds)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use e.g. 90s, 10m or 1h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_train_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a model and write a run folder", argument_default=SUPPRESS,
+        description="Train one rung of the ladder. Unset options come from the preset (or, with --resume, "
+        "from the run's config.json).",
+    )
+    p.add_argument("kind", nargs="?", choices=MODEL_KINDS, help="which rung to train")
+    p.add_argument("--preset", help="architecture preset: 'tutorial' (the article's networks) or 'default'")
+    where = p.add_argument_group("run folder")
+    where.add_argument("--run-dir", help="where to write the run (default: runs/<kind>-<timestamp>/)")
+    where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly where it stopped")
+    where.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    model = p.add_argument_group("model")
+    model.add_argument("--latent-dim", type=_positive_int, help="latent size of the AE/VAE/CVAE (tutorial: 64)")
+    model.add_argument("--width", type=_positive_int, help="conv filters of the AE/VAE/CVAE (tutorial: 64)")
+    model.add_argument("--likelihood", choices=("gaussian", "bernoulli"),
+                       help="decoder likelihood: gaussian = summed L2 (tutorial), bernoulli = BCE in nats")
+    model.add_argument("--kl-weight", type=float, help="weight of the KL term of the VAE/CVAE loss (default 1)")
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="IDX dataset (default mnist)")
+    data.add_argument("--data-dir", help="folder with the four IDX files (default: $GENLADDER_DATA_DIR, "
+                      "then the user cache, then a download)")
+    data.add_argument("--limit", type=_positive_int, help="train on the first N training images only")
+    data.add_argument("--test-limit", type=_positive_int, help="evaluate on the first N test images only")
+    data.add_argument("--resize", choices=("pad", "resize"), help="28->32: pad with 2 blank pixels (default) "
+                      "or bilinear resize (tutorial)")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, help="passes over the training set (default 5)")
+    opt.add_argument("--steps", type=int, help="total optimiser steps (overrides --epochs)")
+    opt.add_argument("--batch-size", type=int, help="images per step (default 128)")
+    opt.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    opt.add_argument("--seed", type=int, help="seed of weights, data order and noise (default 0)")
+    opt.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
+    opt.add_argument("--time-budget", type=parse_duration, help="stop cleanly after this much training "
+                     "time, e.g. 10m (a final checkpoint is written)")
+    opt.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500; also at "
+                     "every epoch end)")
+    opt.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept on disk (default 2)")
+    opt.add_argument("--log-every", type=int, help="steps between loss records (default 50)")
+    run = p.add_argument_group("execution")
+    run.add_argument("--device", help="auto (default), cpu or cuda")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_figure_parsers(subparsers) -> None:
+    p = subparsers.add_parser("sample", help="draw new images from a trained run")
+    p.add_argument("run_dir", help="a run folder written by 'genladder train'")
+    p.add_argument("--n", type=_positive_int, default=64, help="number of images (default 64)")
+    p.add_argument("--label", type=int, help="conditional models: draw only this class")
+    p.add_argument("--grid", action="store_true", help="conditional models: one row per class")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--out", required=True, help="output .png grid")
+    p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto", help="which weights to use")
+    p.add_argument("--device", default="auto")
+
+    p = subparsers.add_parser("reconstruct", help="test digits beside their reconstructions")
+    p.add_argument("run_dir")
+    p.add_argument("--n", type=_positive_int, default=16, help="number of test digits (default 16)")
+    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--data-dir", help="folder with the IDX files (default: the run's data source)")
+    p.add_argument("--device", default="auto")
+
+    p = subparsers.add_parser("interpolate", help="a latent walk between pairs of test digits")
+    p.add_argument("run_dir")
+    p.add_argument("--pairs", type=_positive_int, default=4, help="rows, one pair of test digits each (default 4)")
+    p.add_argument("--steps", type=_positive_int, default=10, help="images per row, ends included (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="which test digits are paired (default 0)")
+    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--data-dir", help="folder with the IDX files (default: the run's data source)")
+    p.add_argument("--device", default="auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="genladder", description="The ladder of generative models: AE, VAE, CVAE, DDPM, "
+                     "guided DDPM, on MNIST-like images.")
+    parser.add_argument("--version", action="version", version=f"genladder {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train_parser(subparsers)
+    _add_figure_parsers(subparsers)
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> dict:
+    from genladder.runs import DataConfig
+    from genladder.training.loop import TrainConfig
+
+    given = vars(args)
+    kind = given.get("kind")
+    if kind is None:
+        raise GenladderError("name the model to train (one of " + ", ".join(MODEL_KINDS) + ") or pass --resume")
+    preset = given.get("preset", "tutorial")
+    if is_diffusion(kind):
+        from genladder.presets import diffusion_config
+
+        model, objective, train_defaults = diffusion_config(kind, preset, given)
+    else:
+        from genladder.models import AutoencoderConfig
+
+        overrides = {k: given[k] for k in ("latent_dim", "width", "likelihood") if k in given}
+        model = AutoencoderConfig.preset(kind, preset, **overrides).to_dict()
+        objective = {"kl_weight": given.get("kl_weight", 1.0)} if kind != "ae" else {}
+        train_defaults = {}
+    data = DataConfig.from_dict(given)
+    train = TrainConfig.from_dict({**train_defaults, **given})
+    return {"kind": kind, "preset": preset, "model": model, "objective": objective,
+            "data": asdict(data), "train": asdict(train), "genladder_version": __version__}
+
+
+def _train(args: argparse.Namespace) -> int:
+    import json
+
+    from genladder.runs import default_run_dir, read_run_config, resume_config, run_training
+    from genladder.training.loop import TrainConfig
+
+    given = vars(args)
+    if "resume" in given:
+        run_dir = Path(args.resume)
+        stored = read_run_config(run_dir)
+        if given.get("kind") not in (None, stored["kind"]):
+            raise GenladderError(f"{run_dir} is a {stored['kind']} run, not {given['kind']}")
+        train_fields = set(TrainConfig.__dataclass_fields__)
+        overrides = {k: v for k, v in given.items() if k in train_fields}
+        other = sorted(set(given) - train_fields - {"command", "kind", "resume", "device", "no_progress", "dry_run"})
+        if other:
+            raise GenladderError(f"--{other[0].replace('_', '-')} cannot change when resuming {run_dir}")
+        config = resume_config(run_dir, overrides) if not given.get("dry_run") else stored
+    else:
+        config = _config_from_args(args)
+        run_dir = Path(given.get("run_dir") or default_run_dir(config["kind"]))
+    if given.get("dry_run"):
+        print(json.dumps(config, indent=2))
+        return 0
+    print(f"genladder: training {config['kind']} ({config['preset']} preset) in {run_dir}", file=sys.stderr)
+    result = run_training(config, run_dir, resume="resume" in given, device=given.get("device", "auto"),
+                          show_progress=not given.get("no_progress", False))
+    test = ", ".join(f"{k} {v:.4g}" for k, v in result.last_test.items())
+    how = "time budget reached" if result.stopped_by_budget else "done"
+    print(f"genladder: {how} at step {result.step} after {result.train_seconds:.0f} s; test {test}")
+    print(f"genladder: run folder {run_dir} (samples in {run_dir / 'samples'}, loss curve {run_dir / 'loss.png'})")
+    return 0
+
+
+def _figure(args: argparse.Namespace) -> int:
+    from genladder import figures
+
+    out = figures.COMMANDS[args.command](args)
+    print(f"genladder: wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``genladder`` console script; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "train":
+            return _train(args)
+        return _figure(args)
+    except GenladderError as error:
+        print(f"genladder: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genladder: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

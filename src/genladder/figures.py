@@ -1,0 +1,125 @@
+"""Figures from a trained run: samples, reconstructions, latent interpolations (the CLI's verbs)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from genladder.data import load_split, to_32, to_unit
+from genladder.errors import GenladderError
+from genladder.plotting import save_grid
+from genladder.rungs import grid_labels
+from genladder.runs import DataConfig, LoadedRun, load_run
+
+
+def _check_png(out: str) -> Path:
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        raise GenladderError(f"--out must end in .png, got {out!r}")
+    if not path.parent.exists():
+        raise GenladderError(f"folder {path.parent} does not exist")
+    return path
+
+
+def sample_labels(run: LoadedRun, n: int, label: int | None, grid: bool) -> torch.Tensor | None:
+    """Labels for a conditional model (one class, a per-row grid, or cycling), or None; validated."""
+    num_classes = run.config["model"].get("num_classes", 0)
+    if not num_classes:
+        if label is not None or grid:
+            raise GenladderError(f"--label/--grid need a conditional model; this run is an unconditional {run.kind}")
+        return None
+    if label is not None:
+        if not 0 <= label < num_classes:
+            raise GenladderError(f"--label must be in 0..{num_classes - 1}, got {label}")
+        return torch.full((n,), label, dtype=torch.long)
+    if grid:
+        return grid_labels(num_classes * max(1, n // num_classes), num_classes)
+    return torch.arange(n) % num_classes
+
+
+def test_digits(run: LoadedRun, n: int, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n test images of the run's dataset as [0, 1] floats (N, 1, 32, 32), with labels."""
+    data = DataConfig.from_dict(run.config["data"])
+    split = load_split(data.dataset, "test", data_dir=data_dir or data.data_dir, limit=n)
+    if len(split.images) < n:
+        raise GenladderError(f"asked for {n} test digits but the test set holds {len(split.images)}")
+    device = next(run.model.parameters()).device
+    return to_unit(to_32(split.images, method=data.resize)).to(device), split.labels.to(device)
+
+
+def _needs_autoencoder(run: LoadedRun, verb: str) -> None:
+    if run.kind not in ("ae", "vae", "cvae"):
+        raise GenladderError(f"'{verb}' needs an ae, vae or cvae run; this run is a {run.kind}")
+
+
+def _encode(run: LoadedRun, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Deterministic code of each image: z for an AE, the posterior mean for a VAE/CVAE."""
+    if run.kind == "ae":
+        return run.model.encode(x)
+    return run.model.encode(x, labels if run.kind == "cvae" else None).mu
+
+
+def _decode(run: LoadedRun, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    output = run.model.decode(z) if run.kind == "ae" else run.model.decode(z, labels if run.kind == "cvae" else None)
+    return run.model.output_to_image(output)
+
+
+@torch.no_grad()
+def sample_command(args: argparse.Namespace) -> Path:
+    out = _check_png(args.out)
+    run = load_run(args.run_dir, weights=args.weights, device=args.device)
+    labels = sample_labels(run, args.n, args.label, args.grid)
+    generator = torch.Generator(device=next(run.model.parameters()).device).manual_seed(args.seed)
+    if run.kind in ("ae", "vae", "cvae"):
+        n = len(labels) if labels is not None else args.n
+        images = run.model.sample(n, labels=labels, generator=generator)
+    else:
+        from genladder.sampling import sample_from_args
+
+        images = sample_from_args(run, labels, args, generator)
+    ncol = run.config["model"].get("num_classes") if args.grid else None
+    return save_grid(images, out, nrow=ncol)
+
+
+@torch.no_grad()
+def reconstruct_command(args: argparse.Namespace) -> Path:
+    out = _check_png(args.out)
+    run = load_run(args.run_dir, device=args.device)
+    _needs_autoencoder(run, "reconstruct")
+    x, labels = test_digits(run, args.n, args.data_dir)
+    reconstructions = _decode(run, _encode(run, x, labels), labels)
+    ncol = min(args.n, 8)
+    rows = []
+    for start in range(0, args.n, ncol):  # a row of originals, then the row of their reconstructions
+        rows += [x[start : start + ncol], reconstructions[start : start + ncol]]
+    return save_grid(torch.cat(rows), out, nrow=ncol)
+
+
+@torch.no_grad()
+def interpolate_command(args: argparse.Namespace) -> Path:
+    out = _check_png(args.out)
+    run = load_run(args.run_dir, device=args.device)
+    _needs_autoencoder(run, "interpolate")
+    if args.steps < 2:
+        raise GenladderError(f"--steps must be at least 2 (the two ends), got {args.steps}")
+    x, labels = test_digits(run, 1000, args.data_dir)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed)).to(x.device)
+    start = order[: args.pairs]
+    if run.kind == "cvae":  # a CVAE decodes under one label: pair each digit with another of its class
+        end = torch.stack([order[(labels[order] == labels[i]) & (order != i)][0] for i in start])
+    else:
+        end = order[args.pairs : 2 * args.pairs]
+    z_start, z_end = _encode(run, x[start], labels[start]), _encode(run, x[end], labels[end])
+    weights = torch.linspace(0, 1, args.steps, device=x.device)
+    rows = []
+    for i in range(args.pairs):
+        # A straight line in latent space between the two codes.
+        path = torch.stack([(1 - w) * z_start[i] + w * z_end[i] for w in weights])
+        row_labels = labels[start[i]].repeat(args.steps)
+        rows.append(_decode(run, path, row_labels))
+    return save_grid(torch.cat(rows), out, nrow=args.steps)
+
+
+COMMANDS = {"sample": sample_command, "reconstruct": reconstruct_command, "interpolate": interpolate_command}

@@ -1,0 +1,302 @@
+"""The first three rungs: AutoEncoder, VAE and conditional VAE.
+
+The tutorial's networks are the ``tutorial`` preset: an encoder of 3 × (3×3 conv, 64 filters, ReLU,
+no bias, 2× max-pool) taking 32×32 to 4×4×64, and a mirrored decoder of 3 × (3×3 conv, ReLU,
+2× nearest upsample) followed by a 3×3 output conv. Fixed defects (see docs and seed-notes):
+
+* the output conv uses ``same`` padding (the tutorial's ``valid`` gave 30×30, which cannot be
+  compared with the 32×32 input);
+* the CVAE decoder puts the label features in extra *channels* (4×4×64 latent map ⊕ 4×4×64 label
+  map), where the tutorial concatenated two flat vectors and reshaped, landing the label in the
+  bottom half of the spatial map;
+* the AE's latent size is a parameter: the tutorial's 4×4×64 = 1,024 numbers for a 1,024-pixel
+  image is no bottleneck at all (``latent_dim=None`` keeps that faithful form).
+
+Images are in [0, 1] (``genladder.data.to_unit``). The decoder returns the mean of a Gaussian
+(likelihood ``"gaussian"``) or Bernoulli logits (likelihood ``"bernoulli"``); the losses live in
+``genladder.objectives``, never here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from genladder.errors import GenladderError
+
+LIKELIHOODS = ("gaussian", "bernoulli")
+AUTOENCODER_KINDS = ("ae", "vae", "cvae")
+
+
+@dataclass
+class AutoencoderConfig:
+    """Architecture of an AE, VAE or CVAE (one dataclass: the three share their conv stacks)."""
+
+    kind: str = "vae"  # "ae", "vae" or "cvae"
+    in_channels: int = 1
+    image_size: int = 32  # must be divisible by 2**depth
+    width: int = 64  # filters of every conv (tutorial: 64)
+    depth: int = 3  # down/up-sampling stages (tutorial: 3, so 32 -> 4)
+    latent_dim: int | None = 64  # None (AE only): the 4x4xwidth map itself is the code, as in the tutorial
+    likelihood: str = "gaussian"  # decoder p(x|z): "gaussian" (L2, tutorial) or "bernoulli" (BCE)
+    num_classes: int = 0  # CVAE only: number of labels
+    label_dim: int = 128  # CVAE only: label embedding size (tutorial: 128)
+
+    def __post_init__(self) -> None:
+        if self.kind not in AUTOENCODER_KINDS:
+            raise GenladderError(f"autoencoder kind must be one of {AUTOENCODER_KINDS}, got {self.kind!r}")
+        if self.likelihood not in LIKELIHOODS:
+            raise GenladderError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        for name in ("in_channels", "width", "depth", "label_dim"):
+            if getattr(self, name) < 1:
+                raise GenladderError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.image_size % (2**self.depth):
+            raise GenladderError(
+                f"image size {self.image_size} must be divisible by 2**depth = {2**self.depth}"
+            )
+        if self.latent_dim is None and self.kind != "ae":
+            raise GenladderError(f"a {self.kind.upper()} needs a latent size (--latent-dim)")
+        if self.latent_dim is not None and self.latent_dim < 1:
+            raise GenladderError(f"latent size must be at least 1, got {self.latent_dim}")
+        if self.kind == "cvae" and self.num_classes < 2:
+            raise GenladderError(f"a CVAE needs at least 2 classes, got {self.num_classes}")
+        if self.kind != "cvae" and self.num_classes:
+            raise GenladderError(f"only a CVAE takes labels; {self.kind} got num_classes={self.num_classes}")
+
+    @property
+    def bottom_size(self) -> int:
+        """Side of the smallest feature map (tutorial: 32 / 2**3 = 4)."""
+        return self.image_size // 2**self.depth
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AutoencoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise GenladderError(f"unknown autoencoder config fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def preset(cls, kind: str, name: str = "tutorial", **overrides) -> AutoencoderConfig:
+        """``tutorial``: the article's sizes; ``default``: the same nets with a 16-d AE bottleneck.
+
+        Both keep latent 64 for the VAE/CVAE. The tutorial AE has no bottleneck (``latent_dim=None``).
+        """
+        if name not in ("tutorial", "default"):
+            raise GenladderError(f"unknown preset {name!r} for {kind}; choose 'tutorial' or 'default'")
+        values: dict = {"kind": kind, "num_classes": 10 if kind == "cvae" else 0}
+        if kind == "ae":
+            values["latent_dim"] = None if name == "tutorial" else 16
+        values.update(overrides)
+        return cls(**values)
+
+
+class VAEEncoding(NamedTuple):
+    """Parameters of the diagonal Gaussian q(z|x): mean and log-variance, each (B, latent_dim)."""
+
+    mu: torch.Tensor
+    logvar: torch.Tensor
+
+
+def _down_stack(in_channels: int, width: int, depth: int) -> nn.Sequential:
+    """depth × (3×3 conv without bias, ReLU, 2× max-pool): (B, C, H, W) -> (B, width, H/2^d, W/2^d)."""
+    layers: list[nn.Module] = []
+    for stage in range(depth):
+        layers += [
+            nn.Conv2d(in_channels if stage == 0 else width, width, 3, padding=1, bias=False),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
+    return nn.Sequential(*layers)
+
+
+def _up_stack(in_channels: int, width: int, depth: int, out_channels: int) -> nn.Sequential:
+    """depth × (3×3 conv, ReLU, 2× upsample), then a 3×3 ``same`` conv to the image channels."""
+    layers: list[nn.Module] = []
+    for stage in range(depth):
+        layers += [
+            nn.Conv2d(in_channels if stage == 0 else width, width, 3, padding=1, bias=False),
+            nn.ReLU(),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+        ]
+    # Tutorial: Conv2D(1, 3) with 'valid' padding -> 30x30; 'same' padding keeps 32x32.
+    layers.append(nn.Conv2d(width, out_channels, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+def _gaussian_head(in_features: int, latent_dim: int) -> nn.Sequential:
+    """Tutorial MLP head: Dense(2·latent, ReLU) -> Dense(latent, no bias)."""
+    return nn.Sequential(
+        nn.Linear(in_features, 2 * latent_dim), nn.ReLU(), nn.Linear(2 * latent_dim, latent_dim, bias=False)
+    )
+
+
+class _ConvAutoencoderBase(nn.Module):
+    """Shared pieces: config, output-to-image mapping, prior sampling."""
+
+    config: AutoencoderConfig
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.feature_shape = (c.width, c.bottom_size, c.bottom_size)  # (width, 4, 4) in the tutorial
+        self.feature_size = c.width * c.bottom_size**2
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def output_to_image(self, output: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> the image it predicts in [0, 1] (the Bernoulli mean, or the clamped Gaussian mean)."""
+        if self.config.likelihood == "bernoulli":
+            return torch.sigmoid(output)
+        return output.clamp(0.0, 1.0)
+
+    def _check_labels(self, labels: torch.Tensor | None, batch: int) -> None:
+        if self.num_classes == 0:
+            if labels is not None:
+                raise GenladderError(f"a {self.config.kind.upper()} is unconditional; it takes no labels")
+            return
+        if labels is None:
+            raise GenladderError("a conditional model needs a label per sample")
+        if labels.shape != (batch,):
+            raise GenladderError(f"expected {batch} labels, got shape {tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise GenladderError(f"labels must be in 0..{self.num_classes - 1}, got {labels.tolist()[:10]}")
+
+
+class AutoEncoder(_ConvAutoencoderBase):
+    """Deterministic autoencoder. ``encode(x) -> z``, ``decode(z) -> output``; no prior, so no ``sample``."""
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.encoder = _down_stack(c.in_channels, c.width, c.depth)
+        self.decoder = _up_stack(c.width, c.width, c.depth, c.in_channels)
+        if c.latent_dim is None:
+            self.to_latent = self.from_latent = None
+        else:
+            self.to_latent = nn.Linear(self.feature_size, c.latent_dim)
+            self.from_latent = nn.Sequential(nn.Linear(c.latent_dim, self.feature_size), nn.ReLU())
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) in [0, 1] -> z: (B, latent_dim), or (B, width, h, w) when latent_dim is None."""
+        features = self.encoder(x)
+        if self.to_latent is None:
+            return features
+        return self.to_latent(features.flatten(1))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z -> decoder output (B, C, H, W): Gaussian mean or Bernoulli logits."""
+        if self.from_latent is not None:
+            z = self.from_latent(z).view(-1, *self.feature_shape)  # (B, width, h, w)
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+        raise GenladderError(
+            "an AutoEncoder has no prior over its codes, so it cannot sample new images "
+            "(that is why the VAE exists); use 'reconstruct' or 'interpolate', or train a vae"
+        )
+
+
+class VAE(_ConvAutoencoderBase):
+    """Variational autoencoder (Kingma & Welling 2014) with the tutorial's conv stacks.
+
+    ``encode(x, labels=None) -> VAEEncoding(mu, logvar)``; ``decode(z, labels=None) -> output``.
+    ``ConditionalVAE`` adds the label to both; an unconditional VAE refuses labels.
+    """
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__(config)
+        c = config
+        extra_in = 1 if c.num_classes else 0  # CVAE: one label channel beside the image
+        extra_mid = c.width if c.num_classes else 0  # CVAE: label feature channels beside the latent map
+        self.encoder = _down_stack(c.in_channels + extra_in, c.width, c.depth)
+        self.mu_head = _gaussian_head(self.feature_size, c.latent_dim)
+        self.logvar_head = _gaussian_head(self.feature_size, c.latent_dim)
+        self.from_latent = nn.Sequential(nn.Linear(c.latent_dim, self.feature_size), nn.ReLU())
+        self.decoder = _up_stack(c.width + extra_mid, c.width, c.depth, c.in_channels)
+
+    def _encoder_input(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return x
+
+    def _decoder_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return self.from_latent(z).view(-1, *self.feature_shape)  # (B, width, h, w)
+
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> VAEEncoding:
+        """x: (B, C, H, W) in [0, 1] -> q(z|x[, y]) as (mu, logvar), each (B, latent_dim)."""
+        self._check_labels(labels, x.shape[0])
+        features = self.encoder(self._encoder_input(x, labels)).flatten(1)  # (B, width·h·w)
+        return VAEEncoding(self.mu_head(features), self.logvar_head(features))
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (B, latent_dim) -> decoder output (B, C, H, W): Gaussian mean or Bernoulli logits."""
+        self._check_labels(labels, z.shape[0])
+        return self.decoder(self._decoder_input(z, labels))
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator=None) -> torch.Tensor:
+        """z = mu + sigma · eps with eps ~ N(0, I) (Kingma & Welling 2014; the tutorial's eq. 17).
+
+        The noise is drawn outside the graph, so gradients reach mu and logvar.
+        """
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruct through the posterior mean (deterministic; training draws z in the objective)."""
+        return self.decode(self.encode(x, labels).mu, labels)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+        """Draw n images in [0, 1] from the prior: z ~ N(0, I), x = decoder mean. (n, C, H, W)."""
+        device = next(self.parameters()).device
+        if labels is not None:
+            labels = labels.to(device)
+        z = torch.randn((n, self.config.latent_dim), generator=generator, device=device)
+        return self.output_to_image(self.decode(z, labels))
+
+
+class ConditionalVAE(VAE):
+    """VAE conditioned on a class label (Sohn et al. 2015), with the tutorial's label paths.
+
+    A 128-d learned label embedding (He-normal initialised, as in the tutorial) feeds:
+    the encoder as one extra image channel (Dense(H·W, ReLU) -> (1, H, W)), and the decoder as
+    ``width`` extra feature channels (Dense(width·h·w, ReLU) -> (width, h, w)) beside the latent map.
+    """
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.label_embedding = nn.Embedding(c.num_classes, c.label_dim)
+        nn.init.kaiming_normal_(self.label_embedding.weight)
+        self.encoder_label = nn.Sequential(nn.Linear(c.label_dim, c.image_size**2), nn.ReLU())
+        self.decoder_label = nn.Sequential(nn.Linear(c.label_dim, self.feature_size), nn.ReLU())
+
+    def _encoder_input(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        size = self.config.image_size
+        label_plane = self.encoder_label(self.label_embedding(labels)).view(-1, 1, size, size)  # (B, 1, H, W)
+        return torch.cat([x, label_plane], dim=1)  # (B, C + 1, H, W)
+
+    def _decoder_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        latent_map = super()._decoder_input(z, labels)  # (B, width, h, w)
+        label_map = self.decoder_label(self.label_embedding(labels)).view(-1, *self.feature_shape)
+        # Seed-notes fix: labels as extra channels, not the bottom half of the spatial map.
+        return torch.cat([latent_map, label_map], dim=1)  # (B, 2·width, h, w)
+
+
+AUTOENCODER_CLASSES: dict[str, type[_ConvAutoencoderBase]] = {
+    "ae": AutoEncoder,
+    "vae": VAE,
+    "cvae": ConditionalVAE,
+}

@@ -1,0 +1,95 @@
+"""Training objectives of the autoencoder rungs: functions of (model, batch), never inside a model.
+
+Every objective has the signature ``objective(model, images, labels, generator=None) ->
+(loss, metrics)``: ``loss`` is the scalar to minimise, ``metrics`` its named terms as floats.
+The diffusion objective (``genladder.diffusion.DiffusionObjective``) follows the same signature,
+so the training loop never knows which rung it trains.
+
+Units: every term is summed over pixels (or latent dimensions) and averaged over the batch, as in
+the tutorial, so the VAE terms are in nats per image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from genladder.models.autoencoders import VAE, AutoEncoder
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)) per sample, in nats. (B, D) -> (B,).
+
+    Closed form (Kingma & Welling 2014, appendix B; the tutorial's eq. 48, Luo 2022 eq. 48):
+    KL = -1/2 · Σ_j (1 + log σ_j² − μ_j² − σ_j²).
+    """
+    return -0.5 * torch.sum(1.0 + logvar - mu.square() - logvar.exp(), dim=1)
+
+
+def reconstruction_nll(output: torch.Tensor, x: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """−log p(x | z) per sample in nats, summed over pixels. (B, C, H, W) -> (B,).
+
+    ``gaussian``: a fixed variance σ² = 1/2, so −log p = Σ (x − x̂)² + (D/2)·log π: the tutorial's
+    summed L2 loss is exactly this NLL minus a constant. ``bernoulli``: binary cross-entropy with
+    logits (intensities in [0, 1] as targets), the likelihood the VAE literature reports.
+    """
+    if likelihood == "bernoulli":
+        return F.binary_cross_entropy_with_logits(output, x, reduction="none").flatten(1).sum(1)
+    num_pixels = x[0].numel()
+    return (output - x).square().flatten(1).sum(1) + 0.5 * num_pixels * math.log(math.pi)
+
+
+def squared_error(output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Σ over pixels of (x − x̂)², per sample: the tutorial's L2 loss. (B, C, H, W) -> (B,)."""
+    return (output - x).square().flatten(1).sum(1)
+
+
+def autoencoder_loss(
+    model: AutoEncoder, images: torch.Tensor, labels: torch.Tensor | None = None, generator=None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """AE objective: reconstruction error summed over pixels, mean over the batch.
+
+    Gaussian likelihood: the tutorial's L2 loss; Bernoulli: cross-entropy in nats.
+    """
+    output = model(images)
+    if model.config.likelihood == "bernoulli":
+        loss = reconstruction_nll(output, images, "bernoulli").mean()
+    else:
+        loss = squared_error(output, images).mean()
+    mse = (model.output_to_image(output.detach()) - images).square().mean()
+    return loss, {"loss": loss.item(), "mse": mse.item()}
+
+
+def vae_loss(
+    model: VAE,
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    generator=None,
+    kl_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Negative ELBO of a VAE or CVAE with one z sample per image (Kingma & Welling 2014, eq. 10).
+
+    The loss is ``reconstruction + kl_weight · KL``. With the Gaussian likelihood the
+    reconstruction term is the tutorial's summed L2; ``neg_elbo`` adds back the constant so it
+    is −ELBO in nats (an upper bound on −log p(x)) for either likelihood.
+    """
+    conditioning = labels if model.num_classes else None
+    mu, logvar = model.encode(images, conditioning)
+    z = model.reparameterize(mu, logvar, generator=generator)
+    output = model.decode(z, conditioning)
+    nll = reconstruction_nll(output, images, model.config.likelihood)  # (B,) nats
+    if model.config.likelihood == "bernoulli":
+        reconstruction = nll
+    else:
+        reconstruction = squared_error(output, images)
+    kl = gaussian_kl(mu, logvar)  # (B,) nats
+    loss = (reconstruction + kl_weight * kl).mean()
+    metrics = {
+        "loss": loss.item(),
+        "reconstruction": reconstruction.mean().item(),
+        "kl": kl.mean().item(),
+        "neg_elbo": (nll + kl).mean().item(),
+    }
+    return loss, metrics

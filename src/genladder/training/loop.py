@@ -1,0 +1,279 @@
+"""One training loop for every rung.
+
+The loop sees a model, an objective ``objective(model, images, labels, generator=None) -> (loss,
+metrics)`` and uint8 images held in memory; it never knows which rung it trains. Batches are cut
+by indexing a per-epoch permutation derived from (seed, epoch), so the data order is a pure
+function of the step and a resumed run replays exactly what an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from genladder.checkpoint import latest_checkpoint, load_training_state, read_model_file, save_checkpoint
+from genladder.errors import GenladderError
+from genladder.plotting import save_grid, save_loss_curve
+
+Objective = Callable[..., tuple[torch.Tensor, dict[str, float]]]
+PreviewFn = Callable[[torch.nn.Module, torch.Generator], torch.Tensor]
+
+
+@dataclass
+class TrainConfig:
+    """How to train (not what): optimisation, schedule of checkpoints, evaluation and previews."""
+
+    epochs: int = 5  # full passes over the training images (ignored when steps is set)
+    steps: int | None = None  # total optimiser steps; overrides epochs
+    batch_size: int = 128
+    lr: float = 1e-3  # Adam learning rate
+    seed: int = 0  # weights, data order and noise all follow from it
+    grad_clip: float | None = None  # max global gradient norm; None: no clipping
+    ema_decay: float | None = None  # EMA of the weights (torch.optim.swa_utils); None: no EMA
+    checkpoint_every: int = 500  # steps between checkpoints (also at each epoch end and at the end)
+    keep_checkpoints: int = 2  # newest complete checkpoints kept on disk
+    log_every: int = 50  # steps between train-loss records in metrics.jsonl
+    preview_count: int = 64  # images in the per-epoch sample grid
+    time_budget: float | None = None  # seconds of training after which the run stops cleanly
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
+                    "keep_checkpoints": self.keep_checkpoints, "log_every": self.log_every}
+        if self.steps is not None:
+            positive["steps"] = self.steps
+        for name, value in positive.items():
+            if value < 1:
+                raise GenladderError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise GenladderError(f"--lr must be positive, got {self.lr}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise GenladderError(f"--grad-clip must be positive, got {self.grad_clip}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise GenladderError(f"--ema-decay must be in (0, 1), got {self.ema_decay}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise GenladderError(f"--time-budget must be positive, got {self.time_budget}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class TrainingData:
+    """Images as uint8 (N, C, H, W) and labels int64 (N,), plus the map to the model's value range."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    to_model_range: Callable[[torch.Tensor], torch.Tensor]
+
+
+def epoch_permutation(num_items: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The order of the training images in ``epoch``: a pure function of (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_items, generator=generator).to(device)
+
+
+def steps_per_epoch(num_items: int, batch_size: int) -> int:
+    """Full batches per epoch (the last partial batch is dropped, so every step has the same shape)."""
+    if batch_size > num_items:
+        raise GenladderError(
+            f"batch size {batch_size} is larger than the {num_items} training images; lower --batch-size"
+        )
+    return num_items // batch_size
+
+
+@torch.no_grad()
+def evaluate_objective(
+    model: torch.nn.Module, objective: Objective, images: torch.Tensor, labels: torch.Tensor,
+    to_model_range: Callable, batch_size: int, seed: int = 1234,
+) -> dict[str, float]:
+    """Mean of every objective term over a held-out set, with fixed noise (comparable across epochs)."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    totals: dict[str, float] = {}
+    for start in range(0, len(images), batch_size):
+        x = to_model_range(images[start : start + batch_size])
+        _, metrics = objective(model, x, labels[start : start + batch_size], generator=generator)
+        for name, value in metrics.items():
+            totals[name] = totals.get(name, 0.0) + value * len(x)
+    model.train(was_training)
+    return {name: total / len(images) for name, total in totals.items()}
+
+
+def _read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if up_to_step is None or r["step"] <= up_to_step]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    stopped_by_budget: bool
+    train_seconds: float
+    last_test: dict[str, float]
+
+
+def train(
+    model: torch.nn.Module,
+    objective: Objective,
+    data: TrainingData,
+    config: TrainConfig,
+    run_dir: str | Path,
+    description: dict,
+    preview: PreviewFn | None = None,
+    resume: bool = False,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` with Adam on ``objective``; write metrics, figures and checkpoints to ``run_dir``.
+
+    ``description`` goes into every model file's metadata (it is what rebuilds the model).
+    With ``resume=True`` the newest checkpoint of ``run_dir`` is loaded and training continues
+    exactly where it stopped (same data order, optimizer moments and random numbers).
+    """
+    run_dir = Path(run_dir)
+    device = next(model.parameters()).device
+    num_train = len(data.train_images)
+    per_epoch = steps_per_epoch(num_train, config.batch_size)
+    total_steps = config.steps if config.steps is not None else config.epochs * per_epoch
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    ema = None
+    if config.ema_decay is not None:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+        )
+
+    step, train_seconds, last_test = 0, 0.0, {}
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume:
+        checkpoint = latest_checkpoint(run_dir)
+        model.load_state_dict(read_model_file(checkpoint / "model.safetensors")[0])
+        state = load_training_state(checkpoint, optimizer)
+        if ema is not None:
+            ema.module.load_state_dict(read_model_file(checkpoint / "ema.safetensors")[0])
+            ema.n_averaged.fill_(state.get("ema_updates", 0))
+        step, train_seconds = state["step"], state.get("train_seconds", 0.0)
+        # Forget records written after that checkpoint by the interrupted process.
+        kept = _read_metrics(metrics_path, up_to_step=step)
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if step >= total_steps:
+            raise GenladderError(
+                f"{run_dir} already reached step {step} of {total_steps}; pass a larger --steps or --epochs to continue"
+            )
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+
+    images_dev = data.train_images.to(device)
+    labels_dev = data.train_labels.to(device)
+    test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
+
+    def checkpoint_now(current_step: int) -> None:
+        save_checkpoint(
+            run_dir, step=current_step, model=model, description=description, optimizer=optimizer,
+            ema=ema.module if ema is not None else None, keep=config.keep_checkpoints,
+            trainer_state={"epoch": current_step // per_epoch, "images_seen": current_step * config.batch_size,
+                           "train_seconds": train_seconds, "total_steps": total_steps,
+                           "ema_updates": int(ema.n_averaged) if ema is not None else 0},
+        )
+
+    def end_of_epoch(epoch: int, current_step: int) -> None:
+        nonlocal last_test
+        eval_model = ema.module if ema is not None else model
+        last_test = evaluate_objective(eval_model, objective, test_images, test_labels, data.to_model_range,
+                                       batch_size=max(config.batch_size, 256))
+        record = {"split": "test", "step": current_step, "epoch": epoch,
+                  "images_seen": current_step * config.batch_size, **last_test}
+        with open(metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        save_loss_curve(_read_metrics(metrics_path), run_dir / "loss.png", title=description.get("kind", ""))
+        if preview is not None:
+            generator = torch.Generator(device=device).manual_seed(config.seed)
+            with torch.no_grad():
+                eval_model.eval()
+                images = preview(eval_model, generator)
+                eval_model.train()
+            (run_dir / "samples").mkdir(exist_ok=True)
+            save_grid(images, run_dir / "samples" / f"epoch_{epoch:03d}.png", nrow=_preview_columns(len(images)))
+
+    model.train()
+    running: dict[str, float] = {}
+    running_count, tick_start, tick_images = 0, time.perf_counter(), 0
+    session_start = time.perf_counter()
+    stopped_by_budget = False
+    permutation, permutation_epoch = None, -1
+    progress = tqdm(total=total_steps, initial=step, disable=not show_progress, unit="step", dynamic_ncols=True)
+    try:
+        while step < total_steps:
+            epoch, position = divmod(step, per_epoch)
+            if epoch != permutation_epoch:
+                permutation, permutation_epoch = epoch_permutation(num_train, config.seed, epoch, device), epoch
+            index = permutation[position * config.batch_size : (position + 1) * config.batch_size]
+            x = data.to_model_range(images_dev[index])
+            loss, metrics = objective(model, x, labels_dev[index])
+            if not math.isfinite(metrics.get("loss", loss.item())):
+                raise GenladderError(
+                    f"step {step + 1}: the loss became {metrics.get('loss', loss.item())}; training stopped and "
+                    f"the last good checkpoint in {run_dir / 'checkpoints'} was kept (try a lower --lr or --grad-clip)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            step += 1
+            for name, value in metrics.items():
+                running[name] = running.get(name, 0.0) + value
+            running_count += 1
+            tick_images += len(x)
+            progress.update(1)
+
+            now = time.perf_counter()
+            if step % config.log_every == 0 or step == total_steps or step % per_epoch == 0:
+                images_per_s = tick_images / max(now - tick_start, 1e-9)
+                means = {name: total / running_count for name, total in running.items()}
+                record = {"split": "train", "step": step, "epoch": step / per_epoch,
+                          "images_seen": step * config.batch_size, **means, "images_per_s": images_per_s,
+                          "train_seconds": train_seconds + now - session_start}
+                with open(metrics_path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                progress.set_postfix(loss=f"{means['loss']:.4g}", img_s=f"{images_per_s:.0f}")
+                running, running_count, tick_start, tick_images = {}, 0, now, 0
+
+            budget_hit = config.time_budget is not None and train_seconds + now - session_start >= config.time_budget
+            if step % per_epoch == 0:
+                end_of_epoch(step // per_epoch, step)
+            if step % config.checkpoint_every == 0 or step % per_epoch == 0 or step == total_steps or budget_hit:
+                train_seconds += time.perf_counter() - session_start
+                session_start = time.perf_counter()
+                checkpoint_now(step)
+            if budget_hit:
+                stopped_by_budget = True
+                break
+    finally:
+        progress.close()
+    if step % per_epoch != 0:  # stopped mid-epoch: still give a test figure and a preview
+        end_of_epoch(math.ceil(step / per_epoch), step)
+    return TrainResult(run_dir, step, stopped_by_budget, train_seconds, last_test)
+
+
+def _preview_columns(count: int) -> int:
+    return 10 if count % 10 == 0 else max(1, math.ceil(math.sqrt(count)))

@@ -1,0 +1,34 @@
+"""Shared fixtures. Data-layer fixtures live in test_data.py; these serve the model and training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+MINI_MNIST = Path(__file__).parent / "data" / "mnist-mini"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --runslow to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def mini_mnist() -> Path:
+    """The committed MNIST extract (3,000 train / 1,000 test digits), loadable like the full files."""
+    return MINI_MNIST
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's real cache folder."""
+    monkeypatch.setenv("GENLADDER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
