@@ -1,0 +1,36 @@
+"""MNIST-like datasets as whole uint8 tensors, and the conversions models train on.
+
+Typical use: `train = load_split("mnist", "train", limit=1000)` gives an ImageSet with uint8
+images (N, 1, 28, 28) and int64 labels (N,); `to_signed(to_32(train.images))` turns them into
+float32 (N, 1, 32, 32) in [-1, 1] for a diffusion model.
+"""
+
+from __future__ import annotations
+
+from genladder.data.sources import (
+    DATASETS,
+    DatasetSpec,
+    FileSpec,
+    ImageSet,
+    SplitSpec,
+    default_cache_dir,
+    load_split,
+    locate_split,
+)
+from genladder.data.transforms import from_signed, from_unit, to_32, to_signed, to_unit
+
+__all__ = [
+    "DATASETS",
+    "DatasetSpec",
+    "FileSpec",
+    "ImageSet",
+    "SplitSpec",
+    "default_cache_dir",
+    "from_signed",
+    "from_unit",
+    "load_split",
+    "locate_split",
+    "to_32",
+    "to_signed",
+    "to_unit",
+]
