@@ -106,7 +106,9 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise GenladderError(f"{path}: not a genladder model file (no 'genladder' metadata)")
     version = description.get("format_version")
     if version != FORMAT_VERSION:
-        raise GenladderError(f"{path}: format version {version} is not supported (this genladder reads {FORMAT_VERSION})")
+        raise GenladderError(
+            f"{path}: format version {version} is not supported (this genladder reads {FORMAT_VERSION})"
+        )
     return state, description
 
 

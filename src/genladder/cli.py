@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genladder: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("genladder: interrupted", file=sys.stderr)
+        print("genladder: interrupted; a training run saved a checkpoint and continues with --resume RUN_DIR",
+              file=sys.stderr)
         return 130
 
 

@@ -54,9 +54,9 @@ def save_loss_curve(records: list[dict], path: str | Path, title: str = "") -> P
     test = [(r["images_seen"], r["loss"]) for r in records if r.get("split") == "test"]
     figure, axes = plt.subplots(figsize=(6, 3.6), dpi=100)
     if train:
-        axes.plot(*zip(*train), label="train (running mean)", linewidth=1)
+        axes.plot([s for s, _ in train], [v for _, v in train], label="train (running mean)", linewidth=1)
     if test:
-        axes.plot(*zip(*test), "o-", label="test", linewidth=1.5)
+        axes.plot([s for s, _ in test], [v for _, v in test], "o-", label="test", linewidth=1.5)
     axes.set_xlabel("images seen")
     axes.set_ylabel("loss")
     if train and min(v for _, v in train) > 0:

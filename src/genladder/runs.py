@@ -160,7 +160,10 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, weights: str = "auto", device: str = "auto") -> LoadedRun:
-    """Load the newest checkpoint of a run, in eval mode. ``weights``: "auto" (EMA when there is one), "ema", "model"."""
+    """Load the newest checkpoint of a run, in eval mode.
+
+    ``weights``: "auto" (the EMA weights when the run has them), "ema" or "model".
+    """
     config = read_run_config(run_dir)
     checkpoint = latest_checkpoint(run_dir)
     if weights == "auto":

@@ -18,7 +18,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from genladder.checkpoint import latest_checkpoint, load_training_state, read_model_file, save_checkpoint
+from genladder.checkpoint import (
+    checkpoint_name,
+    latest_checkpoint,
+    load_training_state,
+    read_model_file,
+    save_checkpoint,
+)
 from genladder.errors import GenladderError
 from genladder.plotting import save_grid, save_loss_curve
 
@@ -268,6 +274,12 @@ def train(
             if budget_hit:
                 stopped_by_budget = True
                 break
+    except KeyboardInterrupt:
+        # Ctrl-C: keep what was learnt since the last checkpoint, then let the caller report it.
+        if step and not (run_dir / "checkpoints" / checkpoint_name(step)).exists():
+            train_seconds += time.perf_counter() - session_start
+            checkpoint_now(step)
+        raise
     finally:
         progress.close()
     if step % per_epoch != 0:  # stopped mid-epoch: still give a test figure and a preview

@@ -1,0 +1,195 @@
+"""The shared training loop: learning, exact resume, crash safety, divergence and time budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from genladder.checkpoint import CHECKPOINTS, latest_checkpoint, read_model_file
+from genladder.errors import GenladderError
+from genladder.models import AutoencoderConfig
+from genladder.runs import DataConfig, load, run_training
+from genladder.training.loop import TrainConfig, epoch_permutation
+
+
+def vae_config(data_dir: Path, width: int = 8, **train) -> dict:
+    """A small VAE run on the committed extract."""
+    train_defaults = {"batch_size": 16, "lr": 2e-3, "checkpoint_every": 5, "log_every": 5, "keep_checkpoints": 10}
+    return {
+        "kind": "vae",
+        "preset": "tutorial",
+        "model": AutoencoderConfig.preset("vae", width=width, latent_dim=8).to_dict(),
+        "objective": {"kl_weight": 1.0},
+        "data": asdict(DataConfig(data_dir=str(data_dir), limit=200, test_limit=64)),
+        "train": asdict(TrainConfig(**{**train_defaults, **train})),
+    }
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return read_model_file(latest_checkpoint(run_dir) / "model.safetensors")[0]
+
+
+def assert_same_state(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+    oa = (latest_checkpoint(a) / "optimizer.safetensors").read_bytes()
+    ob = (latest_checkpoint(b) / "optimizer.safetensors").read_bytes()
+    assert oa == ob
+
+
+class TestLearning:
+    def test_autoencoder_beats_the_mean_image(self, tmp_path, mini_mnist):
+        from genladder.data import load_split, to_32, to_unit
+
+        config = vae_config(mini_mnist, steps=150, lr=2e-3, batch_size=32, checkpoint_every=1000, log_every=1)
+        config.update(kind="ae", model=AutoencoderConfig.preset("ae", "default", width=32).to_dict(), objective={})
+        config["data"].update(limit=1000, test_limit=300)
+        run_dir = tmp_path / "run"
+        result = run_training(config, run_dir, show_progress=False)
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        test = [r for r in records if r["split"] == "test"]
+        # Evaluated after each of the 4 full epochs (31 steps each) and once more at step 150.
+        assert [r["step"] for r in test] == [31, 62, 93, 124, 150]
+        x = to_unit(to_32(load_split("mnist", "test", data_dir=mini_mnist, limit=300).images))
+        mean_image_error = (x - x.mean(0)).square().flatten(1).sum(1).mean().item()  # ≈ 50
+        # Summed L2 starts near Σx² ≈ 100 per image; a code that carries the digit beats the best
+        # constant guess (the mean image) by a clear margin.
+        assert records[0]["loss"] > 1.5 * mean_image_error
+        assert result.last_test["loss"] < 0.7 * mean_image_error
+        assert test[-1]["loss"] < test[0]["loss"]
+        assert {p.name for p in run_dir.iterdir()} >= {"config.json", "metrics.jsonl", "loss.png", "samples",
+                                                       "checkpoints", "latest.json"}
+        assert len(list((run_dir / "samples").glob("epoch_*.png"))) == 5
+
+    def test_vae_negative_elbo_drops(self, tmp_path, mini_mnist):
+        config = vae_config(mini_mnist, width=32, steps=100, lr=2e-3, batch_size=32, checkpoint_every=1000,
+                            log_every=1)
+        config["model"]["likelihood"] = "bernoulli"
+        config["data"].update(limit=1000, test_limit=300)
+        run_dir = tmp_path / "run"
+        result = run_training(config, run_dir, show_progress=False)
+        first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+        # An untrained Bernoulli decoder costs ≈ 1024·log 2 ≈ 710 nats; learning the digits'
+        # shapes brings −ELBO well below 300 within a few hundred images per class.
+        assert first["neg_elbo"] > 600
+        assert result.last_test["neg_elbo"] < 300
+
+    def test_epoch_shards_are_permutations(self):
+        a, b = epoch_permutation(100, 0, 0), epoch_permutation(100, 0, 1)
+        assert sorted(a.tolist()) == list(range(100)) and not torch.equal(a, b)
+        assert torch.equal(a, epoch_permutation(100, 0, 0))
+
+
+class TestResume:
+    def test_resume_is_bitwise_identical(self, tmp_path, mini_mnist):
+        # 200 images / batch 16 = 12 steps per epoch: the split at step 10 falls mid-epoch and the
+        # run crosses an epoch end (test loss and preview) after the resume.
+        straight, split = tmp_path / "straight", tmp_path / "split"
+        run_training(vae_config(mini_mnist, steps=20), straight, show_progress=False)
+        run_training(vae_config(mini_mnist, steps=10), split, show_progress=False)
+        config = json.loads((split / "config.json").read_text())
+        config["train"]["steps"] = 20
+        run_training(config, split, resume=True, show_progress=False)
+        assert_same_state(straight, split)
+
+    def test_resume_past_the_end_is_refused(self, tmp_path, mini_mnist):
+        run_training(vae_config(mini_mnist, steps=5), tmp_path / "r", show_progress=False)
+        with pytest.raises(GenladderError, match="already reached step 5"):
+            run_training(vae_config(mini_mnist, steps=5), tmp_path / "r", resume=True, show_progress=False)
+
+    def test_fresh_run_refuses_an_existing_folder(self, tmp_path, mini_mnist):
+        run_training(vae_config(mini_mnist, steps=2), tmp_path / "r", show_progress=False)
+        with pytest.raises(GenladderError, match="--resume"):
+            run_training(vae_config(mini_mnist, steps=2), tmp_path / "r", show_progress=False)
+
+    def test_killed_while_writing_a_checkpoint(self, tmp_path, mini_mnist):
+        """SIGKILL between writing the files of the step-15 checkpoint and renaming it into place."""
+        straight, killed = tmp_path / "straight", tmp_path / "killed"
+        config = vae_config(mini_mnist, steps=20)
+        run_training(config, straight, show_progress=False)
+        marker = tmp_path / "writing"
+        script = textwrap.dedent(f"""
+            import json, pathlib, time
+            import genladder.checkpoint as checkpoint
+            from genladder.runs import run_training
+            original = checkpoint._fsync_dir
+            def fsync_then_hang(path):
+                original(path)
+                if ".tmp-" in path.name and path.name.startswith("step_0000015"):
+                    pathlib.Path({str(marker)!r}).write_text("now")
+                    time.sleep(600)
+            checkpoint._fsync_dir = fsync_then_hang
+            run_training(json.loads({json.dumps(json.dumps(config))}), {str(killed)!r}, show_progress=False)
+        """)
+        process = subprocess.Popen([sys.executable, "-c", script])
+        try:
+            deadline = time.monotonic() + 120
+            while not marker.exists():
+                assert process.poll() is None, "training exited before the checkpoint write"
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            os.kill(process.pid, signal.SIGKILL)
+        finally:
+            process.wait()
+        leftovers = [p.name for p in (killed / CHECKPOINTS).iterdir() if ".tmp-" in p.name]
+        assert leftovers, "the kill should have left a half-written checkpoint"
+        # Checkpoints every 5 steps and at the epoch end (step 12): the newest complete one is step 12.
+        assert latest_checkpoint(killed).name == "step_0000012"
+        run_training(json.loads((killed / "config.json").read_text()), killed, resume=True, show_progress=False)
+        assert_same_state(straight, killed)
+        assert not [p for p in (killed / CHECKPOINTS).iterdir() if ".tmp-" in p.name]
+        steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["split"] == "train"]
+        assert steps == sorted(set(steps)), "records of the killed process past step 12 must be dropped"
+
+
+class TestStopping:
+    def test_non_finite_loss_stops_and_keeps_last_checkpoint(self, tmp_path, mini_mnist, monkeypatch):
+        import genladder.runs as runs
+
+        real = runs.make_objective
+        calls = {"n": 0}
+
+        def poisoned(kind, objective_config, model_config):
+            objective = real(kind, objective_config, model_config)
+
+            def wrapped(model, images, labels, generator=None):
+                loss, metrics = objective(model, images, labels, generator=generator)
+                if generator is None:  # training calls only
+                    calls["n"] += 1
+                    if calls["n"] == 7:
+                        return loss * float("nan"), {**metrics, "loss": float("nan")}
+                return loss, metrics
+
+            return wrapped
+
+        monkeypatch.setattr(runs, "make_objective", poisoned)
+        run_dir = tmp_path / "r"
+        with pytest.raises(GenladderError, match=r"step 7: the loss became nan.*last good checkpoint"):
+            run_training(vae_config(mini_mnist, steps=20), run_dir, show_progress=False)
+        assert latest_checkpoint(run_dir).name == "step_0000005"
+        model = load(run_dir)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    def test_time_budget_stops_cleanly(self, tmp_path, mini_mnist):
+        run_dir = tmp_path / "r"
+        result = run_training(vae_config(mini_mnist, steps=100_000, time_budget=1.0), run_dir, show_progress=False)
+        assert result.stopped_by_budget and 0 < result.step < 100_000
+        assert latest_checkpoint(run_dir).name == f"step_{result.step:07d}"
+        assert load(run_dir).sample(2).shape == (2, 1, 32, 32)
+
+    def test_batch_larger_than_data(self, tmp_path, mini_mnist):
+        with pytest.raises(GenladderError, match="lower --batch-size"):
+            run_training(vae_config(mini_mnist, steps=2, batch_size=500), tmp_path / "r", show_progress=False)
