@@ -15,7 +15,7 @@ from pathlib import Path
 
 from genladder import __version__
 from genladder.errors import GenladderError
-from genladder.models import MODEL_KINDS, is_diffusion
+from genladder.models import MODEL_KINDS, check_kind, is_diffusion
 
 SUPPRESS = argparse.SUPPRESS
 
@@ -50,7 +50,8 @@ def _add_train_parser(subparsers) -> None:
         description="Train one rung of the ladder. Unset options come from the preset (or, with --resume, "
         "from the run's config.json).",
     )
-    p.add_argument("kind", nargs="?", choices=MODEL_KINDS, help="which rung to train")
+    # No argparse `choices` here: with nargs="?" and SUPPRESS it rejects the absent value; check_kind validates.
+    p.add_argument("kind", nargs="?", help=f"which rung to train: {', '.join(MODEL_KINDS)}")
     p.add_argument("--preset", help="architecture preset: 'tutorial' (the article's networks) or 'default'")
     where = p.add_argument_group("run folder")
     where.add_argument("--run-dir", help="where to write the run (default: runs/<kind>-<timestamp>/)")
@@ -159,6 +160,8 @@ def _train(args: argparse.Namespace) -> int:
     from genladder.training.loop import TrainConfig
 
     given = vars(args)
+    if given.get("kind") is not None:
+        check_kind(given["kind"])
     if "resume" in given:
         run_dir = Path(args.resume)
         stored = read_run_config(run_dir)

@@ -1,0 +1,148 @@
+"""The command line end to end on the committed MNIST extract, and every user error as one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+import genladder
+from genladder.cli import main, parse_duration
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_train_args(kind, run_dir, data_dir, *extra):
+    return ["train", kind, "--run-dir", run_dir, "--data-dir", data_dir, "--limit", 256, "--test-limit", 64,
+            "--steps", 12, "--batch-size", 32, "--width", 16, "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """One tiny trained run per autoencoder rung (module-scoped: trained once)."""
+    from tests.conftest import MINI_MNIST
+
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for kind in ("ae", "vae", "cvae"):
+        runs[kind] = root / kind
+        assert main([str(a) for a in tiny_train_args(kind, runs[kind], MINI_MNIST)]) == 0
+    return runs
+
+
+class TestEndToEnd:
+    def test_train_writes_a_run_folder(self, trained_runs):
+        for kind, run_dir in trained_runs.items():
+            config = json.loads((run_dir / "config.json").read_text())
+            assert config["kind"] == kind and config["train"]["steps"] == 12
+            assert (run_dir / "loss.png").exists() and list((run_dir / "samples").glob("*.png"))
+
+    def test_sample_grid_for_cvae(self, trained_runs, tmp_path, capsys):
+        out = tmp_path / "grid.png"
+        code, stdout, _ = run_cli(capsys, "sample", trained_runs["cvae"], "--grid", "--n", 100, "--out", out)
+        assert code == 0 and str(out) in stdout
+        # 10 x 10 tiles of 32 px with 2 px padding, upscaled 2x.
+        assert Image.open(out).size == (2 * (10 * 34 + 2),) * 2
+
+    def test_sample_label_and_vae(self, trained_runs, tmp_path, capsys):
+        assert run_cli(capsys, "sample", trained_runs["cvae"], "--label", 3, "--n", 8, "--out", tmp_path / "a.png")[0] == 0
+        assert run_cli(capsys, "sample", trained_runs["vae"], "--n", 16, "--out", tmp_path / "b.png")[0] == 0
+
+    def test_same_seed_same_picture(self, trained_runs, tmp_path, capsys):
+        paths = [tmp_path / "1.png", tmp_path / "2.png", tmp_path / "3.png"]
+        for path, seed in zip(paths, (5, 5, 6), strict=True):
+            run_cli(capsys, "sample", trained_runs["vae"], "--seed", seed, "--out", path)
+        assert paths[0].read_bytes() == paths[1].read_bytes() != paths[2].read_bytes()
+
+    @pytest.mark.parametrize("kind", ["ae", "vae", "cvae"])
+    def test_reconstruct_and_interpolate(self, trained_runs, tmp_path, capsys, mini_mnist, kind):
+        recon, interp = tmp_path / "r.png", tmp_path / "i.png"
+        run = trained_runs[kind]
+        assert run_cli(capsys, "reconstruct", run, "--n", 8, "--out", recon, "--data-dir", mini_mnist)[0] == 0
+        assert run_cli(capsys, "interpolate", run, "--out", interp, "--data-dir", mini_mnist, "--pairs", 2)[0] == 0
+        assert Image.open(recon).size == (2 * (8 * 34 + 2), 2 * (2 * 34 + 2))
+        assert Image.open(interp).size == (2 * (10 * 34 + 2), 2 * (2 * 34 + 2))
+
+    def test_resume_from_the_cli(self, tmp_path, capsys, mini_mnist):
+        run_dir = tmp_path / "r"
+        assert run_cli(capsys, *tiny_train_args("ae", run_dir, mini_mnist))[0] == 0
+        code, out, _ = run_cli(capsys, "train", "--resume", run_dir, "--steps", 16, "--no-progress")
+        assert code == 0 and "step 16" in out
+        assert json.loads((run_dir / "latest.json").read_text())["step"] == 16
+
+    def test_python_api_load(self, trained_runs):
+        model = genladder.load(trained_runs["cvae"])
+        assert not model.training
+        import torch
+
+        assert model.sample(3, labels=torch.tensor([0, 1, 2])).shape == (3, 1, 32, 32)
+
+    def test_dry_run_precedence(self, capsys):
+        code, out, _ = run_cli(capsys, "train", "vae", "--latent-dim", 8, "--lr", 0.01, "--dry-run")
+        config = json.loads(out)
+        assert code == 0 and config["model"]["latent_dim"] == 8 and config["train"]["lr"] == 0.01
+        assert config["model"]["width"] == 64  # unset options keep the preset's value
+
+    def test_duration(self):
+        assert parse_duration("10m") == 600 and parse_duration("90") == 90 and parse_duration("1.5h") == 5400
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        "argv,message",
+        [
+            (["train", "gan"], "unknown model 'gan'"),
+            (["train", "vae", "--steps", "-3", "--dry-run"], "--steps must be at least 1"),
+            (["train", "vae", "--epochs", "0", "--dry-run"], "--epochs must be at least 1"),
+            (["train", "vae", "--lr", "0", "--dry-run"], "--lr must be positive"),
+            (["train", "vae", "--limit", "0"], "must be at least 1"),
+            (["train", "vae", "--preset", "huge", "--dry-run"], "unknown preset 'huge'"),
+            (["train", "--dry-run"], "name the model to train"),
+            (["train", "vae", "--time-budget", "soon"], "invalid duration"),
+            (["train", "--resume", "/no/such/run"], "does not exist"),
+            (["sample", "/no/such/run", "--out", "x.png"], "does not exist"),
+            (["frobnicate"], "invalid choice"),
+        ],
+    )
+    def test_bad_arguments(self, capsys, argv, message):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2
+        assert err.count("\n") == 1 and err.startswith("genladder: error: ") and message in err
+
+    def test_run_specific_errors(self, trained_runs, tmp_path, capsys):
+        cases = [
+            (["sample", trained_runs["cvae"], "--label", 12, "--out", tmp_path / "x.png"], "--label must be in 0..9"),
+            (["sample", trained_runs["vae"], "--label", 3, "--out", tmp_path / "x.png"], "need a conditional model"),
+            (["sample", trained_runs["ae"], "--out", tmp_path / "x.png"], "no prior"),
+            (["sample", trained_runs["vae"], "--out", tmp_path / "x.jpg"], "must end in .png"),
+            (["train", "vae", "--resume", trained_runs["ae"]], "is a ae run, not vae"),
+            (["train", "--resume", trained_runs["ae"], "--lr", 0.1], "--lr cannot change"),
+            (["sample", tmp_path, "--out", tmp_path / "x.png"], "not a genladder run folder"),
+        ]
+        for argv, message in cases:
+            code, _, err = run_cli(capsys, *argv)
+            assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
+
+    def test_checkpoint_of_another_model(self, trained_runs, tmp_path, capsys):
+        import shutil
+
+        mixed = tmp_path / "mixed"
+        shutil.copytree(trained_runs["vae"], mixed)
+        config = json.loads((mixed / "config.json").read_text())
+        config["kind"] = "ae"
+        (mixed / "config.json").write_text(json.dumps(config))
+        code, _, err = run_cli(capsys, "reconstruct", mixed, "--out", tmp_path / "x.png")
+        assert code == 2 and "holds a 'vae' model" in err
+
+    def test_no_traceback_from_the_console_script(self, tmp_path):
+        result = subprocess.run([sys.executable, "-m", "genladder", "train", "vae", "--batch-size", "0"],
+                                capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 2
+        assert result.stderr == "genladder: error: --batch-size must be at least 1, got 0\n"
