@@ -52,7 +52,8 @@ class TestEndToEnd:
         assert Image.open(out).size == (2 * (10 * 34 + 2),) * 2
 
     def test_sample_label_and_vae(self, trained_runs, tmp_path, capsys):
-        assert run_cli(capsys, "sample", trained_runs["cvae"], "--label", 3, "--n", 8, "--out", tmp_path / "a.png")[0] == 0
+        code = run_cli(capsys, "sample", trained_runs["cvae"], "--label", 3, "--n", 8, "--out", tmp_path / "a.png")[0]
+        assert code == 0
         assert run_cli(capsys, "sample", trained_runs["vae"], "--n", 16, "--out", tmp_path / "b.png")[0] == 0
 
     def test_same_seed_same_picture(self, trained_runs, tmp_path, capsys):
