@@ -63,6 +63,17 @@ def _add_train_parser(subparsers) -> None:
     model.add_argument("--likelihood", choices=("gaussian", "bernoulli"),
                        help="decoder likelihood: gaussian = summed L2 (tutorial), bernoulli = BCE in nats")
     model.add_argument("--kl-weight", type=float, help="weight of the KL term of the VAE/CVAE loss (default 1)")
+    diffusion = p.add_argument_group("diffusion (ddpm, cddpm)")
+    diffusion.add_argument("--widths", help="U-Net channels per level, e.g. 64,128,128")
+    diffusion.add_argument("--blocks-per-level", type=_positive_int, help="U-Net residual blocks per level")
+    diffusion.add_argument("--attention", help="feature sizes with self-attention, e.g. 8 (empty string: none)")
+    diffusion.add_argument("--dropout", type=float, help="dropout inside the U-Net residual blocks")
+    diffusion.add_argument("--schedule", choices=("linear", "cosine"), help="noise schedule of the betas")
+    diffusion.add_argument("--T", type=_positive_int, help="diffusion steps (tutorial 100, default 1000)")
+    diffusion.add_argument("--prediction", choices=("eps", "x0", "v"), help="what the network predicts")
+    diffusion.add_argument("--label-dropout", type=float, help="cddpm: share of labels replaced by the null "
+                           "label in training (default 0.15)")
+    diffusion.add_argument("--ema-decay", type=float, help="decay of the weights' EMA used for sampling")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="IDX dataset (default mnist)")
     data.add_argument("--data-dir", help="folder with the four IDX files (default: $GENLADDER_DATA_DIR, "
@@ -95,10 +106,23 @@ def _add_figure_parsers(subparsers) -> None:
     p.add_argument("--n", type=_positive_int, default=64, help="number of images (default 64)")
     p.add_argument("--label", type=int, help="conditional models: draw only this class")
     p.add_argument("--grid", action="store_true", help="conditional models: one row per class")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--out", required=True, help="output .png grid")
-    p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto", help="which weights to use")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="output: .png (a grid) or .npz (images in [-1, 1] and labels)")
+    _add_sampling_options(p)
+
+    p = subparsers.add_parser("trajectory", help="diffusion: x_t along the denoising chain, one row per sample")
+    p.add_argument("run_dir")
+    p.add_argument("--n", type=_positive_int, default=8, help="rows (default 8)")
+    p.add_argument("--label", type=int, help="conditional models: this class in every row")
+    p.add_argument("--frames", type=int, default=10, help="columns of x_t before the final image (default 10)")
+    p.add_argument("--out", required=True, help="output .png")
+    _add_sampling_options(p)
+
+    p = subparsers.add_parser("guidance-sweep", help="cddpm: rows = guidance weights, columns = digits")
+    p.add_argument("run_dir")
+    p.add_argument("--guidance-weights", dest="weights_list", default="0,1,2,4",
+                   help="comma-separated guidance weights w, one row each (default 0,1,2,4)")
+    p.add_argument("--out", required=True, help="output .png")
+    _add_sampling_options(p)
 
     p = subparsers.add_parser("reconstruct", help="test digits beside their reconstructions")
     p.add_argument("run_dir")
@@ -115,6 +139,23 @@ def _add_figure_parsers(subparsers) -> None:
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--data-dir", help="folder with the IDX files (default: the run's data source)")
     p.add_argument("--device", default="auto")
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp"), default="dpmpp",
+                   help="diffusion: ancestral ddpm, ddim, or DPM-Solver++(2M) (default dpmpp)")
+    p.add_argument("--steps", type=int, help="diffusion: solver steps (default 20; ddpm: the full chain)")
+    p.add_argument("--guidance", type=float, default=0.0, help="cddpm: classifier-free guidance weight w "
+                   "(eps = (1+w) eps_cond - w eps_uncond; default 0)")
+    p.add_argument("--eta", type=float, default=0.0, help="ddim: 0 deterministic, 1 ancestral-like (default 0)")
+    p.add_argument("--variance", choices=("beta", "posterior"), default="beta",
+                   help="ddpm: reverse variance beta_t (tutorial) or the posterior's beta-tilde_t")
+    p.add_argument("--batch-size", type=int, default=500, help="images per sampler call (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
+                   help="EMA weights when the run has them (auto), or the raw ones")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from genladder.checkpoint import atomic_write_bytes
 from genladder.data import load_split, to_32, to_unit
 from genladder.errors import GenladderError
 from genladder.plotting import save_grid
@@ -14,10 +17,10 @@ from genladder.rungs import grid_labels
 from genladder.runs import DataConfig, LoadedRun, load_run
 
 
-def _check_png(out: str) -> Path:
+def _check_out(out: str, suffixes: tuple[str, ...] = (".png",)) -> Path:
     path = Path(out)
-    if path.suffix.lower() != ".png":
-        raise GenladderError(f"--out must end in .png, got {out!r}")
+    if path.suffix.lower() not in suffixes:
+        raise GenladderError(f"--out must end in {' or '.join(suffixes)}, got {out!r}")
     if not path.parent.exists():
         raise GenladderError(f"folder {path.parent} does not exist")
     return path
@@ -66,26 +69,106 @@ def _decode(run: LoadedRun, z: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return run.model.output_to_image(output)
 
 
+def sampler_config(args: argparse.Namespace):
+    from genladder.sampling import SamplerConfig
+
+    steps = args.steps if args.steps is not None else (None if args.sampler == "ddpm" else 20)
+    return SamplerConfig(sampler=args.sampler, steps=steps, guidance=args.guidance, eta=args.eta,
+                         variance=args.variance, batch_size=args.batch_size)
+
+
+def _diffusion_images(run: LoadedRun, labels, n: int, args, generator, callback=None) -> torch.Tensor:
+    """Images in [0, 1] from a diffusion run, with the sampler options of ``args``."""
+    from genladder.sampling import generate
+
+    images = generate(run.model, run.config, n, sampler_config(args), labels=labels, generator=generator,
+                      progress=not args.no_progress, callback=callback)
+    return (images + 1) / 2
+
+
 @torch.no_grad()
 def sample_command(args: argparse.Namespace) -> Path:
-    out = _check_png(args.out)
+    out = _check_out(args.out, (".png", ".npz"))
     run = load_run(args.run_dir, weights=args.weights, device=args.device)
     labels = sample_labels(run, args.n, args.label, args.grid)
+    n = len(labels) if labels is not None else args.n
     generator = torch.Generator(device=next(run.model.parameters()).device).manual_seed(args.seed)
     if run.kind in ("ae", "vae", "cvae"):
-        n = len(labels) if labels is not None else args.n
+        if args.guidance:
+            raise GenladderError("--guidance applies to diffusion models (cddpm) only")
         images = run.model.sample(n, labels=labels, generator=generator)
     else:
-        from genladder.sampling import sample_from_args
-
-        images = sample_from_args(run, labels, args, generator)
+        images = _diffusion_images(run, labels, n, args, generator)
+    if out.suffix.lower() == ".npz":
+        return save_npz(out, images * 2 - 1, labels)
     ncol = run.config["model"].get("num_classes") if args.grid else None
     return save_grid(images, out, nrow=ncol)
 
 
+def save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None) -> Path:
+    """Raw samples for external evaluation: ``images`` float32 (N, C, H, W) in [−1, 1], ``labels`` int64 (N,)."""
+    buffer = io.BytesIO()
+    arrays = {"images": images.float().cpu().numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _needs_diffusion(run: LoadedRun, verb: str) -> None:
+    if run.kind not in ("ddpm", "cddpm"):
+        raise GenladderError(f"'{verb}' needs a ddpm or cddpm run; this run is a {run.kind}")
+
+
+@torch.no_grad()
+def trajectory_command(args: argparse.Namespace) -> Path:
+    """The denoising trajectory: x_t at ``--frames`` points of the chain, one row per sample."""
+    out = _check_out(args.out)
+    run = load_run(args.run_dir, weights=args.weights, device=args.device)
+    _needs_diffusion(run, "trajectory")
+    if args.frames < 2:
+        raise GenladderError(f"--frames must be at least 2, got {args.frames}")
+    labels = sample_labels(run, args.n, args.label, False)
+    steps = sampler_config(args).steps or run.config["objective"]["schedule"]["T"]
+    keep = {round(i * (steps - 1) / (args.frames - 1)) for i in range(args.frames)}
+    frames: list[torch.Tensor] = []
+
+    def record(i, t, x_t, x0_hat):
+        if i in keep:
+            frames.append(((x_t.clamp(-1, 1) + 1) / 2).cpu())
+
+    generator = torch.Generator(device=next(run.model.parameters()).device).manual_seed(args.seed)
+    final = _diffusion_images(run, labels, args.n, args, generator, callback=record).cpu()
+    columns = torch.stack([*frames, final], dim=1)  # (n, frames + 1, C, H, W)
+    return save_grid(columns.flatten(0, 1), out, nrow=len(frames) + 1)
+
+
+@torch.no_grad()
+def guidance_sweep_command(args: argparse.Namespace) -> Path:
+    """Rows = guidance weights w, columns = the ten digits, the same noise in every row."""
+    out = _check_out(args.out)
+    run = load_run(args.run_dir, weights=args.weights, device=args.device)
+    _needs_diffusion(run, "guidance-sweep")
+    num_classes = run.config["model"].get("num_classes", 0)
+    if not num_classes:
+        raise GenladderError("'guidance-sweep' needs a conditional model (cddpm); this run is unconditional")
+    try:
+        weights = [float(w) for w in args.weights_list.split(",") if w.strip()]
+    except ValueError:
+        raise GenladderError(f"--guidance-weights takes comma-separated numbers, got {args.weights_list!r}") from None
+    labels = torch.arange(num_classes)
+    rows = []
+    for w in weights:
+        args.guidance = w
+        generator = torch.Generator(device=next(run.model.parameters()).device).manual_seed(args.seed)
+        rows.append(_diffusion_images(run, labels, num_classes, args, generator))
+    return save_grid(torch.cat(rows), out, nrow=num_classes)
+
+
 @torch.no_grad()
 def reconstruct_command(args: argparse.Namespace) -> Path:
-    out = _check_png(args.out)
+    out = _check_out(args.out)
     run = load_run(args.run_dir, device=args.device)
     _needs_autoencoder(run, "reconstruct")
     x, labels = test_digits(run, args.n, args.data_dir)
@@ -99,7 +182,7 @@ def reconstruct_command(args: argparse.Namespace) -> Path:
 
 @torch.no_grad()
 def interpolate_command(args: argparse.Namespace) -> Path:
-    out = _check_png(args.out)
+    out = _check_out(args.out)
     run = load_run(args.run_dir, device=args.device)
     _needs_autoencoder(run, "interpolate")
     if args.steps < 2:
@@ -122,4 +205,10 @@ def interpolate_command(args: argparse.Namespace) -> Path:
     return save_grid(torch.cat(rows), out, nrow=args.steps)
 
 
-COMMANDS = {"sample": sample_command, "reconstruct": reconstruct_command, "interpolate": interpolate_command}
+COMMANDS = {
+    "sample": sample_command,
+    "reconstruct": reconstruct_command,
+    "interpolate": interpolate_command,
+    "trajectory": trajectory_command,
+    "guidance-sweep": guidance_sweep_command,
+}

@@ -1,0 +1,136 @@
+"""Drawing images from a trained diffusion run: sampler choice, guidance, batching, progress.
+
+This is the glue between a network and the samplers of ``genladder.diffusion``: it builds the
+ε-function (with classifier-free guidance for a conditional model), draws x_T, and runs the chosen
+sampler batch by batch. The samplers themselves never see labels, datasets or files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from genladder.diffusion import (
+    ScheduleConfig,
+    as_eps_fn,
+    classifier_free_guidance,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    unconditional,
+)
+from genladder.errors import GenladderError
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
+
+
+@dataclass
+class SamplerConfig:
+    """How to sample: which solver, how many network evaluations, how much guidance."""
+
+    sampler: str = "dpmpp"  # "ddpm" (ancestral), "ddim", or "dpmpp" (DPM-Solver++(2M))
+    steps: int | None = 20  # solver steps (None: all T, ancestral only)
+    guidance: float = 0.0  # classifier-free guidance weight w (conditional models only)
+    eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 ancestral-like
+    variance: str = "beta"  # ancestral σ²: "beta" (β_t, the tutorial's) or "posterior" (β̃_t)
+    batch_size: int = 500  # images per sampler call (memory bound)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise GenladderError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.steps is not None and self.steps < 1:
+            raise GenladderError(f"--steps must be at least 1, got {self.steps}")
+        if self.steps is None and self.sampler != "ddpm":
+            raise GenladderError(f"the {self.sampler} sampler needs --steps")
+        if not self.guidance >= 0:
+            raise GenladderError(f"--guidance must be >= 0, got {self.guidance}")
+        if self.batch_size < 1:
+            raise GenladderError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+def check_sampling(config: dict, sampler: SamplerConfig, labels: torch.Tensor | None) -> None:
+    """Validate a sampler config against a run's model (one-line errors before any work)."""
+    T = config["objective"]["schedule"]["T"]
+    if sampler.steps is not None and sampler.steps > T:
+        raise GenladderError(f"--steps {sampler.steps} exceeds the {T} diffusion steps this model was trained with")
+    num_classes = config["model"].get("num_classes", 0)
+    if not num_classes and sampler.guidance:
+        raise GenladderError("--guidance needs a conditional model (cddpm); this run is unconditional")
+    if num_classes and labels is None:
+        raise GenladderError("a conditional model needs labels")
+
+
+def eps_function(model: torch.nn.Module, config: dict, labels: torch.Tensor | None, guidance: float):
+    """The ε-function ``(x_t, t) -> ε̂`` of a trained network, guided when it is conditional."""
+    schedule_config = ScheduleConfig.from_dict(config["objective"]["schedule"])
+    num_classes = config["model"].get("num_classes", 0)
+    if num_classes:
+        fn = classifier_free_guidance(model, labels, guidance, null_label=num_classes)
+    else:
+        fn = unconditional(model)
+    return as_eps_fn(fn, schedule_config.build(), schedule_config.prediction)
+
+
+def run_sampler(eps_fn, schedule, x_T: torch.Tensor, sampler: SamplerConfig, generator, callback=None):
+    """Dispatch to one of the three samplers."""
+    if sampler.sampler == "ddpm":
+        return sample_ddpm(eps_fn, schedule, x_T, generator=generator, variance=sampler.variance,
+                           steps=sampler.steps, callback=callback)
+    if sampler.sampler == "ddim":
+        return sample_ddim(eps_fn, schedule, x_T, steps=sampler.steps, eta=sampler.eta, generator=generator,
+                           callback=callback)
+    return sample_dpmpp_2m(eps_fn, schedule, x_T, steps=sampler.steps, callback=callback)
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    config: dict,
+    n: int,
+    sampler: SamplerConfig,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    callback=None,
+) -> torch.Tensor:
+    """Draw n images in [−1, 1], shape (n, C, H, W), from a trained diffusion network (eval mode)."""
+    check_sampling(config, sampler, labels)
+    device = next(model.parameters()).device
+    model_config = config["model"]
+    shape = (model_config["in_channels"], model_config["image_size"], model_config["image_size"])
+    schedule = ScheduleConfig.from_dict(config["objective"]["schedule"]).build().to(device)
+    steps = sampler.steps or schedule.T
+    bar = tqdm(total=n * steps, disable=not progress, unit="img·step", desc=f"{sampler.sampler} {steps} steps")
+    outputs = []
+    for start in range(0, n, sampler.batch_size):
+        count = min(sampler.batch_size, n - start)
+        batch_labels = labels[start : start + count].to(device) if labels is not None else None
+        x_T = torch.randn((count, *shape), generator=generator, device=device)
+        eps_fn = eps_function(model, config, batch_labels, sampler.guidance)
+
+        def tick(i, t, x_t, x0_hat, count=count):
+            bar.update(count)
+            if callback is not None:
+                callback(i, t, x_t, x0_hat)
+
+        outputs.append(run_sampler(eps_fn, schedule, x_T, sampler, generator, callback=tick).clamp(-1, 1))
+    bar.close()
+    return torch.cat(outputs)
+
+
+def preview_sampler(kind: str, config: dict, count: int):
+    """The per-epoch grid of a diffusion run: 20 DPM-Solver++ steps (seconds, not minutes), mild guidance."""
+    from genladder.rungs import grid_labels
+
+    guidance = 2.0 if kind == "cddpm" else 0.0
+    sampler = SamplerConfig(sampler="dpmpp", steps=min(20, config["objective"]["schedule"]["T"]), guidance=guidance)
+
+    def preview(model, generator):
+        device = next(model.parameters()).device
+        labels = grid_labels(count, config["model"]["num_classes"], device) if kind == "cddpm" else None
+        images = generate(model, config, count, sampler, labels=labels, generator=generator)
+        return (images + 1) / 2
+
+    return preview
