@@ -52,7 +52,8 @@ def _add_train_parser(subparsers) -> None:
     )
     # No argparse `choices` here: with nargs="?" and SUPPRESS it rejects the absent value; check_kind validates.
     p.add_argument("kind", nargs="?", help=f"which rung to train: {', '.join(MODEL_KINDS)}")
-    p.add_argument("--preset", help="architecture preset: 'tutorial' (the article's networks) or 'default'")
+    p.add_argument("--preset", help="'default' (improved, the default), 'tutorial' (the article's networks); "
+                   "diffusion also 'small' (CPU-sized U-Net)")
     where = p.add_argument_group("run folder")
     where.add_argument("--run-dir", help="where to write the run (default: runs/<kind>-<timestamp>/)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly where it stopped")
@@ -176,7 +177,7 @@ def _config_from_args(args: argparse.Namespace) -> dict:
     kind = given.get("kind")
     if kind is None:
         raise GenladderError("name the model to train (one of " + ", ".join(MODEL_KINDS) + ") or pass --resume")
-    preset = given.get("preset", "tutorial")
+    preset = given.get("preset", "default")
     if is_diffusion(kind):
         from genladder.presets import diffusion_config
 
