@@ -193,3 +193,22 @@ class TestStopping:
     def test_batch_larger_than_data(self, tmp_path, mini_mnist):
         with pytest.raises(GenladderError, match="lower --batch-size"):
             run_training(vae_config(mini_mnist, steps=2, batch_size=500), tmp_path / "r", show_progress=False)
+
+
+class TestEMA:
+    def test_warmup_then_fixed_decay(self):
+        from genladder.training.loop import ema_with_warmup
+
+        model = torch.nn.Linear(1, 1, bias=False)
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(0.9), use_buffers=True)
+        expected = None
+        for n, value in enumerate([1.0, 2.0, 3.0, 4.0, 5.0] + [10.0] * 100):
+            model.weight.data.fill_(value)
+            ema.update_parameters(model)
+            if n == 0:
+                expected = value  # the first update copies the weights
+            else:
+                decay = min(0.9, (1 + n) / (10 + n))  # n updates have been made before this one
+                expected = decay * expected + (1 - decay) * value
+            assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6)
+        # (1 + n)/(10 + n) passes 0.9 at n = 80: the last 25 updates used the fixed decay.

@@ -121,6 +121,24 @@ def evaluate_objective(
     return {name: total / len(images) for name, total in totals.items()}
 
 
+def ema_with_warmup(decay: float):
+    """EMA update for ``AveragedModel`` whose decay ramps up as min(decay, (1 + n)/(10 + n)).
+
+    n is the number of updates so far (the num_updates rule of TensorFlow's
+    ExponentialMovingAverage). A fixed decay of 0.999 would keep the average dominated by the
+    random initial weights for the first few thousand steps: most of a 10-minute CPU run.
+    """
+
+    @torch.no_grad()
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = int(num_averaged)
+        effective = min(decay, (1 + n) / (10 + n))
+        for ema_param, param in zip(ema_params, params, strict=True):
+            ema_param.lerp_(param, 1.0 - effective)
+
+    return update
+
+
 def _read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
     if not path.exists():
         return []
@@ -164,9 +182,8 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     ema = None
     if config.ema_decay is not None:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
-        )
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(config.ema_decay),
+                                                  use_buffers=True)
 
     step, train_seconds, last_test = 0, 0.0, {}
     metrics_path = run_dir / "metrics.jsonl"
