@@ -1,0 +1,224 @@
+"""Reverse-process samplers: free functions over an ε-function, one signature (k-diffusion style).
+
+``eps_fn(x_t, t) -> eps_hat`` with x_t (B, C, H, W) and t an int64 tensor of shape (B,) (0-based,
+t = 0 is the first noising step, see ``schedule.py``). Wrap a network with ``genladder.diffusion``'s
+``unconditional`` / ``conditional`` / ``classifier_free_guidance`` and, for x0- or v-networks,
+``as_eps_fn``. Samplers never see labels or data.
+
+Timestep spacing is **"trailing"** (Lin et al. 2023, table 2; diffusers ``timestep_spacing="trailing"``):
+``steps`` timesteps ``round(T − i·T/steps) − 1``, i = 0…steps−1, so the first step is always t = T − 1
+(the step x_T ~ N(0, I) was meant for) and ``steps = T`` visits every t. The step after the last
+timestep is "t = −1", i.e. ᾱ = 1: the clean image.
+
+``generator`` is a ``torch.Generator``, ``None`` (global RNG), or a list with one generator per
+sample so that each image depends only on its own seed, not on the batch it is drawn in (EDM).
+``callback(step_index, t, x_t, x0_hat)`` is called once per step, before the update, with the
+current state and the network's clean-image estimate from it (for progress bars and trajectories).
+``clip_x0=True`` clamps x̂0 to [−1, 1] (data range) before it is used, as diffusers' ``clip_sample``
+and improved-diffusion's ``clip_denoised`` do; with ``clip_x0=False`` the DDPM step is exactly Ho et
+al. 2020, eq. 11 (the tutorial's step).
+
+Notation: ᾱ_t = alpha_bar[t]; ᾱ_prev = ᾱ at the next timestep visited (1 after the last);
+β'_t = 1 − ᾱ_t/ᾱ_prev is the β of the (possibly strided) step, equal to β_t when steps = T.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+
+from genladder.diffusion.schedule import NoiseSchedule
+from genladder.errors import GenladderError
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+Generator = torch.Generator | Sequence[torch.Generator] | None
+VARIANCES = ("beta", "posterior")
+
+
+class Step(NamedTuple):
+    """One reverse step's result: the next state and the clean-image estimate it used."""
+
+    x_prev: torch.Tensor
+    x0_hat: torch.Tensor
+
+
+def spaced_timesteps(T: int, steps: int) -> list[int]:
+    """The ``steps`` timesteps visited, trailing spacing, descending: [T−1, …]; steps = T gives T−1…0."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise GenladderError(f"steps must be an integer in [1, T={T}], got {steps!r}")
+    return [round(T - i * (T / steps)) - 1 for i in range(steps)]
+
+
+def noise_like(x: torch.Tensor, generator: Generator) -> torch.Tensor:
+    """Standard-normal noise shaped like x; a list of generators draws sample b from generator b."""
+    if generator is None:
+        return torch.randn_like(x)
+    if isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+    if len(generator) != x.shape[0]:
+        raise GenladderError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+    return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype).to(x.device)
+                        for g in generator])  # (B, C, H, W)
+
+
+def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:
+    return 1.0 if t < 0 else float(schedule.alpha_bar[t])
+
+
+def _x0_from_eps(x_t: torch.Tensor, eps_hat: torch.Tensor, ab_t: float, clip_x0: bool) -> torch.Tensor:
+    # Ho et al. 2020, eq. 15: x̂0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t
+    x0_hat = (x_t - math.sqrt(1.0 - ab_t) * eps_hat) / math.sqrt(ab_t)
+    return x0_hat.clamp(-1.0, 1.0) if clip_x0 else x0_hat
+
+
+def ddpm_step(schedule: NoiseSchedule, x_t: torch.Tensor, t: int, t_prev: int, eps_hat: torch.Tensor,
+              noise: torch.Tensor | None, *, variance: str = "beta", clip_x0: bool = True) -> Step:
+    """Ancestral step x_t → x_{t_prev} ~ p(x_{t_prev} | x_t) (Ho et al. 2020, Alg. 2; Luo 2022, eq. 131).
+
+    ``variance="beta"``: σ² = β'_t (diffusers "fixed_large", the tutorial's choice); ``"posterior"``:
+    σ² = β̃'_t = (1 − ᾱ_prev)/(1 − ᾱ_t) β'_t (diffusers "fixed_small"). ``noise`` (like x_t) is ignored
+    and may be None when t_prev < 0 (no noise on the last step, Alg. 2 line 3).
+    """
+    if variance not in VARIANCES:
+        raise GenladderError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    ab_t, ab_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
+    beta_t = 1.0 - ab_t / ab_prev  # β'_t of the strided chain (Nichol & Dhariwal 2021, sec. 4)
+    # 1. Ho et al. 2020, eq. 15: clean-image estimate (then optionally clipped)
+    x0_hat = _x0_from_eps(x_t, eps_hat, ab_t, clip_x0)
+    # 2. Ho et al. 2020, eq. 7: μ̃ = √ᾱ_prev β'_t/(1 − ᾱ_t) x̂0 + √α'_t (1 − ᾱ_prev)/(1 − ᾱ_t) x_t;
+    #    unclipped this equals eq. 11 / Luo eq. 131: (x_t − β'_t/√(1 − ᾱ_t) ε̂)/√α'_t
+    mean = (math.sqrt(ab_prev) * beta_t / (1.0 - ab_t)) * x0_hat \
+        + (math.sqrt(1.0 - beta_t) * (1.0 - ab_prev) / (1.0 - ab_t)) * x_t
+    if t_prev < 0:
+        return Step(mean, x0_hat)  # Ho et al. 2020, Alg. 2 line 3: z = 0 on the last step
+    # 3. Ho et al. 2020, sec. 3.2: σ_t² = β_t (optimal for x0 ~ N(0, I)) or β̃_t (for a single-point x0)
+    var = beta_t if variance == "beta" else (1.0 - ab_prev) / (1.0 - ab_t) * beta_t
+    if noise is None:
+        raise GenladderError("ddpm_step needs noise shaped like x_t before the last step")
+    # 4. Ho et al. 2020, Alg. 2 line 4: x_{t−1} = μ + σ_t z
+    return Step(mean + math.sqrt(var) * noise, x0_hat)
+
+
+def ddim_step(schedule: NoiseSchedule, x_t: torch.Tensor, t: int, t_prev: int, eps_hat: torch.Tensor,
+              noise: torch.Tensor | None, *, eta: float = 0.0, clip_x0: bool = True) -> Step:
+    """DDIM step x_t → x_{t_prev} (Song et al. 2021, eq. 12); η = 0 deterministic, η = 1 ≡ DDPM with β̃.
+
+    After clipping, ε̂ is recomputed from the clipped x̂0 so both terms agree (improved-diffusion;
+    diffusers ``use_clipped_model_output=True``). ``noise`` may be None when η = 0 or t_prev < 0.
+    """
+    ab_t, ab_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
+    # 1. Song et al. 2021, eq. 12 "predicted x0": x̂0 = (x_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t
+    x0_hat = _x0_from_eps(x_t, eps_hat, ab_t, clip_x0)
+    if clip_x0:  # Ho et al. 2020, eq. 4 solved for ε, so ε̂ matches the clipped x̂0
+        eps_hat = (x_t - math.sqrt(ab_t) * x0_hat) / math.sqrt(1.0 - ab_t)
+    # 2. Song et al. 2021, eq. 16: σ_t(η) = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev)
+    sigma = eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev))
+    # 3. Song et al. 2021, eq. 12 "direction pointing to x_t": √(1 − ᾱ_prev − σ_t²) ε̂
+    direction = math.sqrt(max(1.0 - ab_prev - sigma**2, 0.0)) * eps_hat
+    # 4. Song et al. 2021, eq. 12: x_prev = √ᾱ_prev x̂0 + direction + σ_t z
+    x_prev = math.sqrt(ab_prev) * x0_hat + direction
+    if sigma > 0.0:
+        if noise is None:
+            raise GenladderError("ddim_step with eta > 0 needs noise shaped like x_t before the last step")
+        x_prev = x_prev + sigma * noise
+    return Step(x_prev, x0_hat)
+
+
+def _check(x_T: torch.Tensor) -> None:
+    if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point() or x_T.dim() < 1:
+        raise GenladderError("x_T must be a floating-point tensor of shape (B, C, H, W)")
+
+
+def _t_batch(t: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)  # (B,)
+
+
+def sample_ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, generator: Generator = None,
+                variance: str = "beta", steps: int | None = None, clip_x0: bool = True,
+                callback: Callback | None = None) -> torch.Tensor:
+    """Ancestral sampling (Ho et al. 2020, Alg. 2) from x_T (B, C, H, W) → x0 (B, C, H, W).
+
+    ``steps=None`` runs all T steps; fewer steps stride the chain (β'_t = 1 − ᾱ_t/ᾱ_prev,
+    Nichol & Dhariwal 2021, sec. 4). ``variance``: "beta" (σ² = β) or "posterior" (σ² = β̃).
+    """
+    _check(x_T)
+    if variance not in VARIANCES:
+        raise GenladderError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    timesteps = spaced_timesteps(schedule.T, schedule.T if steps is None else steps)
+    with torch.inference_mode():
+        x = x_T
+        for i, t in enumerate(timesteps):
+            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            eps_hat = eps_fn(x, _t_batch(t, x))
+            noise = noise_like(x, generator) if t_prev >= 0 else None
+            x_prev, x0_hat = ddpm_step(schedule, x, t, t_prev, eps_hat, noise, variance=variance, clip_x0=clip_x0)
+            if callback is not None:
+                callback(i, t, x, x0_hat)
+            x = x_prev
+    return x
+
+
+def sample_ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int, eta: float = 0.0,
+                generator: Generator = None, clip_x0: bool = True, callback: Callback | None = None) -> torch.Tensor:
+    """DDIM sampling (Song et al. 2021, eq. 12) from x_T (B, C, H, W) → x0 (B, C, H, W).
+
+    η = 0 is deterministic given x_T; η = 1 with steps = T is ancestral sampling with σ² = β̃.
+    """
+    _check(x_T)
+    if not 0.0 <= eta:
+        raise GenladderError(f"eta must be >= 0, got {eta}")
+    timesteps = spaced_timesteps(schedule.T, steps)
+    with torch.inference_mode():
+        x = x_T
+        for i, t in enumerate(timesteps):
+            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            eps_hat = eps_fn(x, _t_batch(t, x))
+            noise = noise_like(x, generator) if eta > 0 and t_prev >= 0 else None
+            x_prev, x0_hat = ddim_step(schedule, x, t, t_prev, eps_hat, noise, eta=eta, clip_x0=clip_x0)
+            if callback is not None:
+                callback(i, t, x, x0_hat)
+            x = x_prev
+    return x
+
+
+def sample_dpmpp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int,
+                    clip_x0: bool = True, callback: Callback | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2): deterministic multistep, data prediction.
+
+    α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t). The first step and the last (into σ = 0, where
+    λ = ∞, Alg. 2's r_i would be 0) are first order. Matches diffusers' DPMSolverMultistepScheduler
+    with ``algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
+    final_sigmas_type="zero"``. The last step is a jump from the last timestep to x̂0, so with few
+    steps the result is slightly over-smoothed (the posterior mean at t ≈ T/steps).
+    """
+    _check(x_T)
+    timesteps = spaced_timesteps(schedule.T, steps)
+    with torch.inference_mode():
+        x, x0_older, h_older = x_T, None, None
+        for i, t in enumerate(timesteps):
+            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            ab_s, ab_t = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
+            # 1. Lu et al. 2022, Alg. 2 uses the data prediction x_θ(x_s, s) = (x_s − σ_s ε̂)/α_s (Ho eq. 15)
+            x0_hat = _x0_from_eps(x, eps_fn(x, _t_batch(t, x)), ab_s, clip_x0)
+            if callback is not None:
+                callback(i, t, x, x0_hat)
+            if t_prev < 0:
+                x = x0_hat  # Lu et al. 2022, Alg. 2 first-order update with σ_t = 0, α_t = 1 (e^{−h} = 0): x_t = x_θ
+                break
+            sigma_s, sigma_t, alpha_t = math.sqrt(1.0 - ab_s), math.sqrt(1.0 - ab_t), math.sqrt(ab_t)
+            # 2. Lu et al. 2022, Alg. 2: h_i = λ_{t_i} − λ_{t_{i−1}}
+            h = 0.5 * math.log(ab_t / (1.0 - ab_t)) - 0.5 * math.log(ab_s / (1.0 - ab_s))
+            if x0_older is None:
+                D = x0_hat  # 3. Lu et al. 2022, Alg. 2, step to t_1: first order (DPM-Solver++(1) ≡ DDIM η = 0)
+            else:
+                r = h_older / h  # 4. Lu et al. 2022, Alg. 2: r_i = h_{i−1}/h_i
+                # 5. Lu et al. 2022, Alg. 2: D_i = (1 + 1/(2r_i)) x_θ(x̃_{t_{i−1}}) − 1/(2r_i) x_θ(x̃_{t_{i−2}})
+                D = (1.0 + 0.5 / r) * x0_hat - (0.5 / r) * x0_older
+            # 6. Lu et al. 2022, Alg. 2: x̃_{t_i} = (σ_{t_i}/σ_{t_{i−1}}) x̃_{t_{i−1}} − α_{t_i} (e^{−h_i} − 1) D_i
+            x = (sigma_t / sigma_s) * x - (alpha_t * math.expm1(-h)) * D
+            x0_older, h_older = x0_hat, h
+    return x
