@@ -47,7 +47,7 @@ class TestConstruction:
         # ᾱ_{T−1} = Π(1 − β_t); ≈ exp(−Σβ) = exp(−T·(β_1+β_T)/2)
         assert float(NoiseSchedule.linear(1000).alpha_bar[-1]) < 1e-3  # ≈ 4.0e-5: x_T is almost pure noise
         assert float(NoiseSchedule.cosine(1000).alpha_bar[-1]) < 1e-6
-        # The tutorial's T = 100 keeps Ho's β range, so Σβ ≈ 1.0 and ᾱ_99 ≈ 0.37: √ᾱ ≈ 0.6 of the image
+        # The tutorial's T = 100 keeps Ho's β range, so Σβ ≈ 1.0 and ᾱ_99 ≈ 0.364: √ᾱ ≈ 0.6 of the image
         # survives at t = T − 1 although sampling starts from pure noise. Documented, not hidden.
         tutorial = float(NoiseSchedule.linear(100).alpha_bar[-1])
         assert tutorial == pytest.approx(np.prod(1 - np.linspace(1e-4, 0.02, 100)), rel=1e-12)

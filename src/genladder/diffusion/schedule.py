@@ -175,7 +175,7 @@ class ScheduleConfig:
 
     @classmethod
     def preset(cls, name: str) -> ScheduleConfig:
-        """'tutorial': linear, T = 100 (faithful; note ᾱ_{T−1} ≈ 0.37, far from 0); 'default': linear, T = 1000."""
+        """'tutorial': linear, T = 100 (faithful; note ᾱ_{T−1} ≈ 0.364, far from 0); 'default': linear, T = 1000."""
         if name == "tutorial":
             return cls(kind="linear", T=100)
         if name == "default":
