@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 MINI_MNIST = Path(__file__).parent / "data" / "mnist-mini"
 
@@ -26,6 +27,16 @@ def pytest_collection_modifyitems(config, items):
 def mini_mnist() -> Path:
     """The committed MNIST extract (3,000 train / 1,000 test digits), loadable like the full files."""
     return MINI_MNIST
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test on one torch thread: the nets here are small, and two OpenMP threads thrash (10-100x
+    slower) whenever another process shares the two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

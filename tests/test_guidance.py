@@ -19,13 +19,6 @@ from genladder.models.unet import UNet, UNetConfig
 NULL = 3  # num_classes of the test nets
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def net() -> UNet:

@@ -21,14 +21,6 @@ from genladder.errors import GenladderError
 LINEAR = NoiseSchedule.linear(1000)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # thousands of tiny element-wise steps: two threads only thrash when another process shares the cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def gaussian_eps_fn(schedule: NoiseSchedule, mu: float, s: float):
     """Exact E[ε | x_t] when every pixel of x0 is N(mu, s²): x_t ~ N(√ᾱ mu, ᾱ s² + 1 − ᾱ)."""

@@ -21,14 +21,6 @@ from genladder.models.unet import UNet, UNetConfig
 PRESETS = [("tutorial", 0), ("tutorial", 10), ("default", 0), ("default", 10)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small convs are faster on one thread, and two threads thrash when another process shares the cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny(num_classes: int = 0, **kw) -> UNetConfig:
     base = dict(widths=(16, 32), blocks_per_level=1, attention_resolutions=(8,), image_size=16,

@@ -20,11 +20,12 @@ product of 1,000 factors loses digits) and cast to the dtype/device of ``x`` onl
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
 
+from genladder.config import config_from_dict
 from genladder.errors import GenladderError
 
 SCHEDULE_KINDS = ("linear", "cosine")
@@ -195,7 +196,4 @@ class ScheduleConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ScheduleConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not pass silently)."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise GenladderError(f"unknown ScheduleConfig keys: {sorted(unknown)}")
-        return cls(**data)
+        return config_from_dict(cls, data)

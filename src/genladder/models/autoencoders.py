@@ -19,12 +19,13 @@ Images are in [0, 1] (``genladder.data.to_unit``). The decoder returns the mean 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from genladder.config import config_from_dict
 from genladder.errors import GenladderError
 
 LIKELIHOODS = ("gaussian", "bernoulli")
@@ -76,11 +77,7 @@ class AutoencoderConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> AutoencoderConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise GenladderError(f"unknown autoencoder config fields {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
     @classmethod
     def preset(cls, kind: str, name: str = "tutorial", **overrides) -> AutoencoderConfig:

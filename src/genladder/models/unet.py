@@ -23,12 +23,13 @@ is *not* done here (see ``genladder.diffusion.objective``): the forward pass is 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genladder.config import config_from_dict
 from genladder.errors import GenladderError
 
 ARCHS = ("tutorial", "default")
@@ -108,10 +109,7 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, data: dict) -> UNetConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise GenladderError(f"unknown UNetConfig keys: {sorted(unknown)}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 # ------------------------------------------------------------------------------------ tutorial blocks
