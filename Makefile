@@ -19,7 +19,7 @@ install: $(BIN)/genladder
 
 # Trains a small conditional VAE on CPU (about two minutes) and draws a 10x10 grid, one digit per row.
 demo: install
-	$(BIN)/genladder train cvae --epochs 3 --limit 20000 --run-dir $(DEMO_DIR)-$$(date +%Y%m%d-%H%M%S) --likelihood bernoulli
+	$(BIN)/genladder train cvae --epochs 3 --limit 20000 --run-dir $(DEMO_DIR)-$$(date +%Y%m%d-%H%M%S)
 
 test: install
 	$(BIN)/python -m pytest -q
