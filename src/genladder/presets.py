@@ -1,10 +1,14 @@
 """Named recipes for the diffusion rungs: network, noise schedule, objective and training defaults.
 
-* ``tutorial`` — the article's U-Net (raw-t embedding, widths 64/128/256), linear β, T = 100;
-* ``default``  — the improved U-Net (sinusoidal time embedding inside every block, attention at
-  8×8, dropout 0.1), linear β, T = 1000 as in Ho et al. 2020;
+* ``tutorial`` — the article's U-Net (raw-t embedding, widths 64/128/256, 5.06 M parameters),
+  linear β, T = 100 (faithful: ᾱ at the last step is still 0.364, so sampling from N(0, I)
+  starts off the training distribution);
+* ``default``  — the improved U-Net (sinusoidal time embedding injected in every block, widths
+  32/64/128 with two blocks per level, attention at 8×8, dropout 0.1; 4.1 M), linear β,
+  T = 1000 as in Ho et al. 2020;
 * ``small``    — the improved U-Net at CPU size (widths 32/64/64, one block per level, no
-  attention), cosine β, T = 1000: the recipe that trains on a laptop CPU in minutes.
+  attention; 1.1 M), cosine β (Nichol & Dhariwal 2021), T = 1000: the recipe measured in the
+  README, readable 10×10 digit grids after 25 CPU-minutes.
 
 Precedence: preset < explicit command-line flags.
 """
