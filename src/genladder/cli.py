@@ -130,7 +130,7 @@ def _add_figure_parsers(subparsers) -> None:
     p.add_argument("--n", type=_positive_int, default=16, help="number of test digits (default 16)")
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--data-dir", help="folder with the IDX files (default: the run's data source)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
     p = subparsers.add_parser("interpolate", help="a latent walk between pairs of test digits")
     p.add_argument("run_dir")
@@ -139,7 +139,7 @@ def _add_figure_parsers(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="which test digits are paired (default 0)")
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--data-dir", help="folder with the IDX files (default: the run's data source)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
