@@ -147,3 +147,14 @@ class TestErrors:
                                 capture_output=True, text=True, cwd=tmp_path)
         assert result.returncode == 2
         assert result.stderr == "genladder: error: --batch-size must be at least 1, got 0\n"
+
+
+def test_every_option_is_documented():
+    import argparse
+
+    from genladder.cli import build_parser
+
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    undocumented = [(name, action.dest) for name, sub in subcommands.items() for action in sub._actions
+                    if not action.help and not isinstance(action, argparse._HelpAction)]
+    assert undocumented == []

@@ -111,7 +111,7 @@ def _add_figure_parsers(subparsers) -> None:
     _add_sampling_options(p)
 
     p = subparsers.add_parser("trajectory", help="diffusion: x_t along the denoising chain, one row per sample")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder written by 'genladder train'")
     p.add_argument("--n", type=_positive_int, default=8, help="rows (default 8)")
     p.add_argument("--label", type=int, help="conditional models: this class in every row")
     p.add_argument("--frames", type=int, default=10, help="columns of x_t before the final image (default 10)")
@@ -119,21 +119,21 @@ def _add_figure_parsers(subparsers) -> None:
     _add_sampling_options(p)
 
     p = subparsers.add_parser("guidance-sweep", help="cddpm: rows = guidance weights, columns = digits")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder written by 'genladder train'")
     p.add_argument("--guidance-weights", dest="weights_list", default="0,1,2,4",
                    help="comma-separated guidance weights w, one row each (default 0,1,2,4)")
     p.add_argument("--out", required=True, help="output .png")
     _add_sampling_options(p)
 
     p = subparsers.add_parser("reconstruct", help="test digits beside their reconstructions")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder written by 'genladder train'")
     p.add_argument("--n", type=_positive_int, default=16, help="number of test digits (default 16)")
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--data-dir", help="folder with the IDX files (default: the run's data source)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
     p = subparsers.add_parser("interpolate", help="a latent walk between pairs of test digits")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder written by 'genladder train'")
     p.add_argument("--pairs", type=_positive_int, default=4, help="rows, one pair of test digits each (default 4)")
     p.add_argument("--steps", type=_positive_int, default=10, help="images per row, ends included (default 10)")
     p.add_argument("--seed", type=int, default=0, help="which test digits are paired (default 0)")
