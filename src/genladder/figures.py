@@ -101,7 +101,9 @@ def sample_command(args: argparse.Namespace) -> Path:
         images = _diffusion_images(run, labels, n, args, generator)
     if out.suffix.lower() == ".npz":
         return save_npz(out, images * 2 - 1, labels)
-    ncol = run.config["model"].get("num_classes") if args.grid else None
+    # A conditional model without --label cycles through the classes: ten columns put one class in each.
+    cycling = labels is not None and args.label is None
+    ncol = run.config["model"]["num_classes"] if cycling else None
     return save_grid(images, out, nrow=ncol)
 
 
