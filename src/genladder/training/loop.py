@@ -220,6 +220,7 @@ def train(
         )
 
     def end_of_epoch(epoch: int, current_step: int) -> None:
+        """Test loss, loss curve and preview grid (named by epoch, or by step when stopped mid-epoch)."""
         nonlocal last_test
         eval_model = ema.module if ema is not None else model
         last_test = evaluate_objective(eval_model, objective, test_images, test_labels, data.to_model_range,
@@ -236,7 +237,8 @@ def train(
                 images = preview(eval_model, generator)
                 eval_model.train()
             (run_dir / "samples").mkdir(exist_ok=True)
-            save_grid(images, run_dir / "samples" / f"epoch_{epoch:03d}.png", nrow=_preview_columns(len(images)))
+            name = f"epoch_{epoch:03d}.png" if current_step % per_epoch == 0 else f"step_{current_step:07d}.png"
+            save_grid(images, run_dir / "samples" / name, nrow=_preview_columns(len(images)))
 
     model.train()
     running: dict[str, float] = {}
