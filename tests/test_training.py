@@ -134,7 +134,9 @@ class TestResume:
             checkpoint._fsync_dir = fsync_then_hang
             run_training(json.loads({json.dumps(json.dumps(config))}), {str(killed)!r}, show_progress=False)
         """)
-        process = subprocess.Popen([sys.executable, "-c", script])
+        # Same thread count as this process: CPU reductions (and so bitwise results) depend on it.
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        process = subprocess.Popen([sys.executable, "-c", script], env=env)
         try:
             deadline = time.monotonic() + 120
             while not marker.exists():
