@@ -52,9 +52,21 @@ def test_digits(run: LoadedRun, n: int, data_dir: str | None) -> tuple[torch.Ten
     return to_unit(to_32(split.images, method=data.resize)).to(device), split.labels.to(device)
 
 
-def _needs_autoencoder(run: LoadedRun, verb: str) -> None:
-    if run.kind not in ("ae", "vae", "cvae"):
-        raise GenladderError(f"'{verb}' needs an ae, vae or cvae run; this run is a {run.kind}")
+def _open_run(args: argparse.Namespace, verb: str, kinds: tuple[str, ...]) -> tuple[Path, LoadedRun]:
+    """Check ``--out``, load the run (``--weights`` when the verb has it) and check it is one of ``kinds``."""
+    out = _check_out(args.out)
+    run = load_run(args.run_dir, weights=getattr(args, "weights", "auto"), device=args.device)
+    if run.kind not in kinds:
+        raise GenladderError(f"'{verb}' needs {_either(kinds)} run; this run is a {run.kind}")
+    return out, run
+
+
+def _either(kinds: tuple[str, ...]) -> str:
+    article = "an" if kinds[0][0] in "aeiou" else "a"
+    return f"{article} {', '.join(kinds[:-1])} or {kinds[-1]}"
+
+
+AUTOENCODERS, DIFFUSION = ("ae", "vae", "cvae"), ("ddpm", "cddpm")
 
 
 def _encode(run: LoadedRun, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -118,17 +130,10 @@ def save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None) -> P
     return path
 
 
-def _needs_diffusion(run: LoadedRun, verb: str) -> None:
-    if run.kind not in ("ddpm", "cddpm"):
-        raise GenladderError(f"'{verb}' needs a ddpm or cddpm run; this run is a {run.kind}")
-
-
 @torch.no_grad()
 def trajectory_command(args: argparse.Namespace) -> Path:
     """The denoising trajectory: x_t at ``--frames`` points of the chain, one row per sample."""
-    out = _check_out(args.out)
-    run = load_run(args.run_dir, weights=args.weights, device=args.device)
-    _needs_diffusion(run, "trajectory")
+    out, run = _open_run(args, "trajectory", DIFFUSION)
     if args.frames < 2:
         raise GenladderError(f"--frames must be at least 2, got {args.frames}")
     labels = sample_labels(run, args.n, args.label, False)
@@ -149,9 +154,7 @@ def trajectory_command(args: argparse.Namespace) -> Path:
 @torch.no_grad()
 def guidance_sweep_command(args: argparse.Namespace) -> Path:
     """Rows = guidance weights w, columns = the ten digits, the same noise in every row."""
-    out = _check_out(args.out)
-    run = load_run(args.run_dir, weights=args.weights, device=args.device)
-    _needs_diffusion(run, "guidance-sweep")
+    out, run = _open_run(args, "guidance-sweep", DIFFUSION)
     num_classes = run.config["model"].get("num_classes", 0)
     if not num_classes:
         raise GenladderError("'guidance-sweep' needs a conditional model (cddpm); this run is unconditional")
@@ -170,9 +173,7 @@ def guidance_sweep_command(args: argparse.Namespace) -> Path:
 
 @torch.no_grad()
 def reconstruct_command(args: argparse.Namespace) -> Path:
-    out = _check_out(args.out)
-    run = load_run(args.run_dir, device=args.device)
-    _needs_autoencoder(run, "reconstruct")
+    out, run = _open_run(args, "reconstruct", AUTOENCODERS)
     x, labels = test_digits(run, args.n, args.data_dir)
     reconstructions = _decode(run, _encode(run, x, labels), labels)
     ncol = min(args.n, 8)
@@ -184,9 +185,7 @@ def reconstruct_command(args: argparse.Namespace) -> Path:
 
 @torch.no_grad()
 def interpolate_command(args: argparse.Namespace) -> Path:
-    out = _check_out(args.out)
-    run = load_run(args.run_dir, device=args.device)
-    _needs_autoencoder(run, "interpolate")
+    out, run = _open_run(args, "interpolate", AUTOENCODERS)
     if args.steps < 2:
         raise GenladderError(f"--steps must be at least 2 (the two ends), got {args.steps}")
     x, labels = test_digits(run, 1000, args.data_dir)
