@@ -86,7 +86,7 @@ def load_training_data(kind: str, data: DataConfig) -> TrainingData:
     )
 
 
-def _preview_for(config: dict, data: TrainingData, model_description_: dict):
+def _preview_for(config: dict, data: TrainingData):
     kind = config["kind"]
     count = 100 if is_conditional(kind) else config["train"].get("preview_count", 64)
     sample_fn = None
@@ -118,7 +118,7 @@ def run_training(
     description = model_description(config)
     return train(
         model, objective, data, train_config, run_dir, description,
-        preview=_preview_for(config, data, description), resume=resume, show_progress=show_progress,
+        preview=_preview_for(config, data), resume=resume, show_progress=show_progress,
     )
 
 

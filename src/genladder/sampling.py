@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genladder.diffusion import (
+    NoiseSchedule,
     ScheduleConfig,
     as_eps_fn,
     classifier_free_guidance,
@@ -62,15 +63,15 @@ def check_sampling(config: dict, sampler: SamplerConfig, labels: torch.Tensor | 
         raise GenladderError("a conditional model needs labels")
 
 
-def eps_function(model: torch.nn.Module, config: dict, labels: torch.Tensor | None, guidance: float):
+def eps_function(model: torch.nn.Module, config: dict, schedule: NoiseSchedule, labels: torch.Tensor | None,
+                 guidance: float):
     """The ε-function ``(x_t, t) -> ε̂`` of a trained network, guided when it is conditional."""
-    schedule_config = ScheduleConfig.from_dict(config["objective"]["schedule"])
     num_classes = config["model"].get("num_classes", 0)
     if num_classes:
         fn = classifier_free_guidance(model, labels, guidance, null_label=num_classes)
     else:
         fn = unconditional(model)
-    return as_eps_fn(fn, schedule_config.build(), schedule_config.prediction)
+    return as_eps_fn(fn, schedule, config["objective"]["schedule"]["prediction"])
 
 
 def run_sampler(eps_fn, schedule, x_T: torch.Tensor, sampler: SamplerConfig, generator, callback=None):
@@ -108,7 +109,7 @@ def generate(
         count = min(sampler.batch_size, n - start)
         batch_labels = labels[start : start + count].to(device) if labels is not None else None
         x_T = torch.randn((count, *shape), generator=generator, device=device)
-        eps_fn = eps_function(model, config, batch_labels, sampler.guidance)
+        eps_fn = eps_function(model, config, schedule, batch_labels, sampler.guidance)
 
         def tick(i, t, x_t, x0_hat, count=count):
             bar.update(count)
