@@ -64,6 +64,9 @@ def _add_train_parser(subparsers) -> None:
     model.add_argument("--likelihood", choices=("gaussian", "bernoulli"),
                        help="decoder likelihood: gaussian = summed L2 (tutorial), bernoulli = BCE in nats")
     model.add_argument("--kl-weight", type=float, help="weight of the KL term of the VAE/CVAE loss (default 1)")
+    classifier = p.add_argument_group("classifier (the feature network of 'genladder evaluate')")
+    classifier.add_argument("--max-shift", type=int, help="largest random shift in pixels of training digits "
+                            "(default 2)")
     diffusion = p.add_argument_group("diffusion (ddpm, cddpm)")
     diffusion.add_argument("--widths", help="U-Net channels per level, e.g. 64,128,128")
     diffusion.add_argument("--blocks-per-level", type=_positive_int, help="U-Net residual blocks per level")
@@ -159,6 +162,39 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _optional_steps(text: str) -> int | None:
+    return None if text == "all" else _positive_int(text)
+
+
+def _add_evaluate_parsers(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="measure a trained run: classifier-FID, precision/recall, "
+                              "accuracy, likelihood; writes eval.json", description="Evaluate a run against the "
+                              "MNIST test set in the feature space of genladder's shipped digit classifier, print a "
+                              "table and write eval.json into the run folder.")
+    p.add_argument("run_dir", help="a run folder written by 'genladder train'")
+    p.add_argument("--n", type=_positive_int, default=10_000, help="samples to draw (default 10000); the real-data "
+                   "floor uses as many training digits")
+    _add_sampling_options(p)
+    p.add_argument("--pr-k", type=_positive_int, default=3, help="neighbours in precision/recall (default 3)")
+    p.add_argument("--iwae-k", type=_positive_int, default=100, help="VAE: importance samples of the IWAE bound "
+                   "(default 100)")
+    p.add_argument("--iwae-images", type=_positive_int, default=1000, help="VAE: test digits in the IWAE bound "
+                   "(default 1000)")
+    p.add_argument("--bpd-images", type=_positive_int, default=200, help="diffusion: test digits in the "
+                   "variational bound (default 200)")
+    p.add_argument("--bpd-timesteps", type=_optional_steps, default=50, help="diffusion: KL terms scored per digit, "
+                   "stratified over t (default 50; 'all' for the exact sum)")
+    p.add_argument("--memorisation-samples", type=_positive_int, default=2000, help="samples checked against "
+                   "their nearest training image (default 2000)")
+    p.add_argument("--classifier", help="feature network: a classifier run folder or file (default: the shipped "
+                   "MNIST classifier)")
+    p.add_argument("--json", action="store_true", help="print eval.json to stdout instead of the table")
+
+    p = subparsers.add_parser("report", help="one Markdown table comparing evaluated runs side by side")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders evaluated by 'genladder evaluate'")
+    p.add_argument("--out", help="write the table to this .md file (default: print it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="genladder", description="The ladder of generative models: AE, VAE, CVAE, DDPM, "
                      "guided DDPM, on MNIST-like images.")
@@ -166,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_parser(subparsers)
     _add_figure_parsers(subparsers)
+    _add_evaluate_parsers(subparsers)
     return parser
 
 
@@ -182,6 +219,10 @@ def _config_from_args(args: argparse.Namespace) -> dict:
         from genladder.presets import diffusion_config
 
         model, objective, train_defaults = diffusion_config(kind, preset, given)
+    elif kind == "classifier":
+        from genladder.presets import classifier_config
+
+        model, objective, train_defaults = classifier_config(preset, given)
     else:
         from genladder.models import AutoencoderConfig
 
@@ -239,12 +280,53 @@ def _figure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from genladder.evaluate import EVAL_FILE, EvaluationConfig, evaluate_run, terminal_table
+
+    steps = args.steps if args.steps is not None else (None if args.sampler == "ddpm" else 20)
+    config = EvaluationConfig(
+        n=args.n, sampler=args.sampler, steps=steps, guidance=args.guidance, eta=args.eta, variance=args.variance,
+        batch_size=args.batch_size, seed=args.seed, pr_k=args.pr_k, iwae_k=args.iwae_k, iwae_images=args.iwae_images,
+        bpd_images=args.bpd_images, bpd_timesteps=args.bpd_timesteps,
+        memorisation_samples=args.memorisation_samples, classifier=args.classifier, weights=args.weights,
+        device=args.device,
+    )
+    result = evaluate_run(args.run_dir, config, progress=not args.no_progress, quiet=args.json)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(terminal_table(result))
+        print(f"genladder: wrote {Path(args.run_dir) / EVAL_FILE}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from genladder.checkpoint import atomic_write_bytes
+    from genladder.evaluate import markdown_table, read_evaluation
+
+    table = markdown_table(read_evaluation(run_dir) for run_dir in args.run_dirs)
+    if args.out:
+        if not args.out.endswith(".md"):
+            raise GenladderError(f"--out must name a .md file, got {args.out!r}")
+        atomic_write_bytes(args.out, table.encode())
+        print(f"genladder: wrote {args.out}")
+    else:
+        print(table, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genladder`` console script; returns the exit code."""
     try:
         args = build_parser().parse_args(argv)
         if args.command == "train":
             return _train(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "report":
+            return _report(args)
         return _figure(args)
     except GenladderError as error:
         print(f"genladder: error: {error}", file=sys.stderr)

@@ -13,7 +13,7 @@ from genladder.checkpoint import atomic_write_bytes
 from genladder.data import load_split, to_32, to_unit
 from genladder.errors import GenladderError
 from genladder.plotting import save_grid
-from genladder.rungs import grid_labels
+from genladder.rungs import decode_image, encode_mean, grid_labels
 from genladder.runs import DataConfig, LoadedRun, load_run
 
 
@@ -70,15 +70,11 @@ AUTOENCODERS, DIFFUSION = ("ae", "vae", "cvae"), ("ddpm", "cddpm")
 
 
 def _encode(run: LoadedRun, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Deterministic code of each image: z for an AE, the posterior mean for a VAE/CVAE."""
-    if run.kind == "ae":
-        return run.model.encode(x)
-    return run.model.encode(x, labels if run.kind == "cvae" else None).mu
+    return encode_mean(run.kind, run.model, x, labels)
 
 
 def _decode(run: LoadedRun, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    output = run.model.decode(z) if run.kind == "ae" else run.model.decode(z, labels if run.kind == "cvae" else None)
-    return run.model.output_to_image(output)
+    return decode_image(run.kind, run.model, z, labels)
 
 
 def sampler_config(args: argparse.Namespace):

@@ -1,4 +1,6 @@
-"""Training objectives of the autoencoder rungs: functions of (model, batch), never inside a model.
+"""Training objectives of the autoencoder rungs and of the evaluation classifier.
+
+They are functions of (model, batch), never inside a model.
 
 Every objective has the signature ``objective(model, images, labels, generator=None) ->
 (loss, metrics)``: ``loss`` is the scalar to minimise, ``metrics`` its named terms as floats.
@@ -16,7 +18,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from genladder.data.transforms import random_shift
 from genladder.models.autoencoders import VAE, AutoEncoder
+from genladder.models.classifier import DigitClassifier
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -93,3 +97,19 @@ def vae_loss(
         "neg_elbo": (nll + kl).mean().item(),
     }
     return loss, metrics
+
+
+def classifier_loss(
+    model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor, generator=None, max_shift: int = 2
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of the digit classifier, with every training image shifted by up to ``max_shift`` pixels.
+
+    The shift (training mode only) makes the classifier read digits that are slightly off-centre, as
+    generated ones can be, instead of relying on MNIST's exact centring. ``error`` is the share misread.
+    """
+    if model.training:
+        images = random_shift(images, max_shift, generator=generator)
+    logits = model(images)
+    loss = F.cross_entropy(logits, labels)
+    error = (logits.argmax(1) != labels).float().mean()
+    return loss, {"loss": loss.item(), "error": error.item()}

@@ -80,3 +80,17 @@ def diffusion_config(kind: str, preset: str, given: dict) -> tuple[dict, dict, d
     elif "label_dropout" in given:
         raise GenladderError("--label-dropout only applies to the conditional cddpm")
     return unet, objective, dict(_TRAIN_DEFAULTS[preset])
+
+
+# The evaluation classifier (genladder.evaluate): Adam 1e-3 with a weight EMA, 2-pixel shifts.
+CLASSIFIER_TRAIN_DEFAULTS = {"epochs": 8, "batch_size": 128, "lr": 1e-3, "ema_decay": 0.999}
+
+
+def classifier_config(preset: str, given: dict) -> tuple[dict, dict, dict]:
+    """(model, objective, train defaults) of ``genladder train classifier``; only the ``default`` preset."""
+    from genladder.models.classifier import ClassifierConfig
+
+    if preset != "default":
+        raise GenladderError(f"the classifier has only the 'default' preset, not {preset!r}")
+    objective = {"max_shift": given.get("max_shift", 2)}
+    return ClassifierConfig().to_dict(), objective, dict(CLASSIFIER_TRAIN_DEFAULTS)

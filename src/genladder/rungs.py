@@ -13,7 +13,7 @@ import torch
 from genladder.data import to_signed, to_unit
 from genladder.errors import GenladderError
 from genladder.models import is_conditional, is_diffusion
-from genladder.objectives import autoencoder_loss, vae_loss
+from genladder.objectives import autoencoder_loss, classifier_loss, vae_loss
 
 
 def to_model_range(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -26,10 +26,25 @@ def from_model_range(kind: str, images: torch.Tensor) -> torch.Tensor:
     return ((images + 1) / 2).clamp(0, 1) if is_diffusion(kind) else images.clamp(0, 1)
 
 
+def encode_mean(kind: str, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Deterministic code of each image in [0, 1]: z for an AE, the posterior mean for a VAE/CVAE."""
+    if kind == "ae":
+        return model.encode(x)
+    return model.encode(x, labels if kind == "cvae" else None).mu
+
+
+def decode_image(kind: str, model: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Codes -> the images they decode to, in [0, 1] (AE, VAE, CVAE)."""
+    output = model.decode(z) if kind == "ae" else model.decode(z, labels if kind == "cvae" else None)
+    return model.output_to_image(output)
+
+
 def make_objective(kind: str, objective_config: dict, model_config: dict):
     """The objective ``(model, images, labels, generator=None) -> (loss, metrics)`` of a rung."""
     if kind == "ae":
         return autoencoder_loss
+    if kind == "classifier":
+        return partial(classifier_loss, max_shift=objective_config.get("max_shift", 2))
     if kind in ("vae", "cvae"):
         return partial(vae_loss, kl_weight=objective_config.get("kl_weight", 1.0))
     from genladder.diffusion import DiffusionObjective, ScheduleConfig

@@ -88,6 +88,8 @@ def load_training_data(kind: str, data: DataConfig) -> TrainingData:
 
 def _preview_for(config: dict, data: TrainingData):
     kind = config["kind"]
+    if kind == "classifier":  # nothing to draw; its test error is in metrics.jsonl
+        return None
     count = 100 if is_conditional(kind) else config["train"].get("preview_count", 64)
     sample_fn = None
     if kind in ("ddpm", "cddpm"):

@@ -17,7 +17,7 @@ from genladder.data.sources import (
     load_split,
     locate_split,
 )
-from genladder.data.transforms import from_signed, from_unit, to_32, to_signed, to_unit
+from genladder.data.transforms import from_signed, from_unit, random_shift, to_32, to_signed, to_unit
 
 __all__ = [
     "DATASETS",
@@ -30,6 +30,7 @@ __all__ = [
     "from_unit",
     "load_split",
     "locate_split",
+    "random_shift",
     "to_32",
     "to_signed",
     "to_unit",

@@ -70,3 +70,27 @@ def from_signed(x: torch.Tensor) -> torch.Tensor:
     """float [-1, 1] → uint8 [0, 255]: (x + 1) * 127.5, clamp, round to nearest. Shape unchanged."""
     _require_float(x, "from_signed")
     return ((x.to(torch.float32) + 1.0) * 127.5).clamp(0.0, 255.0).round().to(torch.uint8)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate every image of a float batch by its own random whole-pixel offset in [−max_shift, max_shift].
+
+    Pixels shifted in from outside are 0 (the background of MNIST-like data). Whole pixels, so no
+    interpolation blurs the strokes. (B, C, H, W) -> (B, C, H, W).
+    """
+    _require_float(x, "random_shift")
+    if max_shift < 0:
+        raise GenladderError(f"max_shift must be >= 0, got {max_shift}")
+    if max_shift == 0:
+        return x
+    batch, _, height, width = x.shape
+    offsets = torch.randint(-max_shift, max_shift + 1, (batch, 2), generator=generator, device=x.device)
+    padded = F.pad(x, (max_shift,) * 4)  # (B, C, H + 2s, W + 2s)
+    rows = (torch.arange(height, device=x.device) + max_shift - offsets[:, :1])  # (B, H) source rows
+    cols = (torch.arange(width, device=x.device) + max_shift - offsets[:, 1:])  # (B, W) source columns
+    batch_index = torch.arange(batch, device=x.device)[:, None, None]
+    # Advanced indexing picks padded[b, :, rows[b, i], cols[b, j]] -> (B, H, W, C).
+    shifted = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]
+    return shifted.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last
+                                                  if x.is_contiguous(memory_format=torch.channels_last)
+                                                  else torch.contiguous_format)

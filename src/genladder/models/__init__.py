@@ -1,4 +1,4 @@
-"""Networks of every rung, and the one explicit table that maps a model kind to its classes."""
+"""Networks of every rung (and of the evaluation classifier), and the one explicit table of kinds."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from genladder.models.autoencoders import (
     ConditionalVAE,
     VAEEncoding,
 )
+from genladder.models.classifier import ClassifierConfig, DigitClassifier
 
 DIFFUSION_KINDS = ("ddpm", "cddpm")
-MODEL_KINDS = AUTOENCODER_KINDS + DIFFUSION_KINDS
+GENERATIVE_KINDS = AUTOENCODER_KINDS + DIFFUSION_KINDS
+# "classifier" trains the feature network of genladder.evaluate with the same loop and run folders.
+MODEL_KINDS = GENERATIVE_KINDS + ("classifier",)
 
 
 def check_kind(kind: str) -> str:
@@ -35,6 +38,8 @@ def is_conditional(kind: str) -> bool:
 
 def build_model(kind: str, model_config: dict) -> nn.Module:
     """Rebuild a network from its kind and JSON config (as stored in config.json and model files)."""
+    if kind == "classifier":
+        return DigitClassifier(ClassifierConfig.from_dict(model_config))
     if is_diffusion(kind):
         from genladder.models.unet import UNet, UNetConfig
 
@@ -46,6 +51,7 @@ def build_model(kind: str, model_config: dict) -> nn.Module:
 
 
 __all__ = [
-    "AutoEncoder", "AutoencoderConfig", "ConditionalVAE", "VAE", "VAEEncoding", "MODEL_KINDS",
-    "DIFFUSION_KINDS", "build_model", "check_kind", "is_conditional", "is_diffusion",
+    "AutoEncoder", "AutoencoderConfig", "ClassifierConfig", "ConditionalVAE", "DigitClassifier", "VAE",
+    "VAEEncoding", "MODEL_KINDS", "DIFFUSION_KINDS", "GENERATIVE_KINDS", "build_model", "check_kind",
+    "is_conditional", "is_diffusion",
 ]

@@ -1,0 +1,273 @@
+"""``genladder evaluate RUN_DIR``: every metric that applies to a trained run, written to ``eval.json``.
+
+The steps, for a run of any rung:
+
+1. real data: the full MNIST test set (the reference), the run's own training images (the floor
+   and the memorisation check), brought to 32×32 as the run's data were;
+2. samples: ``n`` images from the model (conditional models: the ten digits in equal shares), timed;
+3. classifier features of both, then FID, precision/recall, conditional accuracy or class histogram,
+   and the same FID/precision/recall for n training digits against the test set: the real-data floor;
+4. likelihoods on test digits: reconstruction error (AE, VAE, CVAE), −ELBO and the IWAE bound
+   (VAE, CVAE), the variational bound in bits/dim (DDPM, on a subset, stratified over t);
+5. memorisation: the share of samples closer to a training image than 99 % of test digits are.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from genladder import __version__
+from genladder.checkpoint import atomic_write_json, read_json
+from genladder.data import load_split, to_32, to_signed, to_unit
+from genladder.errors import GenladderError
+from genladder.evaluate.features import FeatureNetwork, embed, load_feature_network
+from genladder.evaluate.likelihood import ddpm_bits_per_dim, iwae_negative_log_likelihood, vae_negative_elbo
+from genladder.evaluate.metrics import (
+    class_histogram,
+    classifier_fid,
+    conditional_accuracy,
+    memorisation_share,
+    nearest_neighbour_distances,
+    precision_recall,
+    reconstruction_error,
+)
+from genladder.rungs import decode_image, encode_mean
+from genladder.runs import LoadedRun, load_run
+
+EVAL_FILE = "eval.json"
+MEMORISATION_PERCENTILE = 0.01  # the threshold: nearest-training-image distance of the closest 1 % of test digits
+
+
+@dataclass
+class EvaluationConfig:
+    """What ``genladder evaluate`` measures and how much of it (the CLI's options)."""
+
+    n: int = 10_000  # samples drawn (and training digits in the floor)
+    sampler: str = "dpmpp"  # diffusion: ddpm, ddim or dpmpp
+    steps: int | None = 20  # diffusion solver steps (None: the full chain, ddpm only)
+    guidance: float = 0.0  # cddpm: classifier-free guidance weight
+    eta: float = 0.0  # ddim stochasticity
+    variance: str = "beta"  # ddpm reverse variance
+    batch_size: int = 500  # images per sampler / model call
+    seed: int = 0  # samples, IWAE and bound noise
+    pr_k: int = 3  # neighbourhood size of precision/recall (Kynkäänniemi et al. 2019)
+    iwae_k: int = 100  # importance samples of the IWAE bound
+    iwae_images: int = 1_000  # test digits in the IWAE estimate (the ELBO uses all of them)
+    bpd_images: int = 200  # test digits in the DDPM bound
+    bpd_timesteps: int | None = 50  # KL terms per image in the DDPM bound (None: all T)
+    memorisation_samples: int = 2_000  # samples (and test digits) in the nearest-training-image check
+    classifier: str | None = None  # classifier file or run folder (default: the shipped MNIST classifier)
+    weights: str = "auto"  # EMA weights when the run has them
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("n", "batch_size", "pr_k", "iwae_k", "iwae_images", "bpd_images", "memorisation_samples"):
+            if getattr(self, name) < 1:
+                raise GenladderError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.n <= self.pr_k:
+            raise GenladderError(f"--n must exceed --pr-k = {self.pr_k} for precision and recall, got {self.n}")
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"genladder: {message}", file=sys.stderr, flush=True)
+
+
+def _real_data(config: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train images, test images, test labels) as uint8 32×32, the run's train subset, the full test set."""
+    from genladder.runs import DataConfig
+
+    data = DataConfig.from_dict(config["data"])
+    train = load_split(data.dataset, "train", data_dir=data.data_dir, limit=data.limit)
+    test = load_split(data.dataset, "test", data_dir=data.data_dir)
+    return to_32(train.images, data.resize), to_32(test.images, data.resize), test.labels
+
+
+def _sample(run: LoadedRun, evaluation: EvaluationConfig, labels: torch.Tensor | None, progress: bool):
+    """n images in [0, 1] from the run's model, and the seconds it took."""
+    device = next(run.model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(evaluation.seed)
+    start = time.perf_counter()
+    if run.kind in ("vae", "cvae"):
+        with torch.inference_mode():
+            parts = []
+            for s in range(0, evaluation.n, evaluation.batch_size):
+                count = min(evaluation.batch_size, evaluation.n - s)
+                part_labels = labels[s : s + count] if labels is not None else None
+                parts.append(run.model.sample(count, labels=part_labels, generator=generator).cpu())
+        images = torch.cat(parts)
+    else:
+        from genladder.sampling import SamplerConfig, generate
+
+        sampler = SamplerConfig(sampler=evaluation.sampler, steps=evaluation.steps, guidance=evaluation.guidance,
+                                eta=evaluation.eta, variance=evaluation.variance, batch_size=evaluation.batch_size)
+        images = ((generate(run.model, run.config, evaluation.n, sampler, labels=labels, generator=generator,
+                            progress=progress) + 1) / 2).cpu()
+    return images, time.perf_counter() - start
+
+
+def _quality(features, reference, predicted, labels, num_classes: int, k: int) -> dict:
+    precision, recall = precision_recall(features, reference, k=k)
+    result = {"classifier_fid": classifier_fid(features, reference), "precision": precision, "recall": recall}
+    if labels is not None:
+        result["conditional_accuracy"] = conditional_accuracy(predicted, labels, num_classes)
+    result["class_histogram"] = class_histogram(predicted, num_classes)
+    return result
+
+
+@torch.no_grad()
+def _autoencoder_likelihoods(run: LoadedRun, test: torch.Tensor, test_labels: torch.Tensor,
+                             evaluation: EvaluationConfig, quiet: bool) -> dict:
+    device = next(run.model.parameters()).device
+    labels = test_labels.to(device) if run.kind == "cvae" else None
+    reconstructions = []
+    for s in range(0, len(test), evaluation.batch_size):
+        x = to_unit(test[s : s + evaluation.batch_size]).to(device)
+        part_labels = labels[s : s + len(x)] if labels is not None else None
+        reconstructions.append(decode_image(run.kind, run.model, encode_mean(run.kind, run.model, x, part_labels),
+                                            part_labels).cpu())
+    result = {"reconstruction": reconstruction_error(to_unit(test), torch.cat(reconstructions))}
+    if run.kind == "ae":
+        return result
+    generator = torch.Generator(device=device).manual_seed(evaluation.seed)
+    _log(f"−ELBO on {len(test)} test digits, IWAE bound (k = {evaluation.iwae_k}) on "
+         f"{min(evaluation.iwae_images, len(test))}", quiet)
+    elbo = torch.cat([
+        vae_negative_elbo(run.model, to_unit(test[s : s + evaluation.batch_size]).to(device),
+                          labels[s : s + evaluation.batch_size] if labels is not None else None, generator)
+        for s in range(0, len(test), evaluation.batch_size)
+    ])
+    iwae_count = min(evaluation.iwae_images, len(test))
+    iwae = torch.cat([
+        iwae_negative_log_likelihood(run.model, to_unit(test[s : min(s + 100, iwae_count)]).to(device),
+                                     labels[s : min(s + 100, iwae_count)] if labels is not None else None,
+                                     evaluation.iwae_k, generator)
+        for s in range(0, iwae_count, 100)
+    ])
+    result["neg_elbo_nats"] = elbo.mean().item()
+    result["iwae_nll_nats"] = {"value": iwae.mean().item(), "k": evaluation.iwae_k, "images": iwae_count,
+                               "neg_elbo_same_images": elbo[:iwae_count].mean().item()}
+    result["likelihood"] = run.config["model"]["likelihood"]
+    return result
+
+
+@torch.no_grad()
+def _diffusion_likelihood(run: LoadedRun, test: torch.Tensor, test_labels: torch.Tensor,
+                          evaluation: EvaluationConfig) -> dict:
+    from genladder.diffusion import ScheduleConfig, as_eps_fn, conditional, unconditional
+
+    device = next(run.model.parameters()).device
+    count = min(evaluation.bpd_images, len(test))
+    images = to_signed(test[:count]).to(device)
+    schedule_config = ScheduleConfig.from_dict(run.config["objective"]["schedule"])
+    schedule = schedule_config.build().to(device)
+    # The conditional model's bound is for p(x | y) with the true label and no guidance.
+    fn = conditional(run.model, test_labels[:count].to(device)) if run.kind == "cddpm" else unconditional(run.model)
+    eps_fn = as_eps_fn(fn, schedule, schedule_config.prediction)
+    generator = torch.Generator(device=device).manual_seed(evaluation.seed)
+    with torch.inference_mode():
+        return {"bits_per_dim": ddpm_bits_per_dim(eps_fn, schedule, images, timesteps=evaluation.bpd_timesteps,
+                                                  generator=generator)}
+
+
+def _training_summary(run_dir: Path, run: LoadedRun) -> dict:
+    """Training time, steps and median images/s from the run's checkpoint and metrics.jsonl."""
+    state = read_json(run.checkpoint / "trainer_state.json") if (run.checkpoint / "trainer_state.json").exists() else {}
+    speeds = []
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        import json
+
+        for line in metrics.read_text().splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if record.get("split") == "train" and "images_per_s" in record:
+                speeds.append(record["images_per_s"])
+    speeds.sort()
+    return {"seconds": state.get("train_seconds"), "step": state.get("step"), "images_seen": state.get("images_seen"),
+            "images_per_s": speeds[len(speeds) // 2] if speeds else None}
+
+
+def _classifier_accuracy(run: LoadedRun, test: torch.Tensor, test_labels: torch.Tensor) -> dict:
+    network = FeatureNetwork(run.model, {}, Path())
+    predicted = embed(network, to_unit(test)).predicted
+    return {"test_accuracy": conditional_accuracy(predicted, test_labels, run.model.num_classes)}
+
+
+def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None, *, progress: bool = True,
+                 quiet: bool = False, write: bool = True) -> dict:
+    """Measure everything that applies to the run in ``run_dir``; write ``eval.json`` there (``write``)."""
+    evaluation = evaluation or EvaluationConfig()
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, weights=evaluation.weights, device=evaluation.device)
+    if run.kind in ("ddpm", "cddpm") and evaluation.steps is None and evaluation.sampler != "ddpm":
+        raise GenladderError(f"the {evaluation.sampler} sampler needs --steps")
+    config = run.config
+    if config["data"].get("dataset", "mnist") != "mnist" and evaluation.classifier is None:
+        raise GenladderError(f"{run_dir} was trained on {config['data']['dataset']}; the shipped classifier reads "
+                             "MNIST digits only: pass --classifier with a classifier run trained on that data")
+    _log(f"loading data and the feature network for {run_dir}", quiet)
+    train_images, test_images, test_labels = _real_data(config)
+    training = _training_summary(run_dir, run)
+    result = {
+        "genladder_version": __version__, "run": str(run_dir), "kind": run.kind, "preset": config.get("preset"),
+        "step": training["step"], "weights": run.weights, "parameters": sum(p.numel() for p in run.model.parameters()),
+        "training": training, "evaluation": asdict(evaluation),
+    }
+    if run.kind == "classifier":
+        result.update(_classifier_accuracy(run, test_images, test_labels))
+        return _finish(run_dir, result, write)
+    network = load_feature_network(evaluation.classifier)
+    result["classifier"] = {"path": str(network.path), **network.info}
+    reference = embed(network, to_unit(test_images))
+    num_classes = network.classifier.num_classes
+
+    if run.kind != "ae":
+        conditional_run = run.kind in ("cvae", "cddpm")
+        labels = torch.arange(evaluation.n) % num_classes if conditional_run else None
+        _log(f"drawing {evaluation.n} samples", quiet)
+        samples, seconds = _sample(run, evaluation, labels, progress and not quiet)
+        result["sampling"] = {"n": evaluation.n, "seconds": seconds, "seconds_per_image": seconds / evaluation.n}
+        if run.kind in ("ddpm", "cddpm"):
+            result["sampling"].update(sampler=evaluation.sampler, steps=evaluation.steps, guidance=evaluation.guidance)
+        _log("classifier features, FID, precision/recall of the samples and of the real-data floor", quiet)
+        drawn = embed(network, samples)
+        result["samples"] = _quality(drawn.features, reference.features, drawn.predicted, labels, num_classes,
+                                     evaluation.pr_k)
+        floor_count = min(evaluation.n, len(train_images))
+        real = embed(network, to_unit(train_images[:floor_count]))
+        result["floor"] = {"n": floor_count, **_quality(real.features, reference.features, real.predicted, None,
+                                                        num_classes, evaluation.pr_k)}
+        _log("memorisation: nearest training image of each sample", quiet)
+        count = min(evaluation.memorisation_samples, evaluation.n, len(test_images))
+        train_flat = to_unit(train_images).flatten(1)
+        test_distances = nearest_neighbour_distances(to_unit(test_images[:count]).flatten(1), train_flat)
+        threshold = torch.quantile(test_distances, MEMORISATION_PERCENTILE).item()
+        result["memorisation"] = {**memorisation_share(samples[:count].flatten(1), train_flat, threshold),
+                                  "samples": count, "percentile_of_test_digits": MEMORISATION_PERCENTILE}
+    if run.kind in ("ae", "vae", "cvae"):
+        result.update(_autoencoder_likelihoods(run, test_images, test_labels, evaluation, quiet))
+    else:
+        _log(f"variational bound on {min(evaluation.bpd_images, len(test_images))} test digits", quiet)
+        result.update(_diffusion_likelihood(run, test_images, test_labels, evaluation))
+    return _finish(run_dir, result, write)
+
+
+def _finish(run_dir: Path, result: dict, write: bool) -> dict:
+    if write:
+        atomic_write_json(run_dir / EVAL_FILE, result)
+    return result
+
+
+def read_evaluation(run_dir: str | Path) -> dict:
+    """The ``eval.json`` of a run, with a one-line error when it has not been evaluated yet."""
+    path = Path(run_dir) / EVAL_FILE
+    if not Path(run_dir).is_dir():
+        raise GenladderError(f"run folder {run_dir} does not exist")
+    if not path.exists():
+        raise GenladderError(f"{run_dir} has no {EVAL_FILE}; run 'genladder evaluate {run_dir}' first")
+    return read_json(path)

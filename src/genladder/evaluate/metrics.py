@@ -1,0 +1,176 @@
+"""Sample-quality metrics over feature vectors and images: plain functions, no models, no files.
+
+Features are the penultimate layer of genladder's digit classifier (``genladder.evaluate.features``);
+images are float tensors in [0, 1], shape (N, C, H, W). Every function states what it measures and
+where it comes from. Statistics are accumulated in float64 (NVlabs/edm's habit for FID).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from genladder.errors import GenladderError
+
+
+def _check_features(features: torch.Tensor, what: str, minimum: int = 2) -> None:
+    if features.dim() != 2:
+        raise GenladderError(f"{what} must be a (N, D) matrix of feature vectors, got shape {tuple(features.shape)}")
+    if len(features) < minimum:
+        raise GenladderError(f"{what} needs at least {minimum} vectors, got {len(features)}")
+
+
+def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (D,) and unbiased covariance (D, D) of feature vectors (N, D), in float64."""
+    _check_features(features, "feature_statistics")
+    x = features.to(torch.float64)
+    mean = x.mean(0)
+    centred = x - mean
+    return mean, centred.T @ centred / (len(x) - 1)
+
+
+def _symmetric_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    """Square root of a symmetric positive semi-definite matrix via its eigen-decomposition."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
+    return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
+
+
+def frechet_distance(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor) -> float:
+    """Squared Fréchet (2-Wasserstein) distance between N(mean_a, cov_a) and N(mean_b, cov_b).
+
+    d² = ‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2})   (Dowson & Landau 1982; the FID of Heusel et
+    al. 2017, eq. 6). Tr (Σ_a Σ_b)^{1/2} equals Σ_i √λ_i of the *symmetric* PSD matrix
+    Σ_a^{1/2} Σ_b Σ_a^{1/2}, which ``eigh`` handles stably; this avoids scipy's general ``sqrtm``
+    (and a scipy dependency) and its complex round-off on near-singular covariances.
+    """
+    mean_a, mean_b = mean_a.to(torch.float64), mean_b.to(torch.float64)
+    cov_a, cov_b = cov_a.to(torch.float64), cov_b.to(torch.float64)
+    root_a = _symmetric_sqrt(cov_a)
+    middle = root_a @ cov_b @ root_a
+    trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    distance = (mean_a - mean_b).square().sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * trace_sqrt
+    return float(distance.clamp(min=0))
+
+
+def classifier_fid(features: torch.Tensor, reference_features: torch.Tensor) -> float:
+    """FID (Heusel et al. 2017) between two sets of classifier features (N, D) and (M, D).
+
+    With genladder's digit classifier as the feature network in place of Inception ("classifier-FID").
+    FID is biased upwards at small N, so compare figures only at the same sample count: the
+    evaluation reports the real-data floor (training digits vs test digits) at the same N beside it.
+    """
+    _check_features(features, "classifier_fid: the samples' features")
+    _check_features(reference_features, "classifier_fid: the reference features")
+    return frechet_distance(*feature_statistics(features), *feature_statistics(reference_features))
+
+
+def pairwise_distances(a: torch.Tensor, b: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """Euclidean distances between the rows of a (N, D) and b (M, D) -> (N, M), float32, in row chunks."""
+    a, b = a.flatten(1).float(), b.flatten(1).float()
+    b_norms = b.square().sum(1)  # (M,)
+    rows = []
+    for start in range(0, len(a), chunk):
+        part = a[start : start + chunk]
+        # ‖x − y‖² = ‖x‖² − 2 x·y + ‖y‖², clamped at 0 against round-off
+        squared = part.square().sum(1, keepdim=True) - 2 * part @ b.T + b_norms
+        rows.append(squared.clamp(min=0).sqrt())
+    return torch.cat(rows)
+
+
+def nearest_neighbour_distances(a: torch.Tensor, b: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """For every row of a (N, …), the distance to its nearest row of b (M, …) -> (N,). Memory O(chunk·M)."""
+    return torch.cat([pairwise_distances(a[s : s + chunk], b).min(1).values for s in range(0, len(a), chunk)])
+
+
+def _kth_neighbour_radii(features: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """Distance from each vector to its k-th nearest *other* vector of the same set (N,)."""
+    radii = []
+    for start in range(0, len(features), chunk):
+        distances = pairwise_distances(features[start : start + chunk], features)
+        # the k+1 smallest include the vector itself at distance 0
+        radii.append(distances.topk(k + 1, dim=1, largest=False).values[:, k])
+    return torch.cat(radii)
+
+
+def _coverage(manifold: torch.Tensor, radii: torch.Tensor, queries: torch.Tensor, chunk: int = 1024) -> float:
+    """Share of ``queries`` inside at least one ball B(manifold_i, radii_i)."""
+    inside = [
+        (pairwise_distances(queries[s : s + chunk], manifold) <= radii).any(1) for s in range(0, len(queries), chunk)
+    ]
+    return torch.cat(inside).float().mean().item()
+
+
+def precision_recall(features: torch.Tensor, reference_features: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019, eqs. 1–3) of samples against real data.
+
+    Each set's manifold is the union of balls around its vectors with radius = distance to the k-th
+    nearest neighbour in the same set (k = 3 in the paper). Precision: share of samples inside the
+    real manifold (low when samples are blurred or malformed). Recall: share of real vectors inside
+    the samples' manifold (low when modes are dropped).
+    """
+    _check_features(features, "precision_recall: the samples' features", minimum=k + 1)
+    _check_features(reference_features, "precision_recall: the reference features", minimum=k + 1)
+    if k < 1:
+        raise GenladderError(f"precision_recall: k must be at least 1, got {k}")
+    precision = _coverage(reference_features, _kth_neighbour_radii(reference_features, k), features)
+    recall = _coverage(features, _kth_neighbour_radii(features, k), reference_features)
+    return precision, recall
+
+
+def conditional_accuracy(predicted: torch.Tensor, requested: torch.Tensor, num_classes: int) -> dict:
+    """Share of samples the classifier reads as the digit they were drawn for, overall and per class.
+
+    ``predicted`` and ``requested`` are label vectors (N,). Returns ``{"overall": float,
+    "per_class": [float | None] * num_classes}`` (None for a class with no samples).
+    """
+    if predicted.shape != requested.shape:
+        raise GenladderError(f"conditional_accuracy: {tuple(predicted.shape)} predictions for "
+                             f"{tuple(requested.shape)} requested labels")
+    correct = (predicted == requested).float()
+    per_class = []
+    for label in range(num_classes):
+        chosen = requested == label
+        per_class.append(correct[chosen].mean().item() if chosen.any() else None)
+    return {"overall": correct.mean().item(), "per_class": per_class}
+
+
+def class_histogram(predicted: torch.Tensor, num_classes: int) -> dict:
+    """Mode coverage of unconditional samples: the share read as each class, and two summaries.
+
+    ``kl_from_uniform`` is KL(histogram ‖ uniform) in nats (0 when every class is equally frequent,
+    log(num_classes) when one class takes everything); ``smallest`` is the rarest class's share.
+    """
+    counts = torch.bincount(predicted.long(), minlength=num_classes)[:num_classes].double()
+    shares = counts / counts.sum().clamp(min=1)
+    nonzero = shares[shares > 0]
+    kl = float((nonzero * (nonzero * num_classes).log()).sum())
+    return {"shares": shares.tolist(), "kl_from_uniform": kl, "smallest": float(shares.min())}
+
+
+def reconstruction_error(originals: torch.Tensor, reconstructions: torch.Tensor) -> dict:
+    """Per-pixel mean squared error and PSNR of reconstructions, images in [0, 1].
+
+    PSNR = 10·log10(1 / MSE) in dB (peak value 1), computed per image and averaged, the usual
+    convention; ``mse`` is the mean over all pixels of all images.
+    """
+    if originals.shape != reconstructions.shape:
+        raise GenladderError(f"reconstruction_error: shapes {tuple(originals.shape)} and "
+                             f"{tuple(reconstructions.shape)} differ")
+    per_image = (originals.double() - reconstructions.double()).square().flatten(1).mean(1)  # (N,)
+    psnr = 10 * torch.log10(1.0 / per_image.clamp(min=1e-10))
+    return {"mse": per_image.mean().item(), "psnr_db": psnr.mean().item()}
+
+
+def memorisation_share(samples: torch.Tensor, train_images: torch.Tensor, threshold: float) -> dict:
+    """Share of samples whose nearest training image (pixel L2 distance) is closer than ``threshold``.
+
+    A model that copies its training set puts many samples right on a training image. The
+    evaluation sets ``threshold`` from held-out real digits (the 1st percentile of their
+    nearest-training-image distances), so a model that does not memorise scores ≈ 1 %.
+    """
+    if not math.isfinite(threshold) or threshold <= 0:
+        raise GenladderError(f"memorisation_share: threshold must be a positive distance, got {threshold}")
+    distances = nearest_neighbour_distances(samples.flatten(1), train_images.flatten(1))
+    return {"share": (distances < threshold).float().mean().item(), "threshold": threshold,
+            "median_distance": distances.median().item()}

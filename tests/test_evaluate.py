@@ -1,0 +1,326 @@
+"""Evaluation: metric maths against closed forms, the shipped classifier, and `genladder evaluate` / `report`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from genladder.cli import main
+from genladder.data import load_split, to_32, to_unit
+from genladder.diffusion import NoiseSchedule
+from genladder.evaluate import (
+    SHIPPED_CLASSIFIER,
+    class_histogram,
+    classifier_fid,
+    conditional_accuracy,
+    ddpm_bits_per_dim,
+    discretized_gaussian_log_likelihood,
+    embed,
+    frechet_distance,
+    iwae_negative_log_likelihood,
+    load_feature_network,
+    memorisation_share,
+    normal_kl,
+    precision_recall,
+    reconstruction_error,
+)
+from genladder.models import VAE, VAEEncoding
+from tests.conftest import MINI_MNIST
+from tests.test_cli import run_cli
+
+
+def _random_covariance(dim: int, generator: torch.Generator) -> torch.Tensor:
+    a = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+    return a @ a.T / dim + 0.1 * torch.eye(dim, dtype=torch.float64)
+
+
+class TestFrechetDistance:
+    def test_diagonal_gaussians_closed_form(self):
+        # Commuting covariances: d² = ‖μ_a − μ_b‖² + Σ_i (√a_i − √b_i)².
+        mean_a, mean_b = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 0.0])
+        var_a, var_b = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([4.0, 1.0, 1.0])
+        expected = 1 + 0 + 4 + (1 - 2) ** 2 + (2 - 1) ** 2 + (0.5 - 1) ** 2
+        assert frechet_distance(mean_a, torch.diag(var_a), mean_b, torch.diag(var_b)) == pytest.approx(expected)
+
+    def test_general_covariances_against_eigenvalues_of_the_product(self):
+        # Oracle: Tr (Σ_a Σ_b)^{1/2} = Σ √λ_i(Σ_a Σ_b), the (real, positive) eigenvalues of the product.
+        generator = torch.Generator().manual_seed(0)
+        cov_a, cov_b = _random_covariance(6, generator), _random_covariance(6, generator)
+        mean_a, mean_b = torch.randn(6, generator=generator), torch.randn(6, generator=generator)
+        trace_sqrt = torch.linalg.eigvals(cov_a @ cov_b).real.clamp(min=0).sqrt().sum()
+        expected = ((mean_a - mean_b).double().square().sum() + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt).item()
+        assert frechet_distance(mean_a, cov_a, mean_b, cov_b) == pytest.approx(expected, rel=1e-6)
+
+    def test_same_set_is_zero_and_samples_approach_the_closed_form(self):
+        generator = torch.Generator().manual_seed(1)
+        a = torch.randn(20_000, 4, generator=generator)
+        assert classifier_fid(a, a) == pytest.approx(0.0, abs=1e-9)
+        b = 2.0 * torch.randn(20_000, 4, generator=generator) + 1.0  # N(1, 4 I) vs N(0, I): d² = 4·1 + 4·(2 − 1)²
+        assert classifier_fid(a, b) == pytest.approx(8.0, rel=0.03)
+
+
+class TestPrecisionRecall:
+    @staticmethod
+    def _clusters(centres, per_cluster, generator):
+        return torch.cat([torch.tensor(c, dtype=torch.float32) + 0.1 * torch.randn(per_cluster, 2, generator=generator)
+                          for c in centres])
+
+    def test_a_set_against_itself(self):
+        points = torch.randn(500, 8, generator=torch.Generator().manual_seed(0))
+        assert precision_recall(points, points) == (1.0, 1.0)
+
+    def test_dropping_a_mode_lowers_recall_not_precision(self):
+        generator = torch.Generator().manual_seed(0)
+        real = self._clusters([(0, 0), (5, 0), (0, 5)], 300, generator)
+        two_modes = self._clusters([(0, 0), (5, 0)], 450, generator)
+        precision, recall = precision_recall(two_modes, real)
+        assert precision > 0.95
+        assert recall == pytest.approx(2 / 3, abs=0.05)
+
+    def test_off_manifold_samples_lower_precision(self):
+        generator = torch.Generator().manual_seed(0)
+        real = self._clusters([(0, 0), (5, 0)], 300, generator)
+        half_wrong = torch.cat([self._clusters([(0, 0), (5, 0)], 150, generator),
+                                self._clusters([(20, 20)], 300, generator)])
+        precision, _ = precision_recall(half_wrong, real)
+        assert precision == pytest.approx(0.5, abs=0.05)
+
+
+class TestSimpleMetrics:
+    def test_conditional_accuracy_and_histogram(self):
+        predicted, requested = torch.tensor([0, 1, 1, 2, 2, 2]), torch.tensor([0, 1, 2, 2, 2, 0])
+        accuracy = conditional_accuracy(predicted, requested, 4)
+        assert accuracy["overall"] == pytest.approx(4 / 6)
+        assert accuracy["per_class"] == [pytest.approx(0.5), 1.0, pytest.approx(2 / 3), None]
+        histogram = class_histogram(predicted, 3)
+        assert histogram["shares"] == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+        assert histogram["smallest"] == pytest.approx(1 / 6)
+        assert class_histogram(torch.zeros(10, dtype=torch.long), 10)["kl_from_uniform"] == pytest.approx(math.log(10))
+        assert class_histogram(torch.arange(10), 10)["kl_from_uniform"] == pytest.approx(0.0)
+
+    def test_reconstruction_error(self):
+        originals = torch.zeros(2, 1, 4, 4)
+        result = reconstruction_error(originals, torch.full_like(originals, 0.1))
+        assert result["mse"] == pytest.approx(0.01)
+        assert result["psnr_db"] == pytest.approx(20.0)
+
+    def test_memorisation(self):
+        train = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        copies = train[:10] + 0.001
+        novel = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        assert memorisation_share(copies, train, threshold=0.1)["share"] == 1.0
+        assert memorisation_share(novel, train, threshold=0.1)["share"] == 0.0
+        assert memorisation_share(torch.cat([copies, novel]), train, threshold=0.1)["share"] == 0.5
+
+
+class _LinearGaussianVAE:
+    """p(z) = N(0, I), p(x | z) = N(z, ½ I) on 4 pixels, so p(x) = N(0, 1.5 I) exactly; q(z | x) is a given guess."""
+
+    num_classes = 0
+    config = SimpleNamespace(likelihood="gaussian")
+
+    def __init__(self, posterior_scale: float, posterior_logvar: float):
+        self.posterior_scale, self.posterior_logvar = posterior_scale, posterior_logvar
+
+    def encode(self, x, labels=None):
+        flat = x.flatten(1)
+        return VAEEncoding(self.posterior_scale * flat, torch.full_like(flat, self.posterior_logvar))
+
+    def decode(self, z, labels=None):
+        return z.view(-1, 1, 2, 2)
+
+    reparameterize = staticmethod(VAE.reparameterize)
+
+
+class TestIWAE:
+    images = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    exact_nll = (0.5 * (images.flatten(1).square() / 1.5 + math.log(2 * math.pi * 1.5))).sum(1)
+
+    def test_exact_posterior_gives_the_exact_likelihood_for_any_k(self):
+        # True posterior: z | x ~ N(x / 1.5, 1/3) (Gaussian conjugacy), so every importance weight equals p(x).
+        model = _LinearGaussianVAE(1 / 1.5, math.log(1 / 3))
+        for k in (1, 7):
+            nll = iwae_negative_log_likelihood(model, self.images, None, k, torch.Generator().manual_seed(1))
+            torch.testing.assert_close(nll, self.exact_nll.float(), rtol=1e-4, atol=1e-4)
+
+    def test_bound_is_above_the_truth_and_tightens_with_k(self):
+        model = _LinearGaussianVAE(0.3, math.log(0.8))  # a poor posterior guess
+        means = [iwae_negative_log_likelihood(model, self.images, None, k, torch.Generator().manual_seed(2)).mean()
+                 for k in (1, 10, 100, 5000)]
+        assert means[0] > means[1] > means[2] > means[3] >= self.exact_nll.mean() - 0.02
+        assert means[3] == pytest.approx(self.exact_nll.mean().item(), abs=0.05)
+
+    def test_iwae_is_tighter_than_the_elbo(self):
+        from genladder.evaluate import vae_negative_elbo
+
+        model = _LinearGaussianVAE(0.3, math.log(0.8))
+        elbo = vae_negative_elbo(model, self.images.repeat(50, 1, 1, 1), None, torch.Generator().manual_seed(3))
+        iwae_1 = iwae_negative_log_likelihood(model, self.images.repeat(50, 1, 1, 1), None, 1,
+                                              torch.Generator().manual_seed(4))
+        iwae_20 = iwae_negative_log_likelihood(model, self.images, None, 20, torch.Generator().manual_seed(3))
+        # k = 1 is the ELBO (with a sampled KL): equal in expectation; more samples only tighten it.
+        assert iwae_1.mean() == pytest.approx(elbo.mean().item(), abs=0.15)
+        assert iwae_20.mean() < elbo.mean() - 0.3 and iwae_20.mean() > self.exact_nll.mean()
+
+
+class TestDiffusionBound:
+    def test_discretised_gaussian_sums_to_one_over_the_levels(self):
+        levels = torch.linspace(-1, 1, 256, dtype=torch.float64)
+        for mean, log_scale in ((0.3, -2.0), (-0.99, -5.0), (1.0, 0.5)):
+            log_p = discretized_gaussian_log_likelihood(levels, torch.tensor(mean, dtype=torch.float64),
+                                                        torch.tensor(log_scale, dtype=torch.float64))
+            assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
+
+    def test_discretised_gaussian_in_the_far_tail_is_finite(self):
+        log_p = discretized_gaussian_log_likelihood(torch.tensor([0.5]), torch.tensor([-0.9]), torch.tensor([-6.0]))
+        assert torch.isfinite(log_p).all() and log_p.item() < -1000
+
+    def test_normal_kl(self):
+        zero = torch.zeros(3)
+        assert normal_kl(zero, zero, zero, zero).abs().max() == 0
+        # KL(N(1, 1) ‖ N(0, 1)) = ½
+        assert normal_kl(torch.ones(1), zero[:1], zero[:1], zero[:1]).item() == pytest.approx(0.5)
+
+    def test_perfect_denoiser_leaves_only_prior_and_decoder_terms(self):
+        # An ε-model that knows x₀ makes x̂₀ = x₀, so every KL term with σ² = β̃ vanishes: the bound is
+        # L_T (closed form) + the discretised decoder's −log(2Φ(h/σ) − 1) per interior pixel.
+        schedule = NoiseSchedule.linear(20, 1e-3, 0.2)
+        x0 = (torch.randint(1, 255, (4, 1, 3, 3), generator=torch.Generator().manual_seed(0)).double() / 127.5 - 1)
+        sqrt_ab, sqrt_1mab = schedule.sqrt_alpha_bar, schedule.sqrt_one_minus_alpha_bar
+        eps_model = lambda x_t, t: (x_t.double() - sqrt_ab[t].view(-1, 1, 1, 1) * x0) / sqrt_1mab[t].view(-1, 1, 1, 1)  # noqa: E731
+        ab_T = schedule.alpha_bar[-1]
+        prior = normal_kl(ab_T.sqrt() * x0, torch.log(1 - ab_T).expand_as(x0), torch.zeros_like(x0),
+                          torch.zeros_like(x0)).flatten(1).sum(1)
+        sigma = schedule.posterior_variance[1].sqrt()
+        normal = torch.distributions.Normal(0.0, 1.0)
+        decoder = -torch.log(2 * normal.cdf(torch.tensor(1 / 255) / sigma) - 1) * 9
+        expected = ((prior + decoder) / (9 * math.log(2))).mean().item()
+        for timesteps in (None, 5):
+            result = ddpm_bits_per_dim(eps_model, schedule, x0, timesteps=timesteps,
+                                       generator=torch.Generator().manual_seed(1))
+            assert result["posterior"] == pytest.approx(expected, rel=1e-6)
+            assert result["beta"] > result["posterior"]  # β_t > β̃_t costs KL even with the exact mean
+
+    def test_stratified_estimate_matches_the_exact_sum(self):
+        schedule = NoiseSchedule.linear(40, 1e-3, 0.2)
+        x0 = torch.rand(400, 1, 2, 2, generator=torch.Generator().manual_seed(0)).double() * 2 - 1
+        eps_model = lambda x_t, t: 0.5 * x_t  # noqa: E731  a poor but fixed denoiser
+        exact = ddpm_bits_per_dim(eps_model, schedule, x0, timesteps=None, generator=torch.Generator().manual_seed(1))
+        estimate = ddpm_bits_per_dim(eps_model, schedule, x0, timesteps=4, generator=torch.Generator().manual_seed(2))
+        assert exact["timesteps"] == 39 and estimate["timesteps"] == 4
+        tolerance = 4 * math.hypot(exact["posterior_stderr"], estimate["posterior_stderr"])
+        assert abs(estimate["posterior"] - exact["posterior"]) < tolerance
+
+
+def _mnist_test_set():
+    """The full MNIST test set when GENLADDER_DATA_DIR has it (CI), else the committed 1,000-digit extract."""
+    full = os.environ.get("GENLADDER_DATA_DIR")
+    if full and (Path(full) / "t10k-images-idx3-ubyte.gz").exists():
+        return load_split("mnist", "test", data_dir=full), True
+    return load_split("mnist", "test", data_dir=MINI_MNIST), False
+
+
+class TestShippedClassifier:
+    def test_file_is_small_and_records_how_it_was_made(self):
+        assert SHIPPED_CLASSIFIER.stat().st_size < 2 * 1024 * 1024
+        info = load_feature_network().info
+        assert info["command"].startswith("genladder train classifier")
+        assert info["test_accuracy"] >= 0.993
+
+    def test_accuracy_holds_on_the_test_set(self):
+        network = load_feature_network()
+        test, full = _mnist_test_set()
+        predicted = embed(network, to_unit(to_32(test.images))).predicted
+        accuracy = conditional_accuracy(predicted, test.labels, 10)
+        if full:  # the recorded figure, give or take two digits of round-off
+            assert accuracy["overall"] == pytest.approx(network.info["test_accuracy"], abs=2e-4)
+        assert accuracy["overall"] >= 0.99  # conditional accuracy of real digits with their true labels
+        assert min(accuracy["per_class"]) >= 0.97
+
+    def test_wrong_input_shape_is_refused(self):
+        from genladder.errors import GenladderError
+
+        with pytest.raises(GenladderError, match="shape"):
+            embed(load_feature_network(), torch.zeros(2, 1, 28, 28))
+
+
+@pytest.fixture(scope="module")
+def evaluated_runs(tmp_path_factory):
+    """A tiny CVAE, a tiny DDPM and a few-step classifier trained on the extract."""
+    root = tmp_path_factory.mktemp("eval-runs")
+    common = ["--data-dir", str(MINI_MNIST), "--limit", "512", "--test-limit", "64", "--no-progress"]
+    assert main(["train", "cvae", "--run-dir", str(root / "cvae"), "--steps", "20", "--batch-size", "64",
+                 "--width", "8", "--latent-dim", "4", *common]) == 0
+    assert main(["train", "ddpm", "--preset", "small", "--run-dir", str(root / "ddpm"), "--steps", "3",
+                 "--batch-size", "32", "--widths", "16,16", "--T", "50", *common]) == 0
+    assert main(["train", "classifier", "--run-dir", str(root / "classifier"), "--steps", "60", "--batch-size", "64",
+                 *common]) == 0
+    return root
+
+
+class TestEvaluateCommand:
+    def test_classifier_run_learns(self, evaluated_runs):
+        lines = (evaluated_runs / "classifier" / "metrics.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        test = [r for r in records if r["split"] == "test"][-1]
+        assert test["error"] < 0.5  # chance is 0.9
+
+    def test_cvae_json_is_valid_complete_and_stable(self, evaluated_runs, capsys):
+        args = ["evaluate", str(evaluated_runs / "cvae"), "--n", "100", "--iwae-k", "4", "--iwae-images", "20",
+                "--memorisation-samples", "50", "--json"]
+        assert main(args) == 0
+        first = json.loads(capsys.readouterr().out)
+        assert main(args) == 0
+        second = json.loads(capsys.readouterr().out)
+        for result in (first, second):  # timings differ from run to run; nothing else may
+            result.pop("sampling")
+        assert first == second
+        written = json.loads((evaluated_runs / "cvae" / "eval.json").read_text())
+        assert list(written) == sorted(written)
+        samples = first["samples"]
+        assert 0 <= samples["precision"] <= 1 and 0 <= samples["recall"] <= 1 and samples["classifier_fid"] > 0
+        assert len(samples["conditional_accuracy"]["per_class"]) == 10
+        assert first["floor"]["n"] == 100 and first["floor"]["classifier_fid"] > 0
+        assert first["iwae_nll_nats"]["value"] <= first["iwae_nll_nats"]["neg_elbo_same_images"] + 1.0
+        assert 0 <= first["memorisation"]["share"] <= 1 and first["memorisation"]["samples"] == 50
+
+    def test_ddpm_table_and_report(self, evaluated_runs, tmp_path, capsys):
+        assert main(["evaluate", str(evaluated_runs / "ddpm"), "--n", "40", "--steps", "5", "--bpd-images", "8",
+                     "--bpd-timesteps", "5", "--memorisation-samples", "20", "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        assert "classifier-FID (floor)" in out and "bits/dim" in out
+        result = json.loads((evaluated_runs / "ddpm" / "eval.json").read_text())
+        assert result["bits_per_dim"]["images"] == 8 and result["bits_per_dim"]["posterior"] > 0
+        assert "conditional_accuracy" not in result["samples"]
+        assert sum(result["samples"]["class_histogram"]["shares"]) == pytest.approx(1.0)
+        assert main(["evaluate", str(evaluated_runs / "classifier"), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["test_accuracy"]["overall"] > 0.5
+
+        table = tmp_path / "ladder.md"
+        run_dirs = [str(evaluated_runs / name) for name in ("cvae", "ddpm")]
+        if not (evaluated_runs / "cvae" / "eval.json").exists():
+            assert main(["evaluate", run_dirs[0], "--n", "50", "--iwae-k", "2", "--iwae-images", "5",
+                         "--no-progress"]) == 0
+        assert main(["report", *run_dirs, "--out", str(table)]) == 0
+        lines = table.read_text().splitlines()
+        assert lines[0].startswith("| run | model | parameters |") and len(lines) == 4
+        assert "cvae (default)" in lines[2] and "ddpm (small)" in lines[3]
+
+    def test_errors(self, evaluated_runs, tmp_path, capsys):
+        code, _, err = run_cli(capsys, "evaluate", str(tmp_path))
+        assert code == 2 and "not a genladder run" in err
+        code, _, err = run_cli(capsys, "report", str(tmp_path))
+        assert code == 2 and "no eval.json" in err and "\n" not in err.strip()
+        code, _, err = run_cli(capsys, "report", str(evaluated_runs / "ddpm"), "--out", str(tmp_path / "x.txt"))
+        assert code == 2 and ".md" in err
+        code, _, err = run_cli(capsys, "evaluate", str(evaluated_runs / "ddpm"), "--guidance", "2")
+        assert code == 2 and "conditional" in err
+        code, _, err = run_cli(capsys, "evaluate", str(evaluated_runs / "cvae"), "--classifier",
+                            str(evaluated_runs / "ddpm"))
+        assert code == 2 and "not a classifier" in err
