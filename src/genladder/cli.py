@@ -53,7 +53,7 @@ def _add_train_parser(subparsers) -> None:
     # No argparse `choices` here: with nargs="?" and SUPPRESS it rejects the absent value; check_kind validates.
     p.add_argument("kind", nargs="?", help=f"which rung to train: {', '.join(MODEL_KINDS)}")
     p.add_argument("--preset", help="'default' (improved, the default), 'tutorial' (the article's networks); "
-                   "diffusion also 'small' (CPU-sized U-Net)")
+                   "diffusion also 'small' (CPU-sized U-Net) and 'cpu-fast' (10-minute CPU recipe)")
     where = p.add_argument_group("run folder")
     where.add_argument("--run-dir", help="where to write the run (default: runs/<kind>-<timestamp>/)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly where it stopped")
@@ -72,6 +72,8 @@ def _add_train_parser(subparsers) -> None:
     diffusion.add_argument("--blocks-per-level", type=_positive_int, help="U-Net residual blocks per level")
     diffusion.add_argument("--attention", help="feature sizes with self-attention, e.g. 8 (empty string: none)")
     diffusion.add_argument("--dropout", type=float, help="dropout inside the U-Net residual blocks")
+    diffusion.add_argument("--patch-size", type=_positive_int, help="U-Net: pixel-unshuffle p×p patches first "
+                           "(2: a quarter of the compute; cpu-fast preset)")
     diffusion.add_argument("--schedule", choices=("linear", "cosine"), help="noise schedule of the betas")
     diffusion.add_argument("--T", type=_positive_int, help="diffusion steps (tutorial 100, default 1000)")
     diffusion.add_argument("--prediction", choices=("eps", "x0", "v"), help="what the network predicts")

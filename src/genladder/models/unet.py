@@ -49,13 +49,14 @@ class UNetConfig:
     num_heads: int = 4  # default arch: attention heads
     dropout: float = 0.1  # default arch: dropout inside res blocks (Ho et al. 2020 used 0.1)
     norm_groups: int = 8  # GroupNorm groups (the tutorial's 8)
+    patch_size: int = 1  # default arch: pixel-unshuffle p×p patches into channels first (p = 2: 32 px → 16)
 
     def __post_init__(self) -> None:
         self.widths = tuple(self.widths)  # JSON gives lists
         self.attention_resolutions = tuple(self.attention_resolutions)
         if self.arch not in ARCHS:
             raise GenladderError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        for name in ("in_channels", "image_size", "blocks_per_level", "num_heads", "norm_groups"):
+        for name in ("in_channels", "image_size", "blocks_per_level", "num_heads", "norm_groups", "patch_size"):
             if int(getattr(self, name)) < 1:
                 raise GenladderError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_classes < 0:
@@ -65,14 +66,14 @@ class UNetConfig:
                                  f"got {self.widths}")
         if not 0.0 <= self.dropout < 1.0:
             raise GenladderError(f"dropout must be in [0, 1), got {self.dropout}")
-        factor = 2 ** self.num_downsamples
+        factor = 2 ** self.num_downsamples * self.patch_size
         if self.image_size % factor:
             raise GenladderError(f"image_size must be divisible by {factor} for {len(self.widths)} levels "
-                                 f"of arch {self.arch!r}, got {self.image_size}")
-        if self.arch == "tutorial" and (self.attention_resolutions or self.dropout):
-            raise GenladderError("arch 'tutorial' has no attention or dropout; set attention_resolutions=() "
-                                 "and dropout=0")
-        sizes = [self.image_size // 2**i for i in range(len(self.widths))]
+                                 f"of arch {self.arch!r} with patch size {self.patch_size}, got {self.image_size}")
+        if self.arch == "tutorial" and (self.attention_resolutions or self.dropout or self.patch_size != 1):
+            raise GenladderError("arch 'tutorial' has no attention, dropout or patches; set "
+                                 "attention_resolutions=(), dropout=0 and patch_size=1")
+        sizes = [self.image_size // self.patch_size // 2**i for i in range(len(self.widths))]
         for r in self.attention_resolutions:
             if r not in sizes:
                 raise GenladderError(f"attention resolution {r} is not a feature size of this net {sizes}")
@@ -238,8 +239,12 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(w0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if cfg.num_classes:  # one extra row: the learned null label (index num_classes)
             self.label_embedding = nn.Embedding(cfg.num_classes + 1, emb_dim)
-        self.stem = nn.Conv2d(cfg.in_channels, w0, 3, padding=1)
-        ch, skips, res = w0, [w0], cfg.image_size
+        # Patches (p > 1): a lossless space-to-depth reshape, so every level runs at 1/p² the pixels;
+        # the output conv predicts p² values per position and depth-to-space puts them back.
+        p = cfg.patch_size
+        self.patchify = nn.PixelUnshuffle(p)  # no weights: files of p = 1 nets keep their layout
+        self.stem = nn.Conv2d(cfg.in_channels * p * p, w0, 3, padding=1)
+        ch, skips, res = w0, [w0], cfg.image_size // p
         self.down_blocks, self.downsamples = nn.ModuleList(), nn.ModuleList()
         for i, width in enumerate(cfg.widths):
             blocks = nn.ModuleList()
@@ -266,7 +271,7 @@ class UNet(nn.Module):
                                                     nn.Conv2d(ch, ch, 3, padding=1)))
                 res *= 2
         self.out = nn.Sequential(nn.GroupNorm(cfg.norm_groups, ch), nn.SiLU(),
-                                 nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
+                                 nn.Conv2d(ch, cfg.in_channels * p * p, 3, padding=1), nn.PixelShuffle(p))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x_t (B, C, H, W); t (B,) step indices (0 = first noising step); labels (B,) int64 or None.
@@ -295,7 +300,7 @@ class UNet(nn.Module):
         emb = self.time_mlp(sinusoidal_embedding(t, self.config.widths[0]).to(x.dtype))  # (B, 4·w0)
         if labels is not None:
             emb = emb + self.label_embedding(labels)  # (B, 4·w0)
-        h = self.stem(x)
+        h = self.stem(self.patchify(x))  # (B, C·p², H/p, W/p) → (B, w0, H/p, W/p)
         hs = [h]
         for i, blocks in enumerate(self.down_blocks):
             for block in blocks:
@@ -317,7 +322,7 @@ class UNet(nn.Module):
         cfg = self.config
         if x_t.dim() != 4 or x_t.shape[1] != cfg.in_channels:
             raise GenladderError(f"x_t must have shape (B, {cfg.in_channels}, H, W), got {tuple(x_t.shape)}")
-        factor = 2 ** cfg.num_downsamples
+        factor = 2 ** cfg.num_downsamples * cfg.patch_size
         if x_t.shape[2] % factor or x_t.shape[3] % factor:
             raise GenladderError(f"image height and width must be divisible by {factor}, got {tuple(x_t.shape)}")
         if t.shape != (x_t.shape[0],):
