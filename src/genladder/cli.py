@@ -104,6 +104,12 @@ def _add_train_parser(subparsers) -> None:
     run = p.add_argument_group("execution")
     run.add_argument("--device", help="auto (default), cpu or cuda")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--compile", action="store_true", help="torch.compile the training step (faster after a "
+                     "warm-up of about a minute on CPU)")
+    run.add_argument("--precision", choices=("fp32", "bf16"), help="fp32 (default) or bf16 autocast (GPUs, and "
+                     "CPUs with AMX; slower on other CPUs)")
+    run.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: one per core; use 1 "
+                     "when another busy process shares the machine)")
 
 
 def _add_figure_parsers(subparsers) -> None:
@@ -254,7 +260,8 @@ def _train(args: argparse.Namespace) -> int:
             raise GenladderError(f"{run_dir} is a {stored['kind']} run, not {given['kind']}")
         train_fields = set(TrainConfig.__dataclass_fields__)
         overrides = {k: v for k, v in given.items() if k in train_fields}
-        other = sorted(set(given) - train_fields - {"command", "kind", "resume", "device", "no_progress", "dry_run"})
+        execution = {"command", "kind", "resume", "device", "no_progress", "dry_run", "threads"}
+        other = sorted(set(given) - train_fields - execution)
         if other:
             raise GenladderError(f"--{other[0].replace('_', '-')} cannot change when resuming {run_dir}")
         config = resume_config(run_dir, overrides) if not given.get("dry_run") else stored
@@ -264,6 +271,10 @@ def _train(args: argparse.Namespace) -> int:
     if given.get("dry_run"):
         print(json.dumps(config, indent=2))
         return 0
+    if "threads" in given:
+        import torch
+
+        torch.set_num_threads(given["threads"])
     print(f"genladder: training {config['kind']} ({config['preset']} preset) in {run_dir}", file=sys.stderr)
     result = run_training(config, run_dir, resume="resume" in given, device=given.get("device", "auto"),
                           show_progress=not given.get("no_progress", False))

@@ -140,7 +140,8 @@ def read_run_config(run_dir: str | Path) -> dict:
 def resume_config(run_dir: str | Path, train_overrides: dict) -> dict:
     """The stored config with the few settings that may change on resume (length, budget, checkpoints)."""
     config = read_run_config(run_dir)
-    allowed = {"epochs", "steps", "time_budget", "checkpoint_every", "keep_checkpoints", "log_every"}
+    allowed = {"epochs", "steps", "time_budget", "checkpoint_every", "keep_checkpoints", "log_every", "compile",
+               "precision"}
     refused = sorted(set(train_overrides) - allowed)
     if refused:
         names = ", ".join("--" + name.replace("_", "-") for name in refused)
