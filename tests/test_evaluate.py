@@ -117,6 +117,7 @@ class TestSimpleMetrics:
         assert memorisation_share(copies, train, threshold=0.1)["share"] == 1.0
         assert memorisation_share(novel, train, threshold=0.1)["share"] == 0.0
         assert memorisation_share(torch.cat([copies, novel]), train, threshold=0.1)["share"] == 0.5
+        assert memorisation_share(torch.cat([train[:5], novel[:5]]), train, threshold=0.0)["share"] == 0.5  # copies
 
 
 class _LinearGaussianVAE:
