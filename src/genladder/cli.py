@@ -84,7 +84,7 @@ def _add_train_parser(subparsers) -> None:
     data.add_argument("--data", "--dataset", dest="dataset", metavar="DATA",
                       help="mnist (default), fashion-mnist, or your own images: a folder (one sub-folder per class "
                       "gives labels) or an .npz with 'images' and optional 'labels'; square, side divisible by 8, "
-                      "grey or RGB, never resized (--dataset is the old name)")
+                      "grey or RGB, never resized (a folder named mnist: ./mnist; --dataset is the old name)")
     data.add_argument("--data-dir", help="mnist/fashion-mnist: folder with the four IDX files (default: "
                       "$GENLADDER_DATA_DIR, then the user cache, then a download)")
     data.add_argument("--test-share", type=float, help="own images: share held out as the test set, chosen by a "
