@@ -20,13 +20,17 @@ from tests.test_cli import run_cli
 CLASSES = ("blue_cols", "red_rows")  # sorted: label 0 = blue columns, label 1 = red rows
 
 
-def stripes(label: int, offset: int, size: int = 16) -> np.ndarray:
-    """A (size, size, 3) uint8 image: blue vertical stripes (label 0) or red horizontal ones (label 1)."""
+def stripes(label: int, index: int, size: int = 16) -> np.ndarray:
+    """A (size, size, 3) uint8 image: blue vertical stripes (label 0) or red horizontal ones (label 1).
+
+    Every index up to 160 gives a different image (stripe offset and brightness), as real data would.
+    """
     image = np.zeros((size, size, 3), np.uint8)
+    offset, level = index % 4, 255 - index // 4
     if label == 0:
-        image[:, offset::4, 2] = 255
+        image[:, offset::4, 2] = level
     else:
-        image[offset::4, :, 0] = 255
+        image[offset::4, :, 0] = level
     return image
 
 
@@ -34,7 +38,7 @@ def write_stripes(root: Path, per_class: int) -> Path:
     for label, name in enumerate(CLASSES):
         (root / name).mkdir(parents=True)
         for i in range(per_class):
-            Image.fromarray(stripes(label, i % 4)).save(root / name / f"{i:03d}.png")
+            Image.fromarray(stripes(label, i)).save(root / name / f"{i:03d}.png")
     return root
 
 
@@ -202,7 +206,8 @@ class TestErrors:
         assert code == 2 and err.count("\n") == 1 and message in err, err
 
     @pytest.mark.parametrize("kind,message", [("cvae", "cvae is class-conditional but"),
-                                              ("cddpm", "has no labels; put the images in one sub-folder")])
+                                              ("cddpm", "has no labels; put the images in one sub-folder"),
+                                              ("classifier", "classifier learns labels but")])
     def test_conditional_rungs_refuse_unlabelled_data(self, tmp_path, capsys, kind, message):
         path = save_npz(tmp_path / "d.npz", images=np.zeros((4, 8, 8), np.uint8))
         code, _, err = run_cli(capsys, "train", kind, "--data", path, "--dry-run")
@@ -289,6 +294,18 @@ class TestTrainingOnAFolder:
         code, _, err = run_cli(capsys, "train", "--resume", run, "--steps", 4, "--no-progress")
         assert code == 2 and "changed since the run started: images was 16, now 17" in err
 
+    def test_classifier_and_evaluation_on_own_data(self, own_runs, rgb_folder, tmp_path, capsys):
+        classifier = tmp_path / "classifier"
+        assert run_cli(capsys, "train", "classifier", "--data", rgb_folder, "--steps", 10, "--batch-size", 16,
+                       "--test-share", 0.25, "--run-dir", classifier, "--no-progress")[0] == 0
+        model = json.loads((classifier / "config.json").read_text())["model"]
+        assert (model["in_channels"], model["image_size"], model["num_classes"]) == (3, 16, 2)
+        code, out, err = run_cli(capsys, "evaluate", own_runs["vae"], "--classifier", classifier, "--n", 20,
+                                 "--iwae-k", 2, "--iwae-images", 4, "--memorisation-samples", 10, "--json")
+        assert code == 0, err
+        result = json.loads(out)
+        assert result["samples"]["classifier_fid"] > 0 and len(result["samples"]["class_histogram"]["shares"]) == 2
+
     def test_named_datasets_still_work(self, capsys):
         for argv in (["--data", "fashion-mnist"], ["--dataset", "fashion-mnist"]):
             code, out, _ = run_cli(capsys, "train", "cvae", *argv, "--dry-run")
@@ -308,6 +325,6 @@ class TestTrainingOnAFolder:
         samples = np.load(tmp_path / "s.npz")
         images, labels = (samples["images"] + 1) / 2, samples["labels"]
         mean = {k: images[labels == k].mean(axis=(0, 2, 3)) for k in (0, 1)}  # per-channel mean, (3,)
-        # The data: a quarter of the pixels at full blue (label 0) or full red (label 1), the rest black.
+        # The data: a quarter of the pixels bright blue (label 0) or bright red (label 1), the rest black.
         assert mean[0][2] > 0.15 and mean[0][0] < 0.05, mean
         assert mean[1][0] > 0.15 and mean[1][2] < 0.05, mean
