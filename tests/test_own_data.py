@@ -234,8 +234,8 @@ class TestErrors:
 
 class TestEveryRung:
     @pytest.mark.parametrize("kind,preset", [("ae", "default"), ("ae", "tutorial"), ("vae", "default"),
-                                             ("cvae", "tutorial"), ("ddpm", "small"), ("cddpm", "default"),
-                                             ("cddpm", "tutorial")])
+                                             ("cvae", "tutorial"), ("ddpm", "small"), ("ddpm", "cpu-fast"),
+                                             ("cddpm", "default"), ("cddpm", "tutorial")])
     @pytest.mark.parametrize("channels,size", [(3, 24), (1, 40)])
     def test_network_fits_the_data(self, tmp_path, capsys, kind, preset, channels, size):
         images = np.zeros((6, channels, size, size), np.uint8)
