@@ -81,13 +81,18 @@ def _add_train_parser(subparsers) -> None:
                            "label in training (default 0.15)")
     diffusion.add_argument("--ema-decay", type=float, help="decay of the weights' EMA used for sampling")
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="IDX dataset (default mnist)")
-    data.add_argument("--data-dir", help="folder with the four IDX files (default: $GENLADDER_DATA_DIR, "
-                      "then the user cache, then a download)")
+    data.add_argument("--data", "--dataset", dest="dataset", metavar="DATA",
+                      help="mnist (default), fashion-mnist, or your own images: a folder (one sub-folder per class "
+                      "gives labels) or an .npz with 'images' and optional 'labels'; square, side divisible by 8, "
+                      "grey or RGB, never resized (a folder named mnist: ./mnist; --dataset is the old name)")
+    data.add_argument("--data-dir", help="mnist/fashion-mnist: folder with the four IDX files (default: "
+                      "$GENLADDER_DATA_DIR, then the user cache, then a download)")
+    data.add_argument("--test-share", type=float, help="own images: share held out as the test set, chosen by a "
+                      "fixed permutation (default 0.1)")
     data.add_argument("--limit", type=_positive_int, help="train on the first N training images only")
     data.add_argument("--test-limit", type=_positive_int, help="evaluate on the first N test images only")
-    data.add_argument("--resize", choices=("pad", "resize"), help="28->32: pad with 2 blank pixels (default) "
-                      "or bilinear resize (tutorial)")
+    data.add_argument("--resize", choices=("pad", "resize"), help="mnist/fashion-mnist 28->32: pad with 2 blank "
+                      "pixels (default) or bilinear resize (tutorial)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, help="passes over the training set (default 5)")
     opt.add_argument("--steps", type=int, help="total optimiser steps (overrides --epochs)")
@@ -140,7 +145,8 @@ def _add_figure_parsers(subparsers) -> None:
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
     p.add_argument("--n", type=_positive_int, default=16, help="number of test digits (default 16)")
     p.add_argument("--out", required=True, help="output .png")
-    p.add_argument("--data-dir", help="folder with the IDX files (default: the run's data source)")
+    p.add_argument("--data-dir", help="mnist/fashion-mnist runs: folder with the IDX files (default: the run's "
+                   "data source)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
     p = subparsers.add_parser("interpolate", help="a latent walk between pairs of test digits")
@@ -149,7 +155,8 @@ def _add_figure_parsers(subparsers) -> None:
     p.add_argument("--steps", type=_positive_int, default=10, help="images per row, ends included (default 10)")
     p.add_argument("--seed", type=int, default=0, help="which test digits are paired (default 0)")
     p.add_argument("--out", required=True, help="output .png")
-    p.add_argument("--data-dir", help="folder with the IDX files (default: the run's data source)")
+    p.add_argument("--data-dir", help="mnist/fashion-mnist runs: folder with the IDX files (default: the run's "
+                   "data source)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
 
@@ -215,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args: argparse.Namespace) -> dict:
-    from genladder.runs import DataConfig
+    from genladder.runs import DataConfig, data_facts, model_shape
     from genladder.training.loop import TrainConfig
 
     given = vars(args)
@@ -223,25 +230,27 @@ def _config_from_args(args: argparse.Namespace) -> dict:
     if kind is None:
         raise GenladderError("name the model to train (one of " + ", ".join(MODEL_KINDS) + ") or pass --resume")
     preset = given.get("preset", "default")
+    data = DataConfig.from_dict(given)
+    facts = data_facts(data)
+    shape = model_shape(kind, facts, data.dataset)  # channels, size and classes come from the data
     if is_diffusion(kind):
         from genladder.presets import diffusion_config
 
-        model, objective, train_defaults = diffusion_config(kind, preset, given)
+        model, objective, train_defaults = diffusion_config(kind, preset, given, **shape)
     elif kind == "classifier":
         from genladder.presets import classifier_config
 
-        model, objective, train_defaults = classifier_config(preset, given)
+        model, objective, train_defaults = classifier_config(preset, given, **shape)
     else:
         from genladder.models import AutoencoderConfig
 
         overrides = {k: given[k] for k in ("latent_dim", "width", "likelihood") if k in given}
-        model = AutoencoderConfig.preset(kind, preset, **overrides).to_dict()
+        model = AutoencoderConfig.preset(kind, preset, **shape, **overrides).to_dict()
         objective = {"kl_weight": given.get("kl_weight", 1.0)} if kind != "ae" else {}
         train_defaults = {}
-    data = DataConfig.from_dict(given)
     train = TrainConfig.from_dict({**train_defaults, **given})
     return {"kind": kind, "preset": preset, "model": model, "objective": objective,
-            "data": asdict(data), "train": asdict(train), "genladder_version": __version__}
+            "data": {**asdict(data), **facts}, "train": asdict(train), "genladder_version": __version__}
 
 
 def _train(args: argparse.Namespace) -> int:

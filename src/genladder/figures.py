@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from genladder.checkpoint import atomic_write_bytes
-from genladder.data import load_split, to_32, to_unit
+from genladder.data import to_unit
 from genladder.errors import GenladderError
 from genladder.plotting import save_grid
 from genladder.rungs import decode_image, encode_mean, grid_labels
-from genladder.runs import DataConfig, LoadedRun, load_run
+from genladder.runs import DataConfig, LoadedRun, load_data_split, load_run
 
 
 def _check_out(out: str, suffixes: tuple[str, ...] = (".png",)) -> Path:
@@ -42,14 +42,19 @@ def sample_labels(run: LoadedRun, n: int, label: int | None, grid: bool) -> torc
     return torch.arange(n) % num_classes
 
 
-def test_digits(run: LoadedRun, n: int, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first n test images of the run's dataset as [0, 1] floats (N, 1, 32, 32), with labels."""
+def test_digits(
+    run: LoadedRun, n: int, data_dir: str | None, minimum: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n test images of the run's data as [0, 1] floats (N, C, H, W), with labels.
+
+    Fewer than n is an error unless ``minimum`` allows it.
+    """
     data = DataConfig.from_dict(run.config["data"])
-    split = load_split(data.dataset, "test", data_dir=data_dir or data.data_dir, limit=n)
-    if len(split.images) < n:
-        raise GenladderError(f"asked for {n} test digits but the test set holds {len(split.images)}")
+    split = load_data_split(data, "test", limit=n, data_dir=data_dir)
+    if len(split.images) < (n if minimum is None else minimum):
+        raise GenladderError(f"asked for {minimum or n} test images but the test set holds {len(split.images)}")
     device = next(run.model.parameters()).device
-    return to_unit(to_32(split.images, method=data.resize)).to(device), split.labels.to(device)
+    return to_unit(split.images).to(device), split.labels.to(device)
 
 
 def _open_run(args: argparse.Namespace, verb: str, kinds: tuple[str, ...]) -> tuple[Path, LoadedRun]:
@@ -109,9 +114,11 @@ def sample_command(args: argparse.Namespace) -> Path:
         images = _diffusion_images(run, labels, n, args, generator)
     if out.suffix.lower() == ".npz":
         return save_npz(out, images * 2 - 1, labels)
-    # A conditional model without --label cycles through the classes: ten columns put one class in each.
-    cycling = labels is not None and args.label is None
-    ncol = run.config["model"]["num_classes"] if cycling else None
+    # --grid: one row per class. Without --label the classes cycle: one column per class.
+    ncol = None
+    if labels is not None and args.label is None:
+        num_classes = run.config["model"]["num_classes"]
+        ncol = len(labels) // num_classes if args.grid else num_classes
     return save_grid(images, out, nrow=ncol)
 
 
@@ -184,13 +191,17 @@ def interpolate_command(args: argparse.Namespace) -> Path:
     out, run = _open_run(args, "interpolate", AUTOENCODERS)
     if args.steps < 2:
         raise GenladderError(f"--steps must be at least 2 (the two ends), got {args.steps}")
-    x, labels = test_digits(run, 1000, args.data_dir)
+    x, labels = test_digits(run, 1000, args.data_dir, minimum=2 * args.pairs)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed)).to(x.device)
-    start = order[: args.pairs]
-    if run.kind == "cvae":  # a CVAE decodes under one label: pair each digit with another of its class
+    if run.kind == "cvae":  # a CVAE decodes under one label: pair each image with another of its class
+        partnered = order[torch.bincount(labels)[labels[order]] >= 2]  # images whose class has another
+        if len(partnered) < args.pairs:
+            raise GenladderError(f"the test set has {len(partnered)} images with a partner of their class, fewer "
+                                 f"than --pairs {args.pairs}; ask for fewer pairs or hold out more images")
+        start = partnered[: args.pairs]
         end = torch.stack([order[(labels[order] == labels[i]) & (order != i)][0] for i in start])
     else:
-        end = order[args.pairs : 2 * args.pairs]
+        start, end = order[: args.pairs], order[args.pairs : 2 * args.pairs]
     z_start, z_end = _encode(run, x[start], labels[start]), _encode(run, x[end], labels[end])
     weights = torch.linspace(0, 1, args.steps, device=x.device)
     rows = []

@@ -13,10 +13,13 @@
   pixel patches (so its levels run at 16/8/8 px: a quarter of the compute), cosine β, T = 1000,
   a 10-minute training budget by default. Measured in the README's performance section.
 
-Precedence: preset < explicit command-line flags.
+Precedence: preset < explicit command-line flags. The networks take the data's channels, image size
+and classes; the attention resolutions of a preset scale with the image (8 at 32 px, 16 at 64 px).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from genladder.diffusion import ScheduleConfig
 from genladder.errors import GenladderError
@@ -34,11 +37,15 @@ _TRAIN_DEFAULTS = {
 }
 
 
-def _unet_config(preset: str, num_classes: int) -> UNetConfig:
+def _unet_config(preset: str, num_classes: int, in_channels: int, image_size: int) -> UNetConfig:
     if preset in ("small", "cpu-fast"):
-        return UNetConfig(arch="default", num_classes=num_classes, widths=(32, 64, 64), blocks_per_level=1,
-                          attention_resolutions=(), dropout=0.0, patch_size=2 if preset == "cpu-fast" else 1)
-    return UNetConfig.preset(preset, num_classes=num_classes)
+        return UNetConfig(arch="default", in_channels=in_channels, image_size=image_size, num_classes=num_classes,
+                          widths=(32, 64, 64), blocks_per_level=1, attention_resolutions=(), dropout=0.0,
+                          patch_size=2 if preset == "cpu-fast" else 1)
+    unet = UNetConfig.preset(preset, num_classes=num_classes, in_channels=in_channels)
+    # The presets place attention for 32-pixel images (8 = the bottom level); keep it at the same level.
+    attention = tuple(r * image_size // 32 for r in unet.attention_resolutions)
+    return replace(unet, image_size=image_size, attention_resolutions=attention)
 
 
 def _schedule_config(preset: str) -> ScheduleConfig:
@@ -56,12 +63,16 @@ def _parse_ints(text: str | list | tuple, flag: str) -> tuple[int, ...]:
         raise GenladderError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
 
 
-def diffusion_config(kind: str, preset: str, given: dict) -> tuple[dict, dict, dict]:
-    """(model config, objective config, training defaults) for ddpm/cddpm from a preset and flags."""
+def diffusion_config(kind: str, preset: str, given: dict, in_channels: int = 1, image_size: int = 32,
+                     num_classes: int = 10) -> tuple[dict, dict, dict]:
+    """(model config, objective config, training defaults) for ddpm/cddpm from a preset and flags.
+
+    ``in_channels``, ``image_size`` and ``num_classes`` (ignored by ddpm) describe the data.
+    """
     if preset not in DIFFUSION_PRESETS:
         raise GenladderError(f"unknown preset {preset!r} for {kind}; choose one of {', '.join(DIFFUSION_PRESETS)}")
-    num_classes = 10 if kind == "cddpm" else 0
-    unet = _unet_config(preset, num_classes).to_dict()
+    num_classes = num_classes if kind == "cddpm" else 0
+    unet = _unet_config(preset, num_classes, in_channels, image_size).to_dict()
     if "widths" in given:
         unet["widths"] = list(_parse_ints(given["widths"], "--widths"))
     if "attention" in given:
@@ -91,11 +102,16 @@ def diffusion_config(kind: str, preset: str, given: dict) -> tuple[dict, dict, d
 CLASSIFIER_TRAIN_DEFAULTS = {"epochs": 8, "batch_size": 128, "lr": 1e-3, "ema_decay": 0.999}
 
 
-def classifier_config(preset: str, given: dict) -> tuple[dict, dict, dict]:
-    """(model, objective, train defaults) of ``genladder train classifier``; only the ``default`` preset."""
+def classifier_config(preset: str, given: dict, in_channels: int = 1, image_size: int = 32,
+                      num_classes: int = 10) -> tuple[dict, dict, dict]:
+    """(model, objective, train defaults) of ``genladder train classifier``; only the ``default`` preset.
+
+    ``in_channels``, ``image_size`` and ``num_classes`` describe the data.
+    """
     from genladder.models.classifier import ClassifierConfig
 
     if preset != "default":
         raise GenladderError(f"the classifier has only the 'default' preset, not {preset!r}")
     objective = {"max_shift": given.get("max_shift", 2)}
-    return ClassifierConfig().to_dict(), objective, dict(CLASSIFIER_TRAIN_DEFAULTS)
+    model = ClassifierConfig(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+    return model.to_dict(), objective, dict(CLASSIFIER_TRAIN_DEFAULTS)

@@ -66,17 +66,18 @@ def grid_labels(count: int, num_classes: int, device: torch.device | str = "cpu"
 def make_preview(kind: str, count: int, test_images: torch.Tensor, sample_fn=None):
     """The per-epoch figure: reconstructions for the AE, prior samples for the others ([0, 1] images)."""
     if kind == "ae":
-        originals = test_images[: max(2, count // 2)]
+        # Rows of up to 8 test images, each followed by their reconstructions (a small own test set gives fewer).
+        shown = min(max(2, count // 2), len(test_images))
+        per_row = min(8, shown)
+        originals = test_images[: shown - shown % per_row]
 
         def preview(model, generator):
             x = to_unit(originals.to(next(model.parameters()).device))
             reconstructions = model.output_to_image(model(x))
-            # Rows alternate: 8 originals, then their 8 reconstructions.
-            pairs = torch.stack([x.view(-1, 8, *x.shape[1:]), reconstructions.view(-1, 8, *x.shape[1:])], dim=1)
-            return pairs.reshape(-1, *x.shape[1:])  # (2·n, C, H, W)
+            rows = torch.stack([x.view(-1, per_row, *x.shape[1:]),
+                                reconstructions.view(-1, per_row, *x.shape[1:])], dim=1)  # (rows, 2, per_row, C, H, W)
+            return rows.reshape(-1, *x.shape[1:])  # (2·n, C, H, W)
 
-        if len(originals) % 8:
-            raise GenladderError("the AE preview needs a multiple of 8 test images")
         return preview
     if kind in ("vae", "cvae"):
 

@@ -4,6 +4,9 @@
 
     {"kind": "vae", "preset": "tutorial", "model": {...}, "objective": {...},
      "data": {...}, "train": {...}, "genladder_version": "..."}
+
+``data`` is the ``DataConfig`` plus what the data turned out to be (``data_facts``: channels, image
+size, class names, and for your own images their count).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from pathlib import Path
 import torch
 
 from genladder.checkpoint import atomic_write_json, latest_checkpoint, read_json, read_model_file
-from genladder.data import DATASETS, load_split, to_32
+from genladder.data import DATASETS, ImageSet, load_split, own_split, read_own_data, to_32
+from genladder.data.files import split_sizes
 from genladder.errors import GenladderError
 from genladder.models import build_model, check_kind, is_conditional
 from genladder.rungs import make_objective, make_preview, to_model_range
@@ -23,32 +27,103 @@ from genladder.training.loop import TrainConfig, TrainingData, TrainResult, trai
 
 CONFIG = "config.json"
 RESIZE_METHODS = ("pad", "resize")
+DEFAULT_TEST_SHARE = 0.1
 
 
 @dataclass
 class DataConfig:
-    """Which images to train on and how they are brought to 32×32."""
+    """Which images to train on: a named IDX dataset (brought to 32×32) or your own folder / .npz (as is)."""
 
-    dataset: str = "mnist"  # a named IDX dataset: "mnist" or "fashion-mnist"
-    data_dir: str | None = None  # folder with the four IDX files (else $GENLADDER_DATA_DIR, cache, download)
+    dataset: str = "mnist"  # "mnist", "fashion-mnist", or the path of a folder of images or an .npz file
+    data_dir: str | None = None  # IDX only: folder with the four files (else $GENLADDER_DATA_DIR, cache, download)
     limit: int | None = None  # train on the first N training images only (quick runs)
     test_limit: int | None = None  # evaluate on the first N test images only
-    resize: str = "pad"  # 28 -> 32: "pad" (2 blank pixels per side, exact) or "resize" (bilinear, tutorial)
+    resize: str = "pad"  # IDX only, 28 -> 32: "pad" (2 blank pixels per side, exact) or "resize" (bilinear)
+    test_share: float | None = None  # own data only: share held out as the test set (default 0.1)
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise GenladderError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.resize not in RESIZE_METHODS:
             raise GenladderError(f"--resize must be one of {RESIZE_METHODS}, got {self.resize!r}")
         for name in ("limit", "test_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise GenladderError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.is_named:
+            if self.test_share is not None:
+                raise GenladderError(f"--test-share applies to your own images; {self.dataset} has its own test set")
+            return
+        # Own data: an absolute path, so the run folder rebuilds from any working directory.
+        self.dataset = str(Path(self.dataset).expanduser().resolve())
+        if self.data_dir is not None:
+            raise GenladderError("--data-dir locates the IDX files of " + ", ".join(DATASETS) +
+                                 f"; for your own images --data is the path itself ({self.dataset})")
+        if self.resize != "pad":
+            raise GenladderError("--resize applies to the 28×28 IDX datasets; your own images are used at their size")
+        self.test_share = DEFAULT_TEST_SHARE if self.test_share is None else self.test_share
+        if not 0 < self.test_share < 1:
+            raise GenladderError(f"--test-share must be between 0 and 1, got {self.test_share}")
+
+    @property
+    def is_named(self) -> bool:
+        """True for a named IDX dataset, False for a folder or .npz of your own."""
+        return self.dataset in DATASETS
 
     @classmethod
     def from_dict(cls, values: dict) -> DataConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def data_facts(data: DataConfig) -> dict:
+    """What the model is built for: ``channels``, ``image_size`` and ``class_names`` (empty: unlabelled).
+
+    Own data is read (once per process) to find out; it also gives ``images``, its count, so that a
+    resumed run notices a changed folder.
+    """
+    if data.is_named:
+        classes = [str(k) for k in range(DATASETS[data.dataset].num_classes)]
+        return {"channels": 1, "image_size": 32, "class_names": classes}
+    own = read_own_data(data.dataset)
+    split_sizes(len(own.images), data.test_share, data.dataset)  # enough images for both splits
+    return {"channels": own.channels, "image_size": own.image_size, "class_names": list(own.class_names),
+            "images": len(own.images)}
+
+
+def model_shape(kind: str, facts: dict, source: str) -> dict:
+    """``in_channels``, ``image_size`` and ``num_classes`` of a rung's network for this data."""
+    num_classes = len(facts["class_names"])
+    uses_labels = is_conditional(kind) or kind == "classifier"
+    if uses_labels and num_classes < 2:
+        what = {"cvae": "is class-conditional", "cddpm": "is class-conditional", "classifier": "learns labels"}[kind]
+        instead = {"cvae": ", or train vae", "cddpm": ", or train ddpm"}.get(kind, "")
+        found = f"only one class ({facts['class_names'][0]})" if num_classes else "no labels"
+        raise GenladderError(f"{kind} {what} but {source} has {found}; put the images in one "
+                             f"sub-folder per class (or 'labels' in the .npz){instead}")
+    return {"in_channels": facts["channels"], "image_size": facts["image_size"],
+            "num_classes": num_classes if uses_labels else 0}
+
+
+def check_same_data(stored: dict, data: DataConfig) -> None:
+    """Refuse to resume a run whose images changed shape, classes or count since it started."""
+    now = data_facts(data)
+    changed = [key for key in now if key in stored and stored[key] != now[key]]
+    if changed:
+        key = changed[0]
+        raise GenladderError(f"{data.dataset} changed since the run started: {key} was {stored[key]}, now "
+                             f"{now[key]}; train a new run on it")
+
+
+def load_data_split(data: DataConfig, split: str, limit: int | None = None, data_dir: str | None = None) -> ImageSet:
+    """One split at the size the models see: IDX images padded (or resized) to 32×32, own images as they are.
+
+    ``limit`` keeps the first N images; ``data_dir`` overrides the IDX folder of the config.
+    """
+    if data.is_named:
+        idx = load_split(data.dataset, split, data_dir=data_dir or data.data_dir, limit=limit)
+        return ImageSet(to_32(idx.images, method=data.resize), idx.labels, idx.name, split, idx.num_classes)
+    if data_dir is not None:
+        raise GenladderError(f"--data-dir applies to the IDX datasets; this run trained on {data.dataset}")
+    return own_split(read_own_data(data.dataset), split, data.test_share, limit)
 
 
 def default_run_dir(kind: str) -> Path:
@@ -74,13 +149,13 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def load_training_data(kind: str, data: DataConfig) -> TrainingData:
-    """Both splits as uint8 32×32 tensors in memory, with the rung's value-range map."""
-    train_set = load_split(data.dataset, "train", data_dir=data.data_dir, limit=data.limit)
-    test_set = load_split(data.dataset, "test", data_dir=data.data_dir, limit=data.test_limit)
+    """Both splits as uint8 tensors in memory (see ``load_data_split``), with the rung's value-range map."""
+    train_set = load_data_split(data, "train", limit=data.limit)
+    test_set = load_data_split(data, "test", limit=data.test_limit)
     return TrainingData(
-        train_images=to_32(train_set.images, method=data.resize),
+        train_images=train_set.images,
         train_labels=train_set.labels,
-        test_images=to_32(test_set.images, method=data.resize),
+        test_images=test_set.images,
         test_labels=test_set.labels,
         to_model_range=to_model_range(kind),
     )
@@ -90,7 +165,9 @@ def _preview_for(config: dict, data: TrainingData):
     kind = config["kind"]
     if kind == "classifier":  # nothing to draw; its test error is in metrics.jsonl
         return None
-    count = 100 if is_conditional(kind) else config["train"].get("preview_count", 64)
+    # Conditional: ten samples of each of the first (at most) ten classes, one row per class.
+    num_classes = config["model"].get("num_classes", 0)
+    count = 10 * min(num_classes, 10) if is_conditional(kind) else config["train"].get("preview_count", 64)
     sample_fn = None
     if kind in ("ddpm", "cddpm"):
         from genladder.sampling import preview_sampler
@@ -107,6 +184,8 @@ def run_training(
     run_dir = Path(run_dir)
     train_config = TrainConfig.from_dict(config["train"])
     data_config = DataConfig.from_dict(config["data"])
+    if resume:
+        check_same_data(config["data"], data_config)
     data = load_training_data(kind, data_config)
     if not resume:
         if (run_dir / CONFIG).exists():

@@ -136,8 +136,9 @@ DATASETS: dict[str, DatasetSpec] = {
 class ImageSet:
     """A whole split in memory.
 
-    images: uint8 (N, 1, 28, 28), values in [0, 255] (channel dim C = 1).
-    labels: int64 (N,), values in [0, num_classes).
+    images: uint8 (N, C, H, W), values in [0, 255]; the IDX datasets give (N, 1, 28, 28).
+    labels: int64 (N,), values in [0, num_classes); num_classes = 0 marks unlabelled images, whose
+    labels are all −1 (see ``genladder.data.files``).
     """
 
     images: torch.Tensor

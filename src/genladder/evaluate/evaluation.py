@@ -23,7 +23,7 @@ import torch
 
 from genladder import __version__
 from genladder.checkpoint import atomic_write_json, read_json
-from genladder.data import load_split, to_32, to_signed, to_unit
+from genladder.data import to_signed, to_unit
 from genladder.errors import GenladderError
 from genladder.evaluate.features import FeatureNetwork, embed, load_feature_network
 from genladder.evaluate.likelihood import ddpm_bits_per_dim, iwae_negative_log_likelihood, vae_negative_elbo
@@ -79,13 +79,14 @@ def _log(message: str, quiet: bool) -> None:
 
 
 def _real_data(config: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(train images, test images, test labels) as uint8 32×32, the run's train subset, the full test set."""
-    from genladder.runs import DataConfig
+    """(train images, test images, test labels) as uint8 at the models' size (IDX: 32×32; own images: as they
+    are): the run's train subset, the full test set."""
+    from genladder.runs import DataConfig, load_data_split
 
     data = DataConfig.from_dict(config["data"])
-    train = load_split(data.dataset, "train", data_dir=data.data_dir, limit=data.limit)
-    test = load_split(data.dataset, "test", data_dir=data.data_dir)
-    return to_32(train.images, data.resize), to_32(test.images, data.resize), test.labels
+    train = load_data_split(data, "train", limit=data.limit)
+    test = load_data_split(data, "test")
+    return train.images, test.images, test.labels
 
 
 def _sample(run: LoadedRun, evaluation: EvaluationConfig, labels: torch.Tensor | None, progress: bool):
