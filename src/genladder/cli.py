@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genladder{'' if rank == '0' else f' [rank {rank}]'}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun the main process speaks for all
+            return 130
         print("genladder: interrupted; a training run continues from its newest checkpoint with --resume RUN_DIR "
               "(one process saves one on Ctrl-C)", file=sys.stderr)
         return 130
