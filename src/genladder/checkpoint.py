@@ -8,7 +8,7 @@ Layout of a run folder::
         model.safetensors             # weights; metadata["genladder"] = JSON describing the model
         ema.safetensors               # EMA weights (diffusion rungs), same metadata
         optimizer.safetensors         # optimizer tensors, flattened as "state.<i>.<name>"
-        rng.safetensors               # torch RNG states (CPU, and CUDA when present)
+        rng.safetensors               # torch RNG states (CPU, and CUDA when present; per process under torchrun)
         trainer_state.json            # step, epoch, images seen, optimizer param groups, ...
 
 A checkpoint is written into ``step_N.tmp-<pid>/``, every file flushed and fsynced, then the folder
@@ -142,16 +142,25 @@ def _optimizer_state_dict(tensors: dict[str, torch.Tensor], remainder: dict) -> 
     return {"state": state, "param_groups": groups}
 
 
-def _rng_tensors() -> dict[str, torch.Tensor]:
+def rng_state(cuda_device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """This process's RNG states: "cpu", and "cuda.<i>" for every initialised GPU or "cuda" for ``cuda_device`` only.
+
+    A distributed process passes its own GPU: asking every GPU for its state would open a CUDA
+    context on each of them in each process.
+    """
     tensors = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if cuda_device is not None:
+        tensors["cuda"] = torch.cuda.get_rng_state(cuda_device)
+    elif torch.cuda.is_available() and torch.cuda.is_initialized():
         for index, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda.{index}"] = state
     return tensors
 
 
-def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+def _restore_rng(tensors: dict[str, torch.Tensor], cuda_device: torch.device | None = None) -> None:
     torch.set_rng_state(tensors["cpu"])
+    if "cuda" in tensors and cuda_device is not None:
+        torch.cuda.set_rng_state(tensors["cuda"], cuda_device)
     cuda = [tensors[key] for key in sorted(k for k in tensors if k.startswith("cuda."))]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
@@ -171,11 +180,13 @@ def save_checkpoint(
     trainer_state: dict,
     ema: torch.nn.Module | None = None,
     keep: int = 2,
+    rng: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a complete checkpoint for ``step`` atomically and point ``latest.json`` at it.
 
-    Keeps the newest ``keep`` checkpoints and deletes older ones (only after the new one is in
-    place). Returns the checkpoint folder.
+    ``rng``: the RNG states to record (every process's, under ``rank<r>.`` keys, in a distributed
+    run); default: this process's. Keeps the newest ``keep`` checkpoints and deletes older ones (only
+    after the new one is in place). Returns the checkpoint folder.
     """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -188,7 +199,7 @@ def save_checkpoint(
     files = {
         "model.safetensors": model_file_bytes(model, description),
         "optimizer.safetensors": save_safetensors_bytes(optimizer_tensors),
-        "rng.safetensors": save_safetensors_bytes(_rng_tensors()),
+        "rng.safetensors": save_safetensors_bytes(rng if rng is not None else rng_state()),
         "trainer_state.json": json.dumps({**trainer_state, "step": step, "optimizer": optimizer_rest}).encode(),
     }
     if ema is not None:
@@ -239,9 +250,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 
 
 def load_training_state(
-    checkpoint: Path, optimizer: torch.optim.Optimizer, restore_rng: bool = True
+    checkpoint: Path, optimizer: torch.optim.Optimizer, restore_rng: bool = True, rank: int | None = None,
+    cuda_device: torch.device | None = None,
 ) -> dict:
-    """Restore the optimizer (and the RNG) from a checkpoint folder; return its trainer state."""
+    """Restore the optimizer (and the RNG) from a checkpoint folder; return its trainer state.
+
+    ``rank``: in a distributed run, restore the RNG states recorded for that process (``rank<r>.``
+    keys; its GPU's state into ``cuda_device``).
+    """
     state = read_json(checkpoint / "trainer_state.json")
     try:
         optimizer_tensors = load_safetensors_bytes((checkpoint / "optimizer.safetensors").read_bytes())
@@ -249,6 +265,12 @@ def load_training_state(
     except (OSError, SafetensorError) as error:
         raise GenladderError(f"{checkpoint}: unreadable optimizer or RNG state ({error})") from None
     optimizer.load_state_dict(_optimizer_state_dict(optimizer_tensors, state.pop("optimizer")))
+    if rank is not None:
+        prefix = f"rank{rank}."
+        rng = {key.removeprefix(prefix): value for key, value in rng.items() if key.startswith(prefix)}
+        if "cpu" not in rng:
+            raise GenladderError(f"{checkpoint}: no random-number state for process {rank}; resume with the "
+                                 "number of processes the run was trained with")
     if restore_rng:
-        _restore_rng(rng)
+        _restore_rng(rng, cuda_device)
     return state

@@ -8,6 +8,7 @@ traceback. Options that the user did not give are absent from the parsed namespa
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from dataclasses import asdict
@@ -96,7 +97,8 @@ def _add_train_parser(subparsers) -> None:
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, help="passes over the training set (default 5)")
     opt.add_argument("--steps", type=int, help="total optimiser steps (overrides --epochs)")
-    opt.add_argument("--batch-size", type=int, help="images per step (default 128)")
+    opt.add_argument("--batch-size", type=int, help="images per step, per process under torchrun "
+                     "(default 128)")
     opt.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     opt.add_argument("--seed", type=int, help="seed of weights, data order and noise (default 0)")
     opt.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
@@ -107,7 +109,7 @@ def _add_train_parser(subparsers) -> None:
     opt.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept on disk (default 2)")
     opt.add_argument("--log-every", type=int, help="steps between loss records (default 50)")
     run = p.add_argument_group("execution")
-    run.add_argument("--device", help="auto (default), cpu or cuda")
+    run.add_argument("--device", help="auto (default), cpu or cuda (under torchrun: GPU LOCAL_RANK)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--compile", action="store_true", help="torch.compile the training step (faster after a "
                      "warm-up of about a minute on CPU)")
@@ -257,9 +259,11 @@ def _train(args: argparse.Namespace) -> int:
     import json
 
     from genladder.runs import default_run_dir, read_run_config, resume_config, run_training
+    from genladder.training.distributed import is_main_process
     from genladder.training.loop import TrainConfig
 
     given = vars(args)
+    main_process = is_main_process()  # under torchrun only rank 0 writes and reports
     if given.get("kind") is not None:
         check_kind(given["kind"])
     if "resume" in given:
@@ -273,20 +277,24 @@ def _train(args: argparse.Namespace) -> int:
         other = sorted(set(given) - train_fields - execution)
         if other:
             raise GenladderError(f"--{other[0].replace('_', '-')} cannot change when resuming {run_dir}")
-        config = resume_config(run_dir, overrides) if not given.get("dry_run") else stored
+        config = resume_config(run_dir, overrides, write=main_process) if not given.get("dry_run") else stored
     else:
         config = _config_from_args(args)
         run_dir = Path(given.get("run_dir") or default_run_dir(config["kind"]))
     if given.get("dry_run"):
-        print(json.dumps(config, indent=2))
+        if main_process:
+            print(json.dumps(config, indent=2))
         return 0
     if "threads" in given:
         import torch
 
         torch.set_num_threads(given["threads"])
-    print(f"genladder: training {config['kind']} ({config['preset']} preset) in {run_dir}", file=sys.stderr)
+    if main_process:
+        print(f"genladder: training {config['kind']} ({config['preset']} preset) in {run_dir}", file=sys.stderr)
     result = run_training(config, run_dir, resume="resume" in given, device=given.get("device", "auto"),
                           show_progress=not given.get("no_progress", False))
+    if not main_process:
+        return 0
     test = ", ".join(f"{k} {v:.4g}" for k, v in result.last_test.items())
     how = "time budget reached" if result.stopped_by_budget else "done"
     print(f"genladder: {how} at step {result.step} after {result.train_seconds:.0f} s; test {test}")
@@ -351,11 +359,15 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         return _figure(args)
     except GenladderError as error:
-        print(f"genladder: error: {error}", file=sys.stderr)
+        # Under torchrun every process may fail alike; the others say which they are.
+        rank = os.environ.get("RANK", "0")
+        print(f"genladder{'' if rank == '0' else f' [rank {rank}]'}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("genladder: interrupted; a training run saved a checkpoint and continues with --resume RUN_DIR",
-              file=sys.stderr)
+        if os.environ.get("RANK", "0") != "0":  # under torchrun the main process speaks for all
+            return 130
+        print("genladder: interrupted; a training run continues from its newest checkpoint with --resume RUN_DIR "
+              "(one process saves one on Ctrl-C)", file=sys.stderr)
         return 130
 
 

@@ -12,6 +12,7 @@ size, class names, and for your own images their count).
 from __future__ import annotations
 
 import datetime as _dt
+import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from genladder.data.files import split_sizes
 from genladder.errors import GenladderError
 from genladder.models import build_model, check_kind, is_conditional
 from genladder.rungs import make_objective, make_preview, to_model_range
+from genladder.training import distributed
 from genladder.training.loop import TrainConfig, TrainingData, TrainResult, train
 
 CONFIG = "config.json"
@@ -179,28 +181,40 @@ def _preview_for(config: dict, data: TrainingData):
 def run_training(
     config: dict, run_dir: str | Path, *, resume: bool = False, device: str = "auto", show_progress: bool = True
 ) -> TrainResult:
-    """Train (or resume) the run described by ``config`` in ``run_dir``."""
+    """Train (or resume) the run described by ``config`` in ``run_dir``.
+
+    Under torchrun this is one of several processes training together (``genladder.training.distributed``);
+    only the main process writes to ``run_dir``.
+    """
     kind = check_kind(config["kind"])
     run_dir = Path(run_dir)
     train_config = TrainConfig.from_dict(config["train"])
     data_config = DataConfig.from_dict(config["data"])
     if resume:
         check_same_data(config["data"], data_config)
-    data = load_training_data(kind, data_config)
-    if not resume:
-        if (run_dir / CONFIG).exists():
-            raise GenladderError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG, config)
-    torch.manual_seed(train_config.seed)
-    target = pick_device(device)
-    model = build_model(kind, config["model"]).to(target)
-    objective = make_objective(kind, config["objective"], config["model"])
-    description = model_description(config)
-    return train(
-        model, objective, data, train_config, run_dir, description,
-        preview=_preview_for(config, data), resume=resume, show_progress=show_progress,
-    )
+    with distributed.session(pick_device(device)) as ctx:
+        with ctx.local_main_first():  # one download per machine at most
+            data = load_training_data(kind, data_config)
+        if not resume:
+            taken = (run_dir / CONFIG).exists()
+            ctx.barrier()  # every process has looked before the main one writes
+            if taken:
+                raise GenladderError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it")
+            if ctx.is_main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(run_dir / CONFIG, config)
+        if ctx.enabled and ctx.is_main:
+            batch = train_config.batch_size
+            print(f"genladder: {ctx.world_size} processes ({ctx.backend} on {ctx.device.type}), batch {batch} per "
+                  f"process, effective batch {batch * ctx.world_size}", file=sys.stderr)
+        torch.manual_seed(train_config.seed)
+        model = build_model(kind, config["model"]).to(ctx.device)
+        objective = make_objective(kind, config["objective"], config["model"])
+        description = model_description(config)
+        return train(
+            model, objective, data, train_config, run_dir, description,
+            preview=_preview_for(config, data), resume=resume, show_progress=show_progress, distributed=ctx,
+        )
 
 
 def read_run_config(run_dir: str | Path) -> dict:
@@ -216,8 +230,11 @@ def read_run_config(run_dir: str | Path) -> dict:
     return config
 
 
-def resume_config(run_dir: str | Path, train_overrides: dict) -> dict:
-    """The stored config with the few settings that may change on resume (length, budget, checkpoints)."""
+def resume_config(run_dir: str | Path, train_overrides: dict, write: bool = True) -> dict:
+    """The stored config with the few settings that may change on resume (length, budget, checkpoints).
+
+    ``write``: store it back in the run folder (only the main process does under torchrun).
+    """
     config = read_run_config(run_dir)
     allowed = {"epochs", "steps", "time_budget", "checkpoint_every", "keep_checkpoints", "log_every", "compile",
                "precision"}
@@ -226,7 +243,8 @@ def resume_config(run_dir: str | Path, train_overrides: dict) -> dict:
         names = ", ".join("--" + name.replace("_", "-") for name in refused)
         raise GenladderError(f"{names} cannot change when resuming (only the length and checkpoint settings can)")
     config["train"] = asdict(TrainConfig.from_dict({**config["train"], **train_overrides}))
-    atomic_write_json(Path(run_dir) / CONFIG, config)
+    if write:
+        atomic_write_json(Path(run_dir) / CONFIG, config)
     return config
 
 

@@ -4,6 +4,8 @@ The loop sees a model, an objective ``objective(model, images, labels, generator
 metrics)`` and uint8 images held in memory; it never knows which rung it trains. Batches are cut
 by indexing a per-epoch permutation derived from (seed, epoch), so the data order is a pure
 function of the step and a resumed run replays exactly what an uninterrupted one would have seen.
+Under torchrun every process runs this loop on its own part of each step's batch (see
+``genladder.training.distributed``); only the main process writes logs, figures and checkpoints.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from genladder.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
     load_training_state,
+    read_json,
     read_model_file,
     save_checkpoint,
 )
 from genladder.errors import GenladderError
 from genladder.plotting import save_grid, save_loss_curve
+from genladder.training.distributed import Distributed, EpochPlan
 
 Objective = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 PRECISIONS = ("fp32", "bf16")
@@ -39,7 +43,7 @@ class TrainConfig:
 
     epochs: int = 5  # full passes over the training images (ignored when steps is set)
     steps: int | None = None  # total optimiser steps; overrides epochs
-    batch_size: int = 128
+    batch_size: int = 128  # images per step, per process when several train together
     lr: float = 1e-3  # Adam learning rate
     seed: int = 0  # weights, data order and noise all follow from it
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
@@ -96,15 +100,6 @@ def epoch_permutation(num_items: int, seed: int, epoch: int, device: torch.devic
     """The order of the training images in ``epoch``: a pure function of (seed, epoch)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(num_items, generator=generator).to(device)
-
-
-def steps_per_epoch(num_items: int, batch_size: int) -> int:
-    """Full batches per epoch (the last partial batch is dropped, so every step has the same shape)."""
-    if batch_size > num_items:
-        raise GenladderError(
-            f"batch size {batch_size} is larger than the {num_items} training images; lower --batch-size"
-        )
-    return num_items // batch_size
 
 
 @torch.no_grad()
@@ -170,17 +165,21 @@ def train(
     preview: PreviewFn | None = None,
     resume: bool = False,
     show_progress: bool = True,
+    distributed: Distributed | None = None,
 ) -> TrainResult:
     """Train ``model`` with Adam on ``objective``; write metrics, figures and checkpoints to ``run_dir``.
 
     ``description`` goes into every model file's metadata (it is what rebuilds the model).
     With ``resume=True`` the newest checkpoint of ``run_dir`` is loaded and training continues
     exactly where it stopped (same data order, optimizer moments and random numbers).
+    ``distributed``: this process's place under torchrun (default: the lone process).
     """
     run_dir = Path(run_dir)
     device = next(model.parameters()).device
     num_train = len(data.train_images)
-    per_epoch = steps_per_epoch(num_train, config.batch_size)
+    ctx = distributed or Distributed(device=device)
+    plan = EpochPlan(num_train, config.batch_size, ctx.world_size)
+    per_epoch = plan.steps
     total_steps = config.steps if config.steps is not None else config.epochs * per_epoch
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
@@ -196,44 +195,54 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         checkpoint = latest_checkpoint(run_dir)
+        ctx.check_world_size(read_json(checkpoint / "trainer_state.json").get("world_size", 1), run_dir)
         model.load_state_dict(read_model_file(checkpoint / "model.safetensors")[0])
-        state = load_training_state(checkpoint, optimizer)
+        state = load_training_state(checkpoint, optimizer, rank=ctx.rng_rank,
+                                    cuda_device=device if ctx.enabled and device.type == "cuda" else None)
         if ema is not None:
             ema.module.load_state_dict(read_model_file(checkpoint / "ema.safetensors")[0])
             ema.n_averaged.fill_(state.get("ema_updates", 0))
         step, train_seconds = state["step"], state.get("train_seconds", 0.0)
         # Forget records written after that checkpoint by the interrupted process.
-        kept = _read_metrics(metrics_path, up_to_step=step)
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if ctx.is_main:
+            kept = _read_metrics(metrics_path, up_to_step=step)
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         if step >= total_steps:
             raise GenladderError(
                 f"{run_dir} already reached step {step} of {total_steps}; pass a larger --steps or --epochs to continue"
             )
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(config.seed)
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed + ctx.rank)  # each process draws its own noise
 
     images_dev = data.train_images.to(device)
     labels_dev = data.train_labels.to(device)
     test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
 
     def checkpoint_now(current_step: int) -> None:
+        rng = ctx.gather_rng_state()  # collective: every process checkpoints at the same steps
+        if not ctx.is_main:
+            return
         save_checkpoint(
             run_dir, step=current_step, model=model, description=description, optimizer=optimizer,
-            ema=ema.module if ema is not None else None, keep=config.keep_checkpoints,
-            trainer_state={"epoch": current_step // per_epoch, "images_seen": current_step * config.batch_size,
+            ema=ema.module if ema is not None else None, keep=config.keep_checkpoints, rng=rng,
+            trainer_state={"epoch": current_step // per_epoch, "images_seen": plan.images_seen(current_step),
                            "train_seconds": train_seconds, "total_steps": total_steps,
-                           "ema_updates": int(ema.n_averaged) if ema is not None else 0},
+                           "ema_updates": int(ema.n_averaged) if ema is not None else 0,
+                           "world_size": ctx.world_size},
         )
 
     def end_of_epoch(epoch: int, current_step: int) -> None:
         """Test loss, loss curve and preview grid (named by epoch, or by step when stopped mid-epoch)."""
         nonlocal last_test
+        if not ctx.is_main:
+            return
         eval_model = ema.module if ema is not None else model
         last_test = evaluate_objective(eval_model, objective, test_images, test_labels, data.to_model_range,
                                        batch_size=max(config.batch_size, 256))
         record = {"split": "test", "step": current_step, "epoch": epoch,
-                  "images_seen": current_step * config.batch_size, **last_test}
+                  "images_seen": plan.images_seen(current_step), **last_test}
         with open(metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         save_loss_curve(_read_metrics(metrics_path), run_dir / "loss.png", title=description.get("kind", ""))
@@ -248,21 +257,24 @@ def train(
             save_grid(images, run_dir / "samples" / name, nrow=_preview_columns(len(images)))
 
     model.train()
+    step_fn = ctx.wrap(step_model, objective)  # objective(step_model, x, labels), under DDP when distributed
     running: dict[str, float] = {}
     running_count, tick_start, tick_images = 0, time.perf_counter(), 0
     session_start = time.perf_counter()
     stopped_by_budget = False
     permutation, permutation_epoch = None, -1
-    progress = tqdm(total=total_steps, initial=step, disable=not show_progress, unit="step", dynamic_ncols=True)
+    progress = tqdm(total=total_steps, initial=step, disable=not (show_progress and ctx.is_main), unit="step",
+                    dynamic_ncols=True)
     try:
         while step < total_steps:
             epoch, position = divmod(step, per_epoch)
             if epoch != permutation_epoch:
                 permutation, permutation_epoch = epoch_permutation(num_train, config.seed, epoch, device), epoch
-            index = permutation[position * config.batch_size : (position + 1) * config.batch_size]
+            index = plan.batch(permutation, position, ctx.rank)
             x = data.to_model_range(images_dev[index]).contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-                loss, metrics = objective(step_model, x, labels_dev[index])
+                loss, metrics = step_fn(x, labels_dev[index])
+            metrics = ctx.mean(metrics)  # the same numbers on every process, so all stop on a bad loss
             if not math.isfinite(metrics.get("loss", loss.item())):
                 raise GenladderError(
                     f"step {step + 1}: the loss became {metrics.get('loss', loss.item())}; training stopped and "
@@ -279,7 +291,7 @@ def train(
             for name, value in metrics.items():
                 running[name] = running.get(name, 0.0) + value
             running_count += 1
-            tick_images += len(x)
+            tick_images += plan.images_in_step(position)
             progress.update(1)
 
             now = time.perf_counter()
@@ -287,14 +299,16 @@ def train(
                 images_per_s = tick_images / max(now - tick_start, 1e-9)
                 means = {name: total / running_count for name, total in running.items()}
                 record = {"split": "train", "step": step, "epoch": step / per_epoch,
-                          "images_seen": step * config.batch_size, **means, "images_per_s": images_per_s,
+                          "images_seen": plan.images_seen(step), **means, "images_per_s": images_per_s,
                           "train_seconds": train_seconds + now - session_start}
-                with open(metrics_path, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
+                if ctx.is_main:
+                    with open(metrics_path, "a") as handle:
+                        handle.write(json.dumps(record) + "\n")
                 progress.set_postfix(loss=f"{means['loss']:.4g}", img_s=f"{images_per_s:.0f}")
                 running, running_count, tick_start, tick_images = {}, 0, now, 0
 
-            budget_hit = config.time_budget is not None and train_seconds + now - session_start >= config.time_budget
+            budget_hit = config.time_budget is not None and ctx.any(
+                train_seconds + now - session_start >= config.time_budget)
             if step % per_epoch == 0:
                 end_of_epoch(step // per_epoch, step)
             if step % config.checkpoint_every == 0 or step % per_epoch == 0 or step == total_steps or budget_hit:
@@ -305,8 +319,9 @@ def train(
                 stopped_by_budget = True
                 break
     except KeyboardInterrupt:
-        # Ctrl-C: keep what was learnt since the last checkpoint, then let the caller report it.
-        if step and not (run_dir / "checkpoints" / checkpoint_name(step)).exists():
+        # Ctrl-C: keep what was learnt since the last checkpoint, then let the caller report it. Not with
+        # several processes: each stops at its own point, so they cannot meet to gather their RNG states.
+        if step and not ctx.enabled and not (run_dir / "checkpoints" / checkpoint_name(step)).exists():
             train_seconds += time.perf_counter() - session_start
             checkpoint_now(step)
         raise
