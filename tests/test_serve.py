@@ -184,18 +184,27 @@ class TestHandlers:
 class TestServeCommand:
     def test_not_a_run_folder(self, capsys, tmp_path):
         code, _, err = run_cli(capsys, "serve", tmp_path)
-        assert code == 2 and err.strip() == f"genladder: error: {tmp_path} is not a genladder run folder " \
-                                            "(no config.json)"
+        assert code == 2
+        assert err.strip() == f"genladder: error: {tmp_path} is not a genladder run folder (no config.json)"
 
     def test_bad_port(self, capsys, runs):
         code, _, err = run_cli(capsys, "serve", runs["cvae"], "--port", 70000)
         assert code == 2 and "--port must be in 1..65535, got 70000" in err
 
+    def test_port_in_use(self, capsys, runs):
+        require(importlib.util.find_spec("gradio") is not None, "gradio")
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            code, _, err = run_cli(capsys, "serve", runs["cvae"], "--port", port, "--device", "cpu")
+        assert code == 2 and f"cannot serve on 127.0.0.1:{port}" in err and "pick another --port" in err
+
     def test_without_gradio_says_how_to_install(self, capsys, runs, monkeypatch):
         monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now raises ImportError
         code, _, err = run_cli(capsys, "serve", runs["cvae"])
-        assert code == 2 and err.strip() == "genladder: error: the web demo needs Gradio: " \
-                                            "pip install 'genladder[demo]'"
+        assert code == 2
+        assert err.strip() == "genladder: error: the web demo needs Gradio: pip install 'genladder[demo]'"
 
 
 # --- the real page in a real browser ---
@@ -275,8 +284,8 @@ def test_page_in_headless_chromium(server, runs, tmp_path):
             page.goto(server)
 
             def generate(expect_image: bool):
-                old = page.locator("#gen-grid img").get_attribute("src") if page.locator("#gen-grid img").count() \
-                    else None
+                grid = page.locator("#gen-grid img")
+                old = grid.get_attribute("src") if grid.count() else None
                 page.locator("#gen-button").click()
                 if not expect_image:
                     return None

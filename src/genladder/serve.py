@@ -160,8 +160,8 @@ def generate_grid(catalog: RunCatalog, run_name, digit, n, sampler, steps, guida
     seconds = time.perf_counter() - started
     what = "one row per digit" if samples.columns and label is None else (f"digit {label}" if conditional else "")
     how = f", {config.sampler} {config.steps} steps, guidance w = {config.guidance:g}" if config else ""
-    caption = f"{run.kind}: {len(samples.images)} images{', ' + what if what else ''}{how}, seed {seed}; " \
-              f"{seconds:.1f} s"
+    caption = (f"{run.kind}: {len(samples.images)} images{', ' + what if what else ''}{how}, seed {seed}; "
+               f"{seconds:.1f} s")
     return grid_image(samples.images, samples.columns), caption
 
 
@@ -247,8 +247,8 @@ def interpolate_digits(catalog: RunCatalog, run_name, first, second, steps) -> t
     for label in dict.fromkeys(row_labels):  # one row per distinct label, in order
         decoded = decode_image(run.kind, run.model, path, torch.full((steps,), label, device=x.device))
         rows.append(torch.cat([x[first : first + 1], decoded, x[second : second + 1]]))
-    caption = f"test digit #{first} (a {int(labels[first])}) → #{second} (a {int(labels[second])}), " \
-              f"{steps} decoded points between the originals"
+    caption = (f"test digit #{first} (a {int(labels[first])}) → #{second} (a {int(labels[second])}), "
+               f"{steps} decoded points between the originals")
     if run.kind == "cvae":
         caption += "; rows decoded as " + " and ".join(str(label) for label in dict.fromkeys(row_labels))
     return grid_image(torch.cat(rows), steps + 2), caption
@@ -307,7 +307,7 @@ def serve(run_dirs: Sequence[str], port: int = 7860, device: str = "auto") -> No
             inbrowser=False, share=False,
         )
     except OSError as error:
-        raise GenladderError(f"cannot serve on {HOST}:{port} ({str(error).split('.')[0]}); pick another --port") \
-            from None
+        reason = str(error).split(".")[0]
+        raise GenladderError(f"cannot serve on {HOST}:{port} ({reason}); pick another --port") from None
     print(f"genladder: serving {len(catalog.names)} run(s) at http://{HOST}:{port}/ (Ctrl-C stops)", flush=True)
     app.block_thread()
