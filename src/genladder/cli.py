@@ -1,4 +1,4 @@
-"""The ``genladder`` command: train, sample, reconstruct, interpolate.
+"""The ``genladder`` command: train, sample, reconstruct, interpolate, serve.
 
 Every user error ends as one line ``genladder: error: …`` on stderr with exit code 2, never a
 traceback. Options that the user did not give are absent from the parsed namespace
@@ -212,6 +212,14 @@ def _add_evaluate_parsers(subparsers) -> None:
     p.add_argument("--out", help="write the table to this .md file (default: print it)")
 
 
+def _add_serve_parser(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="a local web demo of trained runs (needs: pip install 'genladder[demo]')",
+                              description="Start a Gradio page on 127.0.0.1 to draw digits from trained runs.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders written by 'genladder train'")
+    p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (default 7860)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="genladder", description="The ladder of generative models: AE, VAE, CVAE, DDPM, "
                      "guided DDPM, on MNIST-like images.")
@@ -220,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(subparsers)
     _add_figure_parsers(subparsers)
     _add_evaluate_parsers(subparsers)
+    _add_serve_parser(subparsers)
     return parser
 
 
@@ -357,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "serve":
+            from genladder.serve import serve
+
+            serve(args.run_dirs, port=args.port, device=args.device)
+            return 0
         return _figure(args)
     except GenladderError as error:
         # Under torchrun every process may fail alike; the others say which they are.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,21 @@ def _decode(run: LoadedRun, z: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return decode_image(run.kind, run.model, z, labels)
 
 
+def latent_line(z_start: torch.Tensor, z_end: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` evenly spaced points of the straight line from z_start to z_end, ends included. (steps, D)"""
+    weights = torch.linspace(0, 1, steps, device=z_start.device)[:, None]  # (steps, 1)
+    return (1 - weights) * z_start + weights * z_end
+
+
+def latent_activity(run: LoadedRun, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Variance over images of each latent coordinate's code, (latent_dim,).
+
+    For a VAE this is Burda et al. 2016's activity Cov_x(E_q[z_i]): a unit whose posterior mean does not move
+    with the input (below about 0.01) is inactive, and sliding along it changes nothing.
+    """
+    return _encode(run, x, labels).var(dim=0)
+
+
 def sampler_config(args: argparse.Namespace):
     from genladder.sampling import SamplerConfig
 
@@ -99,27 +115,51 @@ def _diffusion_images(run: LoadedRun, labels, n: int, args, generator, callback=
     return (images + 1) / 2
 
 
+@dataclass
+class Samples:
+    """New images from a run, with their labels and the grid layout that shows them best."""
+
+    images: torch.Tensor  # (N, C, H, W) in [0, 1]
+    labels: torch.Tensor | None  # (N,) int64 for a conditional model, else None
+    columns: int | None  # images per grid row (None: a near-square grid)
+
+
 @torch.no_grad()
-def sample_command(args: argparse.Namespace) -> Path:
-    out = _check_out(args.out, (".png", ".npz"))
-    run = load_run(args.run_dir, weights=args.weights, device=args.device)
-    labels = sample_labels(run, args.n, args.label, args.grid)
-    n = len(labels) if labels is not None else args.n
-    generator = torch.Generator(device=next(run.model.parameters()).device).manual_seed(args.seed)
-    if run.kind in ("ae", "vae", "cvae"):
-        if args.guidance:
+def draw_samples(run: LoadedRun, n: int, *, label: int | None = None, grid: bool = False, sampler=None,
+                 seed: int = 0, progress: bool = False, callback=None) -> Samples:
+    """Draw about n new images (a grid rounds n to whole rows); ``sampler`` (a SamplerConfig) for diffusion runs.
+
+    ``callback(i, t, x_t, x0_hat)`` is called after every solver step of a diffusion run.
+    """
+    from genladder.sampling import SamplerConfig, generate
+
+    labels = sample_labels(run, n, label, grid)
+    n = len(labels) if labels is not None else n
+    generator = torch.Generator(device=next(run.model.parameters()).device).manual_seed(seed)
+    if run.kind in AUTOENCODERS:
+        if sampler is not None and sampler.guidance:
             raise GenladderError("--guidance applies to diffusion models (cddpm) only")
         images = run.model.sample(n, labels=labels, generator=generator)
     else:
-        images = _diffusion_images(run, labels, n, args, generator)
-    if out.suffix.lower() == ".npz":
-        return save_npz(out, images * 2 - 1, labels)
-    # --grid: one row per class. Without --label the classes cycle: one column per class.
-    ncol = None
-    if labels is not None and args.label is None:
+        images = generate(run.model, run.config, n, sampler or SamplerConfig(), labels=labels, generator=generator,
+                          progress=progress, callback=callback)
+        images = (images + 1) / 2
+    columns = None
+    if labels is not None and label is None:
+        # A grid has one class per row (labels 0,0,…,1,1,…); cycling labels (0,1,…,9,0,…) one per column.
         num_classes = run.config["model"]["num_classes"]
-        ncol = len(labels) // num_classes if args.grid else num_classes
-    return save_grid(images, out, nrow=ncol)
+        columns = n // num_classes if grid else num_classes
+    return Samples(images, labels, columns)
+
+
+def sample_command(args: argparse.Namespace) -> Path:
+    out = _check_out(args.out, (".png", ".npz"))
+    run = load_run(args.run_dir, weights=args.weights, device=args.device)
+    samples = draw_samples(run, args.n, label=args.label, grid=args.grid, sampler=sampler_config(args),
+                           seed=args.seed, progress=not args.no_progress)
+    if out.suffix.lower() == ".npz":
+        return save_npz(out, samples.images * 2 - 1, samples.labels)
+    return save_grid(samples.images, out, nrow=samples.columns)
 
 
 def save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None) -> Path:
@@ -203,13 +243,10 @@ def interpolate_command(args: argparse.Namespace) -> Path:
     else:
         start, end = order[: args.pairs], order[args.pairs : 2 * args.pairs]
     z_start, z_end = _encode(run, x[start], labels[start]), _encode(run, x[end], labels[end])
-    weights = torch.linspace(0, 1, args.steps, device=x.device)
     rows = []
     for i in range(args.pairs):
-        # A straight line in latent space between the two codes.
-        path = torch.stack([(1 - w) * z_start[i] + w * z_end[i] for w in weights])
         row_labels = labels[start[i]].repeat(args.steps)
-        rows.append(_decode(run, path, row_labels))
+        rows.append(_decode(run, latent_line(z_start[i], z_end[i], args.steps), row_labels))
     return save_grid(torch.cat(rows), out, nrow=args.steps)
 
 

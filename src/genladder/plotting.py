@@ -31,11 +31,17 @@ def grid_array(images: torch.Tensor, nrow: int | None = None, padding: int = 2) 
     return array[..., 0] if channels == 1 else array
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 2) -> Path:
-    """Save images (N, C, H, W) in [0, 1] as a PNG grid, upscaled ``scale``× with nearest pixels."""
+def grid_image(images: torch.Tensor, nrow: int | None = None, scale: int = 2) -> Image.Image:
+    """Images (N, C, H, W) in [0, 1] as one PIL grid, upscaled ``scale``× with nearest pixels."""
     image = Image.fromarray(grid_array(images, nrow))
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    return image
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 2) -> Path:
+    """Save images (N, C, H, W) in [0, 1] as a PNG grid, upscaled ``scale``× with nearest pixels."""
+    image = grid_image(images, nrow, scale)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     path = Path(path)

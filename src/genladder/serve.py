@@ -1,0 +1,313 @@
+"""A local web demo of trained runs: ``genladder serve RUN_DIR…`` starts a Gradio page on 127.0.0.1.
+
+Three tabs: *Generate* (a grid from any rung that samples: digit, sampler, steps, guidance weight, seed,
+with a progress bar), *Latent space* (VAE/CVAE: two sliders along two latent directions, and the 7×7 sweep
+of those directions) and *Interpolate* (AE/VAE/CVAE: a straight line in code space between two test digits).
+
+The form handling is plain functions (``generate_grid``, ``latent_point``, ``interpolate_digits``…) that
+validate every field and raise ``GenladderError`` with one line; the Gradio layer only turns such an error
+into a message in the page, so bad input never stops the server. Gradio is the optional extra ``demo`` and
+is imported only when the server starts. The page never leaves this machine: telemetry and Gradio's
+version check are off, and its fonts and scripts come with the package.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from genladder.errors import GenladderError
+from genladder.figures import AUTOENCODERS, DIFFUSION, draw_samples, latent_activity, latent_line, test_digits
+from genladder.plotting import grid_image
+from genladder.rungs import decode_image, encode_mean
+from genladder.runs import LoadedRun, load_run
+from genladder.sampling import SAMPLERS, SamplerConfig
+
+HOST = "127.0.0.1"  # local only: the page can load any run folder whose path is typed in
+MAX_IMAGES = 400  # below SamplerConfig.batch_size, so a grid is one sampler call and one progress bar
+TEST_DIGITS = 1000  # the first test digits, for latent activity and interpolation
+SLIDER_RANGE = 3.0  # latent sliders span ±3 prior standard deviations
+SWEEP_POINTS = 7  # the sweep is SWEEP_POINTS × SWEEP_POINTS decodings
+LATENT_KINDS = ("vae", "cvae")
+
+
+class RunCatalog:
+    """The runs the demo serves, by name (the path as given), loaded once; typed paths are loaded on demand."""
+
+    def __init__(self, run_dirs: Sequence[str], device: str = "auto") -> None:
+        self.device = device
+        self._runs: dict[str, LoadedRun] = {}
+        self._digits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+        for run_dir in run_dirs:  # every RUN_DIR is checked before the server starts
+            self.get(str(run_dir))
+        self.names = list(self._runs)
+
+    def get(self, name: str | None) -> LoadedRun:
+        name = (name or "").strip()
+        if not name:
+            raise GenladderError("pick a run, or type the path of a run folder")
+        with self._lock:
+            if name not in self._runs:
+                self._runs[name] = load_run(name, device=self.device)
+            return self._runs[name]
+
+    def names_of(self, kinds: tuple[str, ...]) -> list[str]:
+        return [name for name in self.names if self._runs[name].kind in kinds]
+
+    def test_digits(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first TEST_DIGITS test images of the run's dataset in [0, 1], with labels (cached)."""
+        run = self.get(name)
+        with self._lock:
+            if name not in self._digits:
+                self._digits[name] = test_digits(run, TEST_DIGITS, None)
+            return self._digits[name]
+
+
+# --- form fields -> validated values (one-line errors that name the field) ---
+
+
+def whole_number(value, field: str, low: int, high: int | None = None) -> int:
+    """A form number that must be a whole number in low..high."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise GenladderError(f"{field} is empty")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise GenladderError(f"{field} must be a whole number, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise GenladderError(f"{field} must be a whole number, got {value}")
+    number = int(number)
+    if number < low or (high is not None and number > high):
+        allowed = f"in {low}..{high}" if high is not None else f"at least {low}"
+        raise GenladderError(f"{field} must be {allowed}, got {number}")
+    return number
+
+
+def parse_digit(value, run: LoadedRun, allow_all: bool = True) -> int | None:
+    """The digit field: 'all' (None: every class) or one class of a conditional run."""
+    text = "" if value is None else str(value).strip()
+    num_classes = run.config["model"].get("num_classes", 0)
+    if text.lower() in ("", "all"):
+        if not allow_all and num_classes:
+            raise GenladderError(f"pick one digit in 0..{num_classes - 1}")
+        return None
+    if not num_classes:
+        raise GenladderError(f"this {run.kind} run is unconditional: leave digit at 'all'")
+    return whole_number(text, "digit", 0, num_classes - 1)
+
+
+def parse_sampler(run: LoadedRun, sampler: str, steps, guidance) -> SamplerConfig | None:
+    """The diffusion fields as a SamplerConfig (None for an autoencoder run, which ignores them)."""
+    if run.kind not in DIFFUSION:
+        return None
+    if sampler not in SAMPLERS:
+        raise GenladderError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    T = run.config["objective"]["schedule"]["T"]
+    steps = whole_number(steps, "steps", 1, T)
+    weight = 0.0
+    if run.kind == "cddpm":  # guidance needs the null label of a conditional network
+        try:
+            weight = float(guidance)
+        except (TypeError, ValueError):
+            raise GenladderError(f"guidance weight must be a number, got {guidance!r}") from None
+        if not 0 <= weight <= 100:
+            raise GenladderError(f"guidance weight must be in 0..100, got {weight}")
+    return SamplerConfig(sampler=sampler, steps=steps, guidance=weight)
+
+
+def _check_kind(run: LoadedRun, kinds: tuple[str, ...], what: str) -> None:
+    if run.kind not in kinds:
+        raise GenladderError(f"{what} need a {' or '.join(kinds)} run; this run is a {run.kind}")
+
+
+# --- the three tabs, without Gradio ---
+
+
+def generate_grid(catalog: RunCatalog, run_name, digit, n, sampler, steps, guidance, seed,
+                  progress: Callable | None = None) -> tuple[Image.Image, str]:
+    """The Generate tab: a grid of new images and a one-line caption.
+
+    ``progress(fraction, desc=...)`` (Gradio's Progress) is called after every solver step.
+    """
+    run = catalog.get(run_name)
+    if run.kind == "ae":
+        raise GenladderError("an autoencoder has no prior to sample from; use the Interpolate tab, or a vae run")
+    label = parse_digit(digit, run)
+    n = whole_number(n, "images", 1, MAX_IMAGES)
+    seed = whole_number(seed, "seed", 0, 2**63 - 1)
+    config = parse_sampler(run, sampler, steps, guidance)
+    callback = None
+    if progress is not None and config is not None:
+        done = 0
+
+        def callback(i, t, x_t, x0_hat):
+            nonlocal done
+            done += 1
+            progress(done / config.steps, desc=f"{config.sampler} step {done}/{config.steps}")
+
+    conditional = bool(run.config["model"].get("num_classes", 0))
+    started = time.perf_counter()
+    samples = draw_samples(run, n, label=label, grid=conditional and label is None, sampler=config, seed=seed,
+                           callback=callback)
+    seconds = time.perf_counter() - started
+    what = "one row per digit" if samples.columns and label is None else (f"digit {label}" if conditional else "")
+    how = f", {config.sampler} {config.steps} steps, guidance w = {config.guidance:g}" if config else ""
+    caption = (f"{run.kind}: {len(samples.images)} images{', ' + what if what else ''}{how}, seed {seed}; "
+               f"{seconds:.1f} s")
+    return grid_image(samples.images, samples.columns), caption
+
+
+def latent_directions(catalog: RunCatalog, run_name) -> tuple[list[tuple[str, int]], str]:
+    """Dropdown choices for the latent directions, most active first, and a note on how they were ordered."""
+    run = catalog.get(run_name)
+    _check_kind(run, LATENT_KINDS, "the latent sliders")
+    latent_dim = run.config["model"]["latent_dim"]
+    try:
+        x, labels = catalog.test_digits(run_name)
+        activity = latent_activity(run, x, labels).cpu()
+    except GenladderError as error:  # no test set here: the sliders still work, in coordinate order
+        return [(f"z[{i}]", i) for i in range(latent_dim)], f"latent coordinates in order ({error})"
+    order = torch.argsort(activity, descending=True).tolist()
+    choices = [(f"z[{i}] (activity {activity[i]:.2f})", i) for i in order]
+    return choices, f"coordinates sorted by activity (variance of the posterior mean over {len(x)} test digits)"
+
+
+def _latent_setup(catalog: RunCatalog, run_name, digit, dim_x, dim_y) -> tuple[LoadedRun, torch.Tensor, int, int]:
+    run = catalog.get(run_name)
+    _check_kind(run, LATENT_KINDS, "the latent sliders")
+    label = parse_digit(digit, run, allow_all=False)
+    latent_dim = run.config["model"]["latent_dim"]
+    dim_x = whole_number(dim_x, "direction 1", 0, latent_dim - 1)
+    dim_y = whole_number(dim_y, "direction 2", 0, latent_dim - 1)
+    if dim_x == dim_y:
+        raise GenladderError("pick two different latent directions")
+    return run, torch.tensor([0 if label is None else label]), dim_x, dim_y
+
+
+def _slider(value, field: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise GenladderError(f"{field} must be a number, got {value!r}") from None
+    if not abs(value) <= SLIDER_RANGE:
+        raise GenladderError(f"{field} must be in -{SLIDER_RANGE:g}..{SLIDER_RANGE:g}, got {value}")
+    return value
+
+
+@torch.no_grad()
+def latent_point(catalog: RunCatalog, run_name, digit, dim_x, dim_y, a, b) -> tuple[Image.Image, str]:
+    """The digit decoded at z = a·e_x + b·e_y (every other coordinate at the prior mean 0), drawn large."""
+    run, label, dim_x, dim_y = _latent_setup(catalog, run_name, digit, dim_x, dim_y)
+    a, b = _slider(a, "direction 1 slider"), _slider(b, "direction 2 slider")
+    device = next(run.model.parameters()).device
+    z = torch.zeros(1, run.config["model"]["latent_dim"], device=device)
+    z[0, dim_x], z[0, dim_y] = a, b
+    image = decode_image(run.kind, run.model, z, label.to(device))
+    return grid_image(image, scale=8), f"z[{dim_x}] = {a:+.1f}, z[{dim_y}] = {b:+.1f}, other coordinates 0"
+
+
+@torch.no_grad()
+def latent_sweep(catalog: RunCatalog, run_name, digit, dim_x, dim_y) -> Image.Image:
+    """SWEEP_POINTS² decodings: direction 1 left to right, direction 2 top to bottom, both over ±SLIDER_RANGE."""
+    run, label, dim_x, dim_y = _latent_setup(catalog, run_name, digit, dim_x, dim_y)
+    device = next(run.model.parameters()).device
+    values = torch.linspace(-SLIDER_RANGE, SLIDER_RANGE, SWEEP_POINTS, device=device)
+    z = torch.zeros(SWEEP_POINTS**2, run.config["model"]["latent_dim"], device=device)
+    z[:, dim_x] = values.repeat(SWEEP_POINTS)  # column index
+    z[:, dim_y] = values.repeat_interleave(SWEEP_POINTS)  # row index
+    images = decode_image(run.kind, run.model, z, label.to(device).expand(len(z)))
+    return grid_image(images, SWEEP_POINTS)
+
+
+@torch.no_grad()
+def interpolate_digits(catalog: RunCatalog, run_name, first, second, steps) -> tuple[Image.Image, str]:
+    """Two test digits at the ends of a row, their codes' straight line decoded in between.
+
+    A CVAE decodes under one label, so it gets one row per label of the two digits.
+    """
+    run = catalog.get(run_name)
+    _check_kind(run, AUTOENCODERS, "interpolations")
+    x, labels = catalog.test_digits(run_name)
+    first = whole_number(first, "first test digit", 0, len(x) - 1)
+    second = whole_number(second, "second test digit", 0, len(x) - 1)
+    steps = whole_number(steps, "steps", 2, 32)
+    ends = torch.tensor([first, second], device=x.device)
+    z = encode_mean(run.kind, run.model, x[ends], labels[ends])
+    path = latent_line(z[0], z[1], steps)
+    row_labels = labels[ends].tolist() if run.kind == "cvae" else [int(labels[first])]
+    rows = []
+    for label in dict.fromkeys(row_labels):  # one row per distinct label, in order
+        decoded = decode_image(run.kind, run.model, path, torch.full((steps,), label, device=x.device))
+        rows.append(torch.cat([x[first : first + 1], decoded, x[second : second + 1]]))
+    caption = (f"test digit #{first} (a {int(labels[first])}) → #{second} (a {int(labels[second])}), "
+               f"{steps} decoded points between the originals")
+    if run.kind == "cvae":
+        caption += "; rows decoded as " + " and ".join(str(label) for label in dict.fromkeys(row_labels))
+    return grid_image(torch.cat(rows), steps + 2), caption
+
+
+# --- the Gradio page ---
+
+
+def message(text: str, error: bool = False) -> str:
+    """A status line for the page, as escaped HTML (paths and options are shown literally)."""
+    css_class = "genladder-error" if error else "genladder-note"
+    return f'<p class="{css_class}">{"⚠ " if error else ""}{html.escape(text)}</p>'
+
+
+def in_page(fn: Callable, images: int) -> Callable:
+    """Wrap a handler that returns (image…, caption): a GenladderError becomes a message, the images None."""
+
+    def handler(*args, **kwargs):
+        try:
+            result = fn(*args, **kwargs)
+        except GenladderError as error:
+            return (*([None] * images), message(str(error), error=True))
+        if not isinstance(result, tuple):
+            result = (result, "")
+        return (*result[:-1], message(result[-1]))
+
+    return handler
+
+
+def import_gradio():
+    """Gradio, with its telemetry and version check off; a one-line error when the extra is missing."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # never phone home: the demo is local
+    try:
+        import gradio
+    except ImportError:
+        raise GenladderError("the web demo needs Gradio: pip install 'genladder[demo]'") from None
+    return gradio
+
+
+def build_app(catalog: RunCatalog):
+    """The Gradio Blocks page over the catalog's runs."""
+    from genladder.serve_page import build_page
+
+    return build_page(import_gradio(), catalog)
+
+
+def serve(run_dirs: Sequence[str], port: int = 7860, device: str = "auto") -> None:
+    """Load every run (one-line error for a folder that is not a run), then serve the page until Ctrl-C."""
+    if not 1 <= port <= 65535:
+        raise GenladderError(f"--port must be in 1..65535, got {port}")
+    catalog = RunCatalog(run_dirs, device=device)
+    app = build_app(catalog)
+    try:
+        app.queue(default_concurrency_limit=1).launch(
+            server_name=HOST, server_port=port, prevent_thread_lock=True, quiet=True, show_error=True,
+            inbrowser=False, share=False,
+        )
+    except OSError as error:
+        reason = str(error).split(".")[0]
+        raise GenladderError(f"cannot serve on {HOST}:{port} ({reason}); pick another --port") from None
+    print(f"genladder: serving {len(catalog.names)} run(s) at http://{HOST}:{port}/ (Ctrl-C stops)", flush=True)
+    app.block_thread()
