@@ -49,6 +49,19 @@ class TestShapes:
         assert model.sample(3).shape == (3, 1, 32, 32)
         assert model_rgb(torch.rand(2, 3, 64, 64)).shape == (2, 3, 64, 64)
 
+    @pytest.mark.parametrize("preset,latent_dim,hidden", [("tutorial", 2, 4), ("default", 2, 128), ("default", 64, 128),
+                                                          ("default", 100, 200)])
+    def test_gaussian_head_width(self, preset, latent_dim, hidden):
+        # The tutorial's heads have 2·latent hidden units: 4 for a 2-d code, where dead ReLUs collapse it.
+        model = make("vae", preset, latent_dim=latent_dim)
+        assert model.mu_head[0].out_features == model.logvar_head[0].out_features == hidden
+
+    def test_config_without_head_width_loads_as_tutorial(self):
+        # Run folders written before min_head_width existed keep their architecture.
+        stored = AutoencoderConfig.preset("vae", "default", latent_dim=2).to_dict()
+        del stored["min_head_width"]
+        assert build_model("vae", AutoencoderConfig.from_dict(stored).to_dict()).mu_head[0].out_features == 4
+
 
 class TestConditioning:
     def test_cvae_label_changes_decoding(self):
@@ -89,6 +102,7 @@ class TestConfig:
             ({"latent_dim": 0}, "at least 1"),
             ({"kind": "cvae", "num_classes": 0}, "2 classes"),
             ({"width": 0}, "width"),
+            ({"min_head_width": -1}, "min_head_width"),
         ],
     )
     def test_bad_config(self, values, match):

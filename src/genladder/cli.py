@@ -1,4 +1,4 @@
-"""The ``genladder`` command: train, sample, reconstruct, interpolate, serve.
+"""The ``genladder`` command: train, the figure verbs (sample, reconstruct, …), evaluate, report, serve.
 
 Every user error ends as one line ``genladder: error: …`` on stderr with exit code 2, never a
 traceback. Options that the user did not give are absent from the parsed namespace
@@ -160,6 +160,25 @@ def _add_figure_parsers(subparsers) -> None:
     p.add_argument("--data-dir", help="mnist/fashion-mnist runs: folder with the IDX files (default: the run's "
                    "data source)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
+    p = subparsers.add_parser("latent-map", help="2-d VAE: test digits at their codes beside the decoded grid")
+    p.add_argument("run_dir", help="a vae run trained with --latent-dim 2")
+    p.add_argument("--n", type=_positive_int, default=10_000, help="test digits to place (default 10000)")
+    p.add_argument("--grid", type=int, default=15, help="decoded images per side of the grid (default 15)")
+    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--data-dir", help="folder with the IDX files (default: the run's data source)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
+    p = subparsers.add_parser("noising", help="diffusion: test digits under q(x_t | x0) at evenly spaced t")
+    p.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="beta schedule "
+                   "(default linear)")
+    p.add_argument("--T", type=_positive_int, default=1000, help="diffusion steps (default 1000; tutorial 100)")
+    p.add_argument("--n", type=_positive_int, default=4, help="rows, one test digit each (default 4)")
+    p.add_argument("--frames", type=int, default=8, help="noised columns, evenly spaced up to t = T-1 (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist", help="IDX dataset")
+    p.add_argument("--data-dir", help="folder with the IDX files (default: $GENLADDER_DATA_DIR, then the cache)")
+    p.add_argument("--out", required=True, help="output .png")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:

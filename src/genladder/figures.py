@@ -1,4 +1,5 @@
-"""Figures from a trained run: samples, reconstructions, latent interpolations (the CLI's verbs)."""
+"""Figures from a trained run (samples, reconstructions, latent walks and maps, denoising) and of the noising
+process itself: the CLI's figure verbs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from genladder.checkpoint import atomic_write_bytes
 from genladder.data import to_unit
 from genladder.errors import GenladderError
-from genladder.plotting import save_grid
+from genladder.plotting import save_grid, save_image_table, save_latent_map
 from genladder.rungs import decode_image, encode_mean, grid_labels
 from genladder.runs import DataConfig, LoadedRun, load_data_split, load_run
 
@@ -250,10 +251,61 @@ def interpolate_command(args: argparse.Namespace) -> Path:
     return save_grid(torch.cat(rows), out, nrow=args.steps)
 
 
+@torch.no_grad()
+def latent_map_command(args: argparse.Namespace) -> Path:
+    """A 2-d VAE's latent space: test digits at their posterior means beside the images a grid of z decodes to."""
+    out, run = _open_run(args, "latent-map", ("vae",))
+    latent_dim = run.config["model"]["latent_dim"]
+    if latent_dim != 2:
+        raise GenladderError(f"'latent-map' draws a 2-d latent space; this VAE has {latent_dim} dimensions "
+                             "(train one with --latent-dim 2)")
+    if args.grid < 2:
+        raise GenladderError(f"--grid must be at least 2, got {args.grid}")
+    x, labels = test_digits(run, args.n, args.data_dir)
+    z = torch.cat([_encode(run, x[i : i + 1000], None) for i in range(0, len(x), 1000)])  # (n, 2)
+    # Kingma & Welling 2014, fig. 4: z at evenly spaced quantiles of the prior N(0, 1) on each axis,
+    # so every cell of the grid holds the same prior mass; 5 % … 95 % here.
+    quantiles = torch.linspace(0.05, 0.95, args.grid)
+    axis = torch.distributions.Normal(0.0, 1.0).icdf(quantiles).to(x.device)  # (g,) increasing
+    z1, z2 = torch.meshgrid(axis, axis.flip(0), indexing="xy")  # (g, g): row 0 is the top, i.e. the largest z₂
+    grid_z = torch.stack([z1, z2], dim=-1).reshape(-1, 2)  # (g·g, 2), row-major
+    manifold = _decode(run, grid_z, None).view(args.grid, args.grid, *x.shape[1:])  # (g, g, C, H, W)
+    title = f"{Path(args.run_dir).name}: 2-d VAE, {len(x):,} test digits"
+    return save_latent_map(z, labels, manifold, axis, out, title=title)
+
+
+@torch.no_grad()
+def noising_command(args: argparse.Namespace) -> Path:
+    """The forward process q(x_t | x0) at evenly spaced t for a few test digits, one fixed ε per digit."""
+    from genladder.data import to_signed
+    from genladder.diffusion import ScheduleConfig
+
+    out = _check_out(args.out)
+    if not 1 <= args.frames <= args.T:
+        raise GenladderError(f"--frames must be in 1..T={args.T}, got {args.frames}")
+    schedule = ScheduleConfig(kind=args.schedule, T=args.T).build()
+    split = load_split(args.dataset, "test", data_dir=args.data_dir, limit=args.n)
+    if len(split.images) < args.n:
+        raise GenladderError(f"asked for {args.n} test digits but the test set holds {len(split.images)}")
+    x0 = to_signed(to_32(split.images))  # (n, 1, 32, 32) in [−1, 1], as the diffusion models see them
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(args.seed))
+    steps = [round((i + 1) * args.T / args.frames) - 1 for i in range(args.frames)]  # evenly spaced, last T − 1
+    columns = [x0]
+    for t in steps:
+        # Ho et al. 2020, eq. 4 / Luo 2022, eq. 64: x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε
+        columns.append(schedule.q_sample(x0, torch.full((args.n,), t, dtype=torch.long), eps))
+    table = (torch.stack(columns, dim=1).clamp(-1, 1) + 1) / 2  # (n, frames + 1, 1, 32, 32) in [0, 1]
+    titles = ["x0"] + [f"t={t}\nᾱ={float(schedule.alpha_bar[t]):.3f}" for t in steps]
+    title = f"q(x_t | x0), {args.schedule} β, T = {args.T} (t counts from 0)"
+    return save_image_table(table, titles, out, title=title)
+
+
 COMMANDS = {
     "sample": sample_command,
     "reconstruct": reconstruct_command,
     "interpolate": interpolate_command,
     "trajectory": trajectory_command,
     "guidance-sweep": guidance_sweep_command,
+    "latent-map": latent_map_command,
+    "noising": noising_command,
 }

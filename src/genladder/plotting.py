@@ -49,6 +49,17 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
     return path
 
 
+def _save_figure(figure, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
 def save_loss_curve(records: list[dict], path: str | Path, title: str = "") -> Path:
     """Plot training loss per log tick and test loss per epoch (from metrics.jsonl records) to a PNG."""
     import matplotlib
@@ -71,9 +82,65 @@ def save_loss_curve(records: list[dict], path: str | Path, title: str = "") -> P
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return _save_figure(figure, path)
+
+
+def save_latent_map(z: torch.Tensor, labels: torch.Tensor, manifold: torch.Tensor, axis: torch.Tensor,
+                    path: str | Path, title: str = "") -> Path:
+    """A 2-d latent space as two panels: codes z (N, 2) coloured by label (N,), and a decoded grid.
+
+    ``manifold`` is (g, g, C, H, W) in [0, 1], decoded from z = (axis[j], axis[g−1−i]) at row i, column j
+    (row 0 is the top, the largest z₂); ``axis`` (g,) is increasing. The grid's span is the dashed box
+    on the left.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z, labels, axis = z.detach().float().cpu().numpy(), labels.cpu().numpy(), axis.float().cpu().tolist()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 5.2), dpi=100)
+    points = left.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=2, alpha=0.6)
+    low, high = axis[0], axis[-1]
+    left.plot([low, high, high, low, low], [low, low, high, high, low], "k--", linewidth=1)
+    left.set_xlabel("z₁ (posterior mean)")
+    left.set_ylabel("z₂")
+    left.set_aspect("equal", adjustable="datalim")
+    left.grid(alpha=0.3)
+    left.set_title("test digits at their codes", fontsize=10)
+    figure.colorbar(points, ax=left, ticks=range(10), label="digit")
+    g, size = manifold.shape[0], manifold.shape[-1]
+    right.imshow(grid_array(manifold.flatten(0, 1), nrow=g, padding=0), cmap="gray", vmin=0, vmax=255,
+                 interpolation="nearest")
+    # The grid is even in prior probability, not in z: tick the cell centres with their z values.
+    ticks = sorted({0, g // 2, g - 1})
+    right.set_xticks([size * (j + 0.5) for j in ticks], [f"{axis[j]:.2f}" for j in ticks])
+    right.set_yticks([size * (i + 0.5) for i in ticks], [f"{axis[g - 1 - i]:.2f}" for i in ticks])
+    right.set_xlabel("z₁")
+    right.set_ylabel("z₂")
+    right.set_title("decoded from a grid of z (the dashed box)", fontsize=10)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return _save_figure(figure, path)
+
+
+def save_image_table(images: torch.Tensor, column_titles: list[str], path: str | Path, title: str = "") -> Path:
+    """Images (rows, cols, C, H, W) in [0, 1] as a table of grey pictures with a title over each column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = images.shape[:2]
+    figure, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.8), dpi=100, squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            axes[r][c].imshow(images[r, c, 0].detach().float().clamp(0, 1).cpu().numpy(), cmap="gray",
+                              vmin=0, vmax=1)
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
+            if r == 0:
+                axes[r][c].set_title(column_titles[c], fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return _save_figure(figure, path)

@@ -45,12 +45,15 @@ class AutoencoderConfig:
     likelihood: str = "gaussian"  # decoder p(x|z): "gaussian" (L2, tutorial) or "bernoulli" (BCE)
     num_classes: int = 0  # CVAE only: number of labels
     label_dim: int = 128  # CVAE only: label embedding size (tutorial: 128)
+    min_head_width: int = 0  # VAE/CVAE: hidden units of the μ/log σ² heads are max(2·latent_dim, this) (tutorial: 0)
 
     def __post_init__(self) -> None:
         if self.kind not in AUTOENCODER_KINDS:
             raise GenladderError(f"autoencoder kind must be one of {AUTOENCODER_KINDS}, got {self.kind!r}")
         if self.likelihood not in LIKELIHOODS:
             raise GenladderError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.min_head_width < 0:
+            raise GenladderError(f"min_head_width must be at least 0, got {self.min_head_width}")
         for name in ("in_channels", "width", "depth", "label_dim"):
             if getattr(self, name) < 1:
                 raise GenladderError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -97,6 +100,7 @@ class AutoencoderConfig:
             values["latent_dim"] = None if name == "tutorial" else 16
         elif name == "default":
             values["likelihood"] = "bernoulli"
+            values["min_head_width"] = 128  # a 2-d VAE's 4-unit tutorial heads lose units to dead ReLUs
         values.update(overrides)
         return cls(**values)
 
@@ -134,11 +138,14 @@ def _up_stack(in_channels: int, width: int, depth: int, out_channels: int) -> nn
     return nn.Sequential(*layers)
 
 
-def _gaussian_head(in_features: int, latent_dim: int) -> nn.Sequential:
-    """Tutorial MLP head: Dense(2·latent, ReLU) -> Dense(latent, no bias)."""
-    return nn.Sequential(
-        nn.Linear(in_features, 2 * latent_dim), nn.ReLU(), nn.Linear(2 * latent_dim, latent_dim, bias=False)
-    )
+def _gaussian_head(in_features: int, latent_dim: int, min_hidden: int = 0) -> nn.Sequential:
+    """Tutorial MLP head: Dense(hidden, ReLU) -> Dense(latent, no bias), hidden = max(2·latent, min_hidden).
+
+    The tutorial's hidden = 2·latent is 128 units for its 64-d code but only 4 for a 2-d one, where
+    most of them die (ReLU never active) early in training and the code loses a dimension.
+    """
+    hidden = max(2 * latent_dim, min_hidden)
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, latent_dim, bias=False))
 
 
 class _ConvAutoencoderBase(nn.Module):
@@ -226,8 +233,8 @@ class VAE(_ConvAutoencoderBase):
         extra_in = 1 if c.num_classes else 0  # CVAE: one label channel beside the image
         extra_mid = c.width if c.num_classes else 0  # CVAE: label feature channels beside the latent map
         self.encoder = _down_stack(c.in_channels + extra_in, c.width, c.depth)
-        self.mu_head = _gaussian_head(self.feature_size, c.latent_dim)
-        self.logvar_head = _gaussian_head(self.feature_size, c.latent_dim)
+        self.mu_head = _gaussian_head(self.feature_size, c.latent_dim, c.min_head_width)
+        self.logvar_head = _gaussian_head(self.feature_size, c.latent_dim, c.min_head_width)
         self.from_latent = nn.Sequential(nn.Linear(c.latent_dim, self.feature_size), nn.ReLU())
         self.decoder = _up_stack(c.width + extra_mid, c.width, c.depth, c.in_channels)
 
