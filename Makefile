@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= runs/demo-cvae
 
-.PHONY: demo test lint install clean-venv
+.PHONY: demo test lint install clean-venv docs-figures
 
 $(BIN)/genladder: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Redraws every figure of docs/ with genladder's own commands: trains the runs missing from $(RUNS_DIR)
+# (about a quarter of an hour on 2 CPU cores), reuses those present. See docs/README.md.
+RUNS_DIR ?= runs/docs
+docs-figures: install
+	$(BIN)/python scripts/docs_figures.py --runs $(RUNS_DIR) $(DOCS_FIGURES_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests scripts benchmarks

@@ -1,9 +1,9 @@
 """Regenerate every figure of docs/ with genladder's own commands: ``make docs-figures``.
 
-    python scripts/docs_figures.py                       # recipe "fast": trains into runs/docs/, draws into docs/images/
-    python scripts/docs_figures.py --runs runs/mine      # reuse the run folders already there (RUNS_DIR=... in make)
+    python scripts/docs_figures.py                   # recipe "fast": trains into runs/docs/, draws in docs/images/
+    python scripts/docs_figures.py --runs runs/mine  # reuse the run folders already there (RUNS_DIR=... in make)
     python scripts/docs_figures.py --run cddpm=runs/cddpm-small --only cddpm-trajectory
-    python scripts/docs_figures.py --dry-run             # print every command instead of running it
+    python scripts/docs_figures.py --dry-run         # print every command instead of running it
     python scripts/docs_figures.py --recipe quick --out /tmp/figs --data-dir tests/data/mnist-mini   # seconds (tests)
 
 Each figure needs at most one trained run (``ae``, ``vae``, ``vae2d``, ``cvae``, ``cvae-tutorial``, ``cddpm``).

@@ -126,6 +126,9 @@ class TestErrors:
             (["train", "vae", "--resume", trained_runs["ae"]], "is a ae run, not vae"),
             (["train", "--resume", trained_runs["ae"], "--lr", 0.1], "--lr cannot change"),
             (["sample", tmp_path, "--out", tmp_path / "x.png"], "not a genladder run folder"),
+            (["latent-map", trained_runs["vae"], "--out", tmp_path / "x.png"], "this VAE has 64 dimensions"),
+            (["latent-map", trained_runs["cvae"], "--out", tmp_path / "x.png"], "'latent-map' needs a vae run"),
+            (["noising", "--T", 10, "--frames", 11, "--out", tmp_path / "x.png"], "--frames must be in 1..T=10"),
         ]
         for argv, message in cases:
             code, _, err = run_cli(capsys, *argv)

@@ -70,6 +70,8 @@ def _open_run(args: argparse.Namespace, verb: str, kinds: tuple[str, ...]) -> tu
 
 def _either(kinds: tuple[str, ...]) -> str:
     article = "an" if kinds[0][0] in "aeiou" else "a"
+    if len(kinds) == 1:
+        return f"{article} {kinds[0]}"
     return f"{article} {', '.join(kinds[:-1])} or {kinds[-1]}"
 
 
