@@ -10,8 +10,8 @@ Each figure needs at most one trained run (``ae``, ``vae``, ``vae2d``, ``cvae``,
 A run folder that already holds a checkpoint is reused as it is; otherwise it is trained first with the
 recipe's command. Recipes:
 
-* ``fast`` (default): one epoch per autoencoder and a 3-minute ``cpu-fast`` cddpm: every figure in
-  about 15–20 minutes on a 2-core CPU, most of it training and the 1,000-step ancestral grid;
+* ``fast`` (default): one epoch per autoencoder and a 3-minute ``cpu-fast`` cddpm: roughly half an
+  hour on a 2-core CPU (one VAE epoch took 3.5–5.5 min on one thread), most of it training;
 * ``readme``: the runs the committed images come from (5 epochs per autoencoder, the ``small`` cddpm
   for 37 minutes): hours on a CPU;
 * ``quick``: tiny networks on a few hundred digits, for the test suite; ``--out`` is required so

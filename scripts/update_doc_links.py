@@ -49,9 +49,11 @@ class Link:
 
     @property
     def path(self) -> Path | None:
-        """The local file the target names (fragment dropped), or None for a web link or in-page anchor."""
-        if re.match(r"[a-z][a-z0-9+.-]*:", self.target) or self.target.startswith("#"):
+        """The local file the target names (fragment dropped; the document itself for "#…"), None for a web link."""
+        if re.match(r"[a-z][a-z0-9+.-]*:", self.target):
             return None
+        if self.target.startswith("#"):
+            return self.document.resolve()
         return (self.document.parent / self.target.split("#")[0]).resolve()
 
     @property
@@ -70,6 +72,21 @@ def links(document: Path) -> list[Link]:
             continue
         if not fenced:
             found += [Link(document, number, m.group(2), m.group(3), bool(m.group(1))) for m in LINK.finditer(line)]
+    return found
+
+
+def anchors(document: Path) -> set[str]:
+    """The fragment ids a code host gives the headings of ``document`` (GitHub's rule), outside code blocks."""
+    found, seen, fenced = set(), {}, False
+    for line in document.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        match = None if fenced else re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if match:
+            text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", match.group(1))  # a link counts by its text
+            slug = re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+            found.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+            seen[slug] = seen.get(slug, 0) + 1
     return found
 
 
@@ -121,9 +138,12 @@ def problems(repo: Path = REPO) -> list[str]:
             path = link.path
             if path is None:
                 continue
+            fragment = link.target.partition("#")[2]
             if not path.exists():
                 kind = "image" if link.image else "link"
                 found.append(f"{link.where}: {kind} target {link.target} does not exist")
+            elif path.suffix == ".md" and fragment and fragment not in anchors(path):
+                found.append(f"{link.where}: {path.name} has no heading #{fragment}")
             elif link.is_code:
                 try:
                     if link.target != anchored(link):

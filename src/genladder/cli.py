@@ -163,10 +163,12 @@ def _add_figure_parsers(subparsers) -> None:
 
     p = subparsers.add_parser("latent-map", help="2-d VAE: test digits at their codes beside the decoded grid")
     p.add_argument("run_dir", help="a vae run trained with --latent-dim 2")
-    p.add_argument("--n", type=_positive_int, default=10_000, help="test digits to place (default 10000)")
+    p.add_argument("--n", type=_positive_int, default=10_000, help="test images to place (default 10000, or all "
+                   "there are)")
     p.add_argument("--grid", type=int, default=15, help="decoded images per side of the grid (default 15)")
     p.add_argument("--out", required=True, help="output .png")
-    p.add_argument("--data-dir", help="folder with the IDX files (default: the run's data source)")
+    p.add_argument("--data-dir", help="mnist/fashion-mnist runs: folder with the IDX files (default: the run's "
+                   "data source)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
     p = subparsers.add_parser("noising", help="diffusion: test digits under q(x_t | x0) at evenly spaced t")
@@ -176,8 +178,10 @@ def _add_figure_parsers(subparsers) -> None:
     p.add_argument("--n", type=_positive_int, default=4, help="rows, one test digit each (default 4)")
     p.add_argument("--frames", type=int, default=8, help="noised columns, evenly spaced up to t = T-1 (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
-    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist", help="IDX dataset")
-    p.add_argument("--data-dir", help="folder with the IDX files (default: $GENLADDER_DATA_DIR, then the cache)")
+    p.add_argument("--data", "--dataset", dest="dataset", metavar="DATA", default="mnist",
+                   help="mnist (default), fashion-mnist, or a folder of images / an .npz file, as for 'train'")
+    p.add_argument("--data-dir", help="mnist/fashion-mnist: folder with the IDX files (default: $GENLADDER_DATA_DIR, "
+                   "then the cache)")
     p.add_argument("--out", required=True, help="output .png")
 
 

@@ -263,7 +263,7 @@ def latent_map_command(args: argparse.Namespace) -> Path:
                              "(train one with --latent-dim 2)")
     if args.grid < 2:
         raise GenladderError(f"--grid must be at least 2, got {args.grid}")
-    x, labels = test_digits(run, args.n, args.data_dir)
+    x, labels = test_digits(run, args.n, args.data_dir, minimum=1)  # up to n: the whole test set by default
     z = torch.cat([_encode(run, x[i : i + 1000], None) for i in range(0, len(x), 1000)])  # (n, 2)
     # Kingma & Welling 2014, fig. 4: z at evenly spaced quantiles of the prior N(0, 1) on each axis,
     # so every cell of the grid holds the same prior mass; 5 % … 95 % here.
@@ -286,17 +286,17 @@ def noising_command(args: argparse.Namespace) -> Path:
     if not 1 <= args.frames <= args.T:
         raise GenladderError(f"--frames must be in 1..T={args.T}, got {args.frames}")
     schedule = ScheduleConfig(kind=args.schedule, T=args.T).build()
-    split = load_split(args.dataset, "test", data_dir=args.data_dir, limit=args.n)
+    split = load_data_split(DataConfig(dataset=args.dataset, data_dir=args.data_dir), "test", limit=args.n)
     if len(split.images) < args.n:
-        raise GenladderError(f"asked for {args.n} test digits but the test set holds {len(split.images)}")
-    x0 = to_signed(to_32(split.images))  # (n, 1, 32, 32) in [−1, 1], as the diffusion models see them
+        raise GenladderError(f"asked for {args.n} test images but the test set holds {len(split.images)}")
+    x0 = to_signed(split.images)  # (n, C, H, W) in [−1, 1], as the diffusion models see them
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(args.seed))
     steps = [round((i + 1) * args.T / args.frames) - 1 for i in range(args.frames)]  # evenly spaced, last T − 1
     columns = [x0]
     for t in steps:
         # Ho et al. 2020, eq. 4 / Luo 2022, eq. 64: x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε
         columns.append(schedule.q_sample(x0, torch.full((args.n,), t, dtype=torch.long), eps))
-    table = (torch.stack(columns, dim=1).clamp(-1, 1) + 1) / 2  # (n, frames + 1, 1, 32, 32) in [0, 1]
+    table = (torch.stack(columns, dim=1).clamp(-1, 1) + 1) / 2  # (n, frames + 1, C, H, W) in [0, 1]
     titles = ["x0"] + [f"t={t}\nᾱ={float(schedule.alpha_bar[t]):.3f}" for t in steps]
     title = f"q(x_t | x0), {args.schedule} β, T = {args.T} (t counts from 0)"
     return save_image_table(table, titles, out, title=title)

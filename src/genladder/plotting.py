@@ -129,7 +129,7 @@ def save_latent_map(z: torch.Tensor, labels: torch.Tensor, manifold: torch.Tenso
 
 
 def save_image_table(images: torch.Tensor, column_titles: list[str], path: str | Path, title: str = "") -> Path:
-    """Images (rows, cols, C, H, W) in [0, 1] as a table of grey pictures with a title over each column."""
+    """Images (rows, cols, C, H, W) in [0, 1] (C = 1: grey, C = 3: colour) as a table, a title over each column."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,8 +139,9 @@ def save_image_table(images: torch.Tensor, column_titles: list[str], path: str |
     figure, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.8), dpi=100, squeeze=False)
     for r in range(rows):
         for c in range(cols):
-            axes[r][c].imshow(images[r, c, 0].detach().float().clamp(0, 1).cpu().numpy(), cmap="gray",
-                              vmin=0, vmax=1, interpolation="nearest")
+            picture = images[r, c].detach().float().clamp(0, 1).cpu()  # (C, H, W)
+            picture = picture[0] if picture.shape[0] == 1 else picture.permute(1, 2, 0)  # (H, W) or (H, W, C)
+            axes[r][c].imshow(picture.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             axes[r][c].set_xticks([])
             axes[r][c].set_yticks([])
             if r == 0:
