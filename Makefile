@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= runs/demo-cvae
 
-.PHONY: demo test lint install clean-venv docs-figures
+.PHONY: demo test lint install clean-venv docs-figures bench
 
 $(BIN)/genladder: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ test: install
 RUNS_DIR ?= runs/docs
 docs-figures: install
 	$(BIN)/python scripts/docs_figures.py --runs $(RUNS_DIR) $(DOCS_FIGURES_ARGS)
+
+# The benchmark suite (not part of the tests): every model's training and sampling throughput beside
+# diffusers' UNet2DModel; minutes on 2 CPU cores. Run it on a quiet machine, e.g.
+#   make bench BENCH_ARGS="--threads 2 --json bench.json"   (--quick: a smoke run in seconds)
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests scripts benchmarks

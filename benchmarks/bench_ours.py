@@ -1,0 +1,185 @@
+"""genladder's side of the suite: the real training step and the real samplers of one case.
+
+Training images are synthetic uint8 digits-shaped tensors (convolutions cost the same on any
+values), so the suite needs no dataset and never downloads one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from genladder.errors import GenladderError
+from genladder.models import build_model, is_diffusion
+from genladder.rungs import make_objective, to_model_range
+from genladder.sampling import SamplerConfig, generate
+from genladder.training.loop import TrainConfig, ema_with_warmup, epoch_permutation
+
+from bench_cases import Sampling
+
+
+@dataclass
+class Trainer:
+    """What ``genladder.training.loop.train`` builds before its step loop: model, objective, Adam, EMA."""
+
+    model: torch.nn.Module  # the plain module (optimiser, EMA and FLOP counts see this one)
+    call: torch.nn.Module  # what the objective calls: ``model`` or a variant's wrapper of it
+    objective: object
+    optimizer: torch.optim.Optimizer
+    ema: torch.optim.swa_utils.AveragedModel | None
+    config: TrainConfig
+    memory_format: torch.memory_format
+    to_model_range: object
+
+
+def make_trainer(kind: str, run_config: dict, device: torch.device, wrap=lambda m: m) -> Trainer:
+    """Model, objective, optimiser and EMA as ``runs.run_training`` and ``loop.train`` set them up (same order)."""
+    config = TrainConfig.from_dict(run_config["train"])
+    torch.manual_seed(config.seed)
+    model = build_model(kind, run_config["model"]).to(device)
+    objective = make_objective(kind, run_config["objective"], run_config["model"])
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    ema = None
+    if config.ema_decay is not None:
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(config.ema_decay),
+                                                  use_buffers=True)
+    torch.manual_seed(config.seed)  # loop.train reseeds here: the objective's t, ε and label coins follow from it
+    model.train()
+    return Trainer(model, wrap(model), objective, optimizer, ema, config, memory_format, to_model_range(kind))
+
+
+def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> float:
+    """One optimiser step: a copy of the body of ``genladder.training.loop.train``'s step loop.
+
+    Keep in step with the loop (tests/test_bench.py checks that both give identical weights):
+    uint8 batch → model range → memory format, objective, finite check, zero_grad, backward,
+    optional gradient clipping, Adam step, EMA update. Returns the loss.
+    """
+    x = trainer.to_model_range(images[index]).contiguous(memory_format=trainer.memory_format)
+    loss, metrics = trainer.objective(trainer.call, x, labels[index])
+    value = metrics.get("loss", loss.item())
+    if not math.isfinite(value):
+        raise GenladderError(f"the benchmark's training loss became {value}")
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if trainer.config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.config.grad_clip)
+    trainer.optimizer.step()
+    if trainer.ema is not None:
+        trainer.ema.update_parameters(trainer.model)
+    return value
+
+
+def synthetic_data(model_config: dict, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` random uint8 images (count, C, H, W) and int64 labels 0…9, on ``device``."""
+    generator = torch.Generator().manual_seed(1)
+    size, channels = model_config["image_size"], model_config["in_channels"]
+    images = torch.randint(0, 256, (count, channels, size, size), generator=generator, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (count,), generator=generator)
+    return images.to(device), labels.to(device)
+
+
+class BatchCursor:
+    """The loop's data order: consecutive slices of a per-epoch permutation (``loop.epoch_permutation``)."""
+
+    def __init__(self, count: int, batch_size: int, seed: int, device: torch.device) -> None:
+        self.count, self.batch_size, self.seed, self.device = count, batch_size, seed, device
+        self.per_epoch = count // batch_size
+        self.step = 0
+        self._epoch, self._permutation = -1, None
+
+    def next(self) -> torch.Tensor:
+        epoch, position = divmod(self.step, self.per_epoch)
+        if epoch != self._epoch:
+            self._permutation, self._epoch = epoch_permutation(self.count, self.seed, epoch, self.device), epoch
+        self.step += 1
+        return self._permutation[position * self.batch_size : (position + 1) * self.batch_size]
+
+
+# ----------------------------------------------------------------------------------------- FLOPs
+def count_gflop(fn) -> float:
+    """GFLOP of the matrix products and convolutions ``fn()`` runs (forward and, if it runs one, backward).
+
+    ``torch.utils.flop_counter.FlopCounterMode`` counts conv, mm, bmm and attention; element-wise
+    work (norms, activations, the optimiser) is not counted, so this is the work a BLAS/conv kernel does.
+    """
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def forward_gflop_per_image(kind: str, model: torch.nn.Module, model_config: dict, device: torch.device,
+                            batch: int = 2) -> float:
+    """GFLOP of one network evaluation per image: the U-Net for diffusion, encoder + decoder otherwise."""
+    size, channels = model_config["image_size"], model_config["in_channels"]
+    x = torch.zeros(batch, channels, size, size, device=device)
+    labels = torch.zeros(batch, dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        if is_diffusion(kind):
+            t = torch.zeros(batch, dtype=torch.long, device=device)
+            gflop = count_gflop(lambda: model(x, t, labels if model_config.get("num_classes") else None))
+        elif kind == "cvae":
+            gflop = count_gflop(lambda: model(x, labels))
+        else:
+            gflop = count_gflop(lambda: model(x))
+    model.train(was_training)
+    return gflop / batch
+
+
+def decoder_gflop_per_image(model: torch.nn.Module, device: torch.device, batch: int = 2) -> float:
+    """GFLOP per image of a VAE/CVAE prior draw (the decoder alone)."""
+    labels = torch.zeros(batch, dtype=torch.long, device=device) if model.num_classes else None
+    with torch.inference_mode():
+        return count_gflop(lambda: model.sample(batch, labels=labels)) / batch
+
+
+def train_gflop_per_image(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """GFLOP per image of the objective's forward and backward (what a training step multiplies and convolves)."""
+    batch = min(4, len(images))
+    x = trainer.to_model_range(images[:batch]).contiguous(memory_format=trainer.memory_format)
+
+    def forward_backward():
+        loss, _ = trainer.objective(trainer.model, x, labels[:batch])
+        loss.backward()
+
+    gflop = count_gflop(forward_backward)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return gflop / batch
+
+
+# -------------------------------------------------------------------------------------- sampling
+def class_labels(n: int, device: torch.device) -> torch.Tensor:
+    """Labels 0, 1, …, 9, 0, 1, … for n conditional draws (int64 (n,)); ours and the peer use the same."""
+    return torch.arange(n, device=device) % 10
+
+
+def sample_fn(kind: str, run_config: dict, model: torch.nn.Module, sampling: Sampling, n: int,
+              device: torch.device, steps: int | None = None):
+    """A callable drawing ``n`` images the way ``genladder sample`` does (``steps`` overrides the row's)."""
+    labels = class_labels(n, device) if kind in ("cvae", "cddpm") else None
+    generator = torch.Generator(device=device).manual_seed(0)
+    if sampling.sampler == "prior":
+        return lambda: model.sample(n, labels=labels, generator=generator)
+    config = SamplerConfig(sampler=sampling.sampler, steps=steps if steps is not None else sampling.steps,
+                           guidance=sampling.guidance, batch_size=n)
+
+    def draw():
+        with torch.inference_mode():
+            return generate(model, run_config, n, config, labels=labels, generator=generator)
+
+    return draw
+
+
+def evaluations_per_image(sampling: Sampling, T: int) -> int:
+    """Network evaluations per image of a sampling row: one per step, twice with guidance (cond + null)."""
+    if sampling.sampler == "prior":
+        return 1
+    steps = sampling.steps if sampling.steps is not None else T
+    return steps * (2 if sampling.guidance else 1)

@@ -1,0 +1,142 @@
+"""The benchmark suite (benchmarks/): a --quick smoke run, and that its training step is the loop's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """The suite's modules, imported the way `python benchmarks/bench.py` imports them."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench as module
+
+    return module
+
+
+def _tiny(kind: str):
+    """A case small enough for a unit test: a two-level U-Net 8/16 wide, or an AE 8 filters wide."""
+    from bench_cases import Case
+
+    overrides = {"widths": "8,16", "attention": ""} if kind in ("ddpm", "cddpm") else {"width": 8}
+    return Case(kind, "small" if kind in ("ddpm", "cddpm") else "default", overrides)
+
+
+class TestQuickRun:
+    @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 `copy=` notice inside diffusers
+    def test_quick_run_writes_positive_figures(self, bench, tmp_path, capsys):
+        out = tmp_path / "bench.json"
+        assert bench.main(["--quick", "--cases", "vae-tutorial,cddpm-small", "--threads", "1", "--device", "cpu",
+                           "--json", str(out)]) == 0
+        report = json.loads(out.read_text())
+        assert {"machine", "peak", "load", "settings", "warnings", "cases"} <= set(report)
+        assert report["machine"]["torch_threads"] == 1
+        assert report["peak"]["gflop_per_s"] > 0
+        by_name = {case["case"]: case for case in report["cases"]}
+        assert list(by_name) == ["vae-tutorial", "cddpm-small"]
+        for case in by_name.values():
+            assert case["params"] > 0 and case["gflop_per_image"]["forward"] > 0
+            # a training step multiplies at least twice what a forward pass does (backward: ≈ 2 forwards)
+            assert case["gflop_per_image"]["train"] > 2 * case["gflop_per_image"]["forward"]
+            assert case["train"]["images_per_s"] > 0 and case["train"]["share_of_peak"] > 0
+            for row in case["sampling"]:
+                assert row["images_per_s"] > 0
+                assert row["evaluations_per_s"] == pytest.approx(row["images_per_s"] * row["evaluations_per_image"])
+        assert [row["label"] for row in by_name["vae-tutorial"]["sampling"]] == ["prior"]
+        cddpm = by_name["cddpm-small"]
+        assert [(r["label"], r["evaluations_per_image"]) for r in cddpm["sampling"]] == [
+            ("dpmpp 5", 5), ("dpmpp 5 w=2", 10)]  # guidance: a conditional and a null pass per step
+        assert by_name["vae-tutorial"]["peer"] is None
+        if report["settings"]["peer"]:
+            assert cddpm["peer"]["params"] == cddpm["params"]  # the matching diffusers net is the same size
+            assert cddpm["train"]["peer_ratio"] > 0
+            assert all(row["peer_ratio"] > 0 for row in cddpm["sampling"])
+        printed = capsys.readouterr().out
+        assert "train img/s" in printed and "cddpm-small" in printed and "torch threads" in printed
+
+    def test_script_lists_cases(self):
+        done = subprocess.run([sys.executable, str(BENCHMARKS / "bench.py"), "--list"], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "cddpm-tutorial" in done.stdout and "compile" in done.stdout
+
+    @pytest.mark.parametrize("argv", [["--cases", "gan-*"], ["--variants", "jit"], ["--threads", "0"],
+                                      ["--sample-batch", "0"]])
+    def test_bad_options_are_one_line_errors(self, bench, argv, capsys):
+        assert bench.main(["--quick", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("bench: error:")
+
+
+class TestTrainStepIsTheLoops:
+    @pytest.mark.parametrize("kind", ["ae", "cddpm"])
+    def test_same_weights_as_loop_train(self, bench, kind, tmp_path):
+        """Three bench steps = three steps of genladder.training.loop.train (data order, RNG, clip, Adam, EMA)."""
+        from genladder.models import build_model
+        from genladder.rungs import make_objective, to_model_range
+        from genladder.training.loop import TrainConfig, TrainingData, train
+
+        from bench_cases import case_config
+        from bench_ours import BatchCursor, make_trainer, synthetic_data, train_step
+
+        config = case_config(_tiny(kind), batch_size=4)
+        images, labels = synthetic_data(config["model"], 16, torch.device("cpu"))
+        trainer = make_trainer(kind, config, torch.device("cpu"))
+        cursor = BatchCursor(len(images), 4, seed=config["train"]["seed"], device=torch.device("cpu"))
+        for _ in range(3):
+            train_step(trainer, images, labels, cursor.next())
+
+        train_config = TrainConfig.from_dict({**config["train"], "steps": 3})
+        torch.manual_seed(train_config.seed)  # runs.run_training seeds before building the model
+        model = build_model(kind, config["model"])
+        data = TrainingData(images, labels, images[:4], labels[:4], to_model_range(kind))
+        train(model, make_objective(kind, config["objective"], config["model"]), data, train_config, tmp_path,
+              {"kind": kind}, show_progress=False)
+
+        assert (kind == "cddpm") == (trainer.ema is not None)
+        ours, loops = trainer.model.state_dict(), model.state_dict()
+        assert all(torch.equal(ours[name], loops[name]) for name in loops)
+        first = next(iter(loops))
+        assert not torch.equal(build_model(kind, config["model"]).state_dict()[first], loops[first])  # it trained
+
+
+class TestPeer:
+    @pytest.mark.parametrize("preset,tolerance", [("small", 0), ("default", 1e-4)])
+    def test_diffusers_unet_matches_our_size(self, bench, preset, tolerance):
+        diffusers = pytest.importorskip("diffusers")
+        from genladder.models import build_model
+
+        from bench_cases import Case, case_config
+        from bench_peer import unet2d_kwargs
+
+        config = case_config(Case("cddpm", preset), batch_size=4)["model"]
+        ours = sum(p.numel() for p in build_model("cddpm", config).parameters())
+        theirs = sum(p.numel() for p in diffusers.UNet2DModel(**unet2d_kwargs(config)).parameters())
+        assert abs(theirs - ours) <= tolerance * ours
+
+
+class TestMachine:
+    def test_peak_memory_sees_a_torch_allocation(self, bench):
+        from bench_machine import PeakMemory
+
+        with PeakMemory(torch.device("cpu")) as memory:
+            block = torch.ones(64 * 2**20 // 4)  # 64 MB of float32, touched
+            del block
+        if memory.mb is None:
+            pytest.skip("no /proc/self/clear_refs here")
+        assert 60 <= memory.mb < 200
+
+    def test_busy_warning_threshold(self, bench):
+        from bench_machine import BUSY_CORES, busy_warning
+
+        assert busy_warning(None, "now") is None
+        assert busy_warning(BUSY_CORES / 2, "now") is None
+        assert "not comparable" in busy_warning(1.5, "during the run")
