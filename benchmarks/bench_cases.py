@@ -67,9 +67,17 @@ CASES = tuple(
     + [Case(kind, preset) for kind in ("ddpm", "cddpm") for preset in ("tutorial", "default", "small")]
 )
 
+def _compiled(model: torch.nn.Module) -> torch.nn.Module:
+    import torch._inductor.config as inductor_config
+
+    # Compile in this process: compile-worker processes would count as other processes' load.
+    inductor_config.compile_threads = 1
+    return torch.compile(model)
+
+
 VARIANTS = {
     "eager": Variant("eager", lambda model: model, "plain PyTorch, as `genladder train/sample` run"),
-    "compile": Variant("compile", torch.compile, "torch.compile of the network (default inductor backend)"),
+    "compile": Variant("compile", _compiled, "torch.compile of the network (default inductor backend)"),
 }
 
 

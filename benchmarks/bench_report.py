@@ -33,12 +33,12 @@ def _name(row: dict) -> str:
 def _busy(row: dict) -> str:
     """A mark on rows measured while other processes loaded the machine."""
     cores = row.get("other_cores")
-    return " *" if cores is not None and cores >= BUSY_CORES else ""
+    return " †" if cores is not None and cores >= BUSY_CORES else ""
 
 
 def training_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["model", "params M", "GFLOP/img fwd", "GFLOP/img train", "train img/s", "GFLOP/s", "% of peak",
-              "peak MB", "peer params M", "peer GFLOP/img fwd", "peer img/s", "ours/peer"]
+              "peak MB", "peer params M", "peer GFLOP/img fwd", "peer img/s", "peer % of peak", "ours/peer"]
     rows = []
     for r in results:
         t, peer = r["train"], r.get("peer")
@@ -47,7 +47,7 @@ def training_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
             _num(r["gflop_per_image"]["train"]), _num(t["images_per_s"]), _num(t["gflop_per_s"]),
             _pct(t["share_of_peak"]), _mb(t["peak_mb"]),
             _num(peer["params"] / 1e6) if peer else "—", _num(peer["gflop_per_image"]["forward"]) if peer else "—",
-            _num(peer["train"]["images_per_s"]) if peer else "—",
+            _num(peer["train"]["images_per_s"]) if peer else "—", _pct(peer["train"]["share_of_peak"]) if peer else "—",
             _ratio(t.get("peer_ratio")),
         ])
     return header, rows
@@ -55,7 +55,7 @@ def training_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def sampling_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["model", "sampler", "evals/img", "evals/s", "img/s", "% of peak", "peak MB", "peer evals/s",
-              "ours/peer"]
+              "peer % of peak", "ours/peer"]
     rows = []
     for r in results:
         peer_rows = r["peer"]["sampling"] if r.get("peer") else [None] * len(r["sampling"])
@@ -63,7 +63,8 @@ def sampling_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
             rows.append([
                 _name(r) + _busy(r), s["label"], str(s["evaluations_per_image"]), _num(s["evaluations_per_s"]),
                 _num(s["images_per_s"]), _pct(s["share_of_peak"]), _mb(s["peak_mb"]),
-                _num(p["evaluations_per_s"]) if p else "—", _ratio(s.get("peer_ratio")),
+                _num(p["evaluations_per_s"]) if p else "—", _pct(p["share_of_peak"]) if p else "—",
+                _ratio(s.get("peer_ratio")),
             ])
     return header, rows
 
@@ -108,15 +109,17 @@ def render(report: dict, markdown: bool) -> str:
     train_header, train = training_rows(report["cases"])
     sample_header, sample = sampling_rows(report["cases"])
     table = markdown_table if markdown else text_table
-    parts = conditions(report)
-    parts += ["", "Training (the real step: objective, backward, clipping, Adam, EMA; channels_last as the loop)",
-              table(train_header, train)]
+    item = "- {}" if markdown else "{}"  # Markdown: lists and bold titles, so lines do not run together
+    title = "**{}** ({})" if markdown else "{} ({})"
+    parts = [item.format(line) for line in conditions(report)]
+    parts += ["", title.format("Training", "the real step: objective, backward, clipping, Adam, EMA; channels_last "
+                               "as the loop"), "", table(train_header, train)]
     if sample:
-        parts += ["", "Sampling (evals = network evaluations × images; guidance doubles them; eval mode, "
-                  "inference_mode)", table(sample_header, sample)]
+        parts += ["", title.format("Sampling", "evals = network evaluations × images, guidance doubles them; eval "
+                                   "mode, inference_mode"), "", table(sample_header, sample)]
     notes = [f"{r['case']}: {note}" for r in report["cases"] for note in r["notes"]]
     if any(_busy(r) for r in report["cases"]):
-        notes.append("* measured while other processes used CPU: not comparable")
+        notes.append("† measured while other processes used CPU: not comparable")
     if notes:
-        parts += ["", *notes]
+        parts += ["", *(item.format(note) for note in notes)]
     return "\n".join(parts)
