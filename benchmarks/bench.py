@@ -1,10 +1,11 @@
 """genladder's benchmark suite: training and sampling throughput of every model, beside diffusers.
 
-    make bench                                   # the full suite (minutes; on a quiet machine)
+    make bench                                   # the full suite (tens of minutes on 2 cores; a quiet machine)
     .venv/bin/python benchmarks/bench.py --quick # a smoke run in seconds
     .venv/bin/python benchmarks/bench.py --cases 'cddpm-*' --threads 2 --json bench.json --markdown
 
-For every case (a model at a preset, ``bench_cases.CASES``) and variant (eager, ``--compile``) it
+For every case (a model at a preset, ``bench_cases.CASES``) and variant (``bench_cases.VARIANTS``:
+eager, compile = ``genladder train --compile``, bf16 = ``--precision bf16``) it
 reports: parameters; GFLOP per image (FlopCounterMode: one forward, and a training step's forward +
 backward); training images/s of the real step (objective, backward, clipping, Adam, EMA); for each
 sampler, step count and guidance weight, network evaluations × images per second and images per

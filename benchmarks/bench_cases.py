@@ -1,20 +1,20 @@
 """The table of what the suite measures: cases (a model at a preset), samplings, variants, settings.
 
-A new preset or model is one line in ``CASES``; a new way to run the same model (``torch.compile``,
-a fast training path) is one entry in ``VARIANTS``. Nothing else in the suite names a case.
+A new diffusion preset joins ``CASES`` by itself (from ``genladder.presets.DIFFUSION_PRESETS``), a new
+model is one line there; a new way to run the same models (a ``TrainConfig`` switch such as
+``compile`` or ``precision``) is one entry in ``VARIANTS``. Nothing else in the suite names a case.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from genladder.errors import GenladderError
 from genladder.models import AutoencoderConfig, is_diffusion
-from genladder.presets import diffusion_config
+from genladder.presets import DIFFUSION_PRESETS, diffusion_config
 from genladder.training.loop import TrainConfig
 
 
@@ -50,34 +50,61 @@ class Case:
         return f"{self.kind}-{self.preset}"
 
 
+class _Autocast(torch.nn.Module):
+    """Runs the wrapped network under bf16 autocast and hands back fp32 tensors (the samplers' dtype)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, *args, **kwargs):
+        device_type = next(self.network.parameters()).device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            out = self.network(*args, **kwargs)
+        return out.float() if isinstance(out, torch.Tensor) else out
+
+
+def compile_in_process() -> None:
+    """Let inductor compile in this process: compile workers would count as other processes' load."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1
+
+
 @dataclass(frozen=True)
 class Variant:
-    """How the model runs: ``wrap`` turns the built network into what the timed code calls.
+    """How the models run: ``TrainConfig`` fields for our training step (``genladder train --compile``, …).
 
-    The optimiser, EMA and FLOP count always see the plain module; only the calls go through ``wrap``.
+    Our step takes them from the run config exactly as the loop does. Sampling, which has no such
+    options, and the peer get the same treatment from ``wrap``: compile and/or bf16 autocast around
+    the network. The optimiser, EMA and FLOP counts always see the plain module.
     """
 
     name: str
-    wrap: Callable[[torch.nn.Module], torch.nn.Module]
-    description: str
+    train_overrides: dict = field(hash=False)
+    description: str = ""
+
+    @property
+    def compiles(self) -> bool:
+        return bool(self.train_overrides.get("compile"))
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.train_overrides.get("precision") == "bf16":
+            model = _Autocast(model)
+        return torch.compile(model) if self.compiles else model
 
 
 CASES = tuple(
     [Case(kind, preset) for kind in ("ae", "vae", "cvae") for preset in ("tutorial", "default")]
-    + [Case(kind, preset) for kind in ("ddpm", "cddpm") for preset in ("tutorial", "default", "small")]
+    + [Case(kind, preset) for kind in ("ddpm", "cddpm") for preset in DIFFUSION_PRESETS]
 )
 
-def _compiled(model: torch.nn.Module) -> torch.nn.Module:
-    import torch._inductor.config as inductor_config
-
-    # Compile in this process: compile-worker processes would count as other processes' load.
-    inductor_config.compile_threads = 1
-    return torch.compile(model)
-
-
 VARIANTS = {
-    "eager": Variant("eager", lambda model: model, "plain PyTorch, as `genladder train/sample` run"),
-    "compile": Variant("compile", _compiled, "torch.compile of the network (default inductor backend)"),
+    "eager": Variant("eager", {}, "fp32, plain PyTorch: `genladder train` and `genladder sample` as they run"),
+    "compile": Variant("compile", {"compile": True}, "`genladder train --compile`; sampling and the peer "
+                       "through torch.compile too"),
+    "bf16": Variant("bf16", {"precision": "bf16"}, "`genladder train --precision bf16` (autocast); sampling and "
+                    "the peer under bf16 autocast too"),
 }
 
 
@@ -125,7 +152,7 @@ def samplings(case: Case, T: int, settings: Settings) -> tuple[list[Sampling], l
     return rows, notes
 
 
-def case_config(case: Case, batch_size: int) -> dict:
+def case_config(case: Case, batch_size: int, train_overrides: dict | None = None) -> dict:
     """The run config ``genladder train KIND --preset P`` would write (model, objective, train).
 
     Resolved with the same public preset functions as ``genladder.cli._config_from_args`` (kept
@@ -140,7 +167,7 @@ def case_config(case: Case, batch_size: int) -> dict:
         model = AutoencoderConfig.preset(case.kind, case.preset, **overrides).to_dict()
         objective = {"kl_weight": given.get("kl_weight", 1.0)} if case.kind != "ae" else {}
         train_defaults = {}
-    train = TrainConfig.from_dict({**train_defaults, **given, "batch_size": batch_size})
+    train = TrainConfig.from_dict({**train_defaults, **given, **(train_overrides or {}), "batch_size": batch_size})
     return {"kind": case.kind, "preset": case.preset, "model": model, "objective": objective,
             "train": train.to_dict()}
 

@@ -16,6 +16,7 @@ from genladder.errors import GenladderError
 from genladder.models import build_model, is_diffusion
 from genladder.rungs import make_objective, to_model_range
 from genladder.sampling import SamplerConfig, generate
+from genladder.training.distributed import EpochPlan
 from genladder.training.loop import TrainConfig, ema_with_warmup, epoch_permutation
 
 from bench_cases import Sampling
@@ -26,16 +27,17 @@ class Trainer:
     """What ``genladder.training.loop.train`` builds before its step loop: model, objective, Adam, EMA."""
 
     model: torch.nn.Module  # the plain module (optimiser, EMA and FLOP counts see this one)
-    call: torch.nn.Module  # what the objective calls: ``model`` or a variant's wrapper of it
+    step_model: torch.nn.Module  # what the objective calls: ``model``, or torch.compile of it (TrainConfig.compile)
     objective: object
     optimizer: torch.optim.Optimizer
     ema: torch.optim.swa_utils.AveragedModel | None
     config: TrainConfig
     memory_format: torch.memory_format
     to_model_range: object
+    device: torch.device
 
 
-def make_trainer(kind: str, run_config: dict, device: torch.device, wrap=lambda m: m) -> Trainer:
+def make_trainer(kind: str, run_config: dict, device: torch.device) -> Trainer:
     """Model, objective, optimiser and EMA as ``runs.run_training`` and ``loop.train`` set them up (same order)."""
     config = TrainConfig.from_dict(run_config["train"])
     torch.manual_seed(config.seed)
@@ -43,6 +45,7 @@ def make_trainer(kind: str, run_config: dict, device: torch.device, wrap=lambda 
     objective = make_objective(kind, run_config["objective"], run_config["model"])
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
+    step_model = torch.compile(model) if config.compile else model
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     ema = None
     if config.ema_decay is not None:
@@ -50,25 +53,28 @@ def make_trainer(kind: str, run_config: dict, device: torch.device, wrap=lambda 
                                                   use_buffers=True)
     torch.manual_seed(config.seed)  # loop.train reseeds here: the objective's t, ε and label coins follow from it
     model.train()
-    return Trainer(model, wrap(model), objective, optimizer, ema, config, memory_format, to_model_range(kind))
+    return Trainer(model, step_model, objective, optimizer, ema, config, memory_format, to_model_range(kind), device)
 
 
 def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> float:
-    """One optimiser step: a copy of the body of ``genladder.training.loop.train``'s step loop.
+    """One optimiser step: a copy of the body of ``genladder.training.loop.train``'s step loop (one process).
 
     Keep in step with the loop (tests/test_bench.py checks that both give identical weights):
-    uint8 batch → model range → memory format, objective, finite check, zero_grad, backward,
-    optional gradient clipping, Adam step, EMA update. Returns the loss.
+    uint8 batch → model range → memory format, the objective (under bf16 autocast when the config
+    asks), finite check, zero_grad, backward, optional gradient clipping, Adam step, EMA update.
+    Returns the loss.
     """
+    config = trainer.config
     x = trainer.to_model_range(images[index]).contiguous(memory_format=trainer.memory_format)
-    loss, metrics = trainer.objective(trainer.call, x, labels[index])
+    with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        loss, metrics = trainer.objective(trainer.step_model, x, labels[index])
     value = metrics.get("loss", loss.item())
     if not math.isfinite(value):
         raise GenladderError(f"the benchmark's training loss became {value}")
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if trainer.config.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.config.grad_clip)
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), config.grad_clip)
     trainer.optimizer.step()
     if trainer.ema is not None:
         trainer.ema.update_parameters(trainer.model)
@@ -85,20 +91,20 @@ def synthetic_data(model_config: dict, count: int, device: torch.device) -> tupl
 
 
 class BatchCursor:
-    """The loop's data order: consecutive slices of a per-epoch permutation (``loop.epoch_permutation``)."""
+    """The loop's data order for one process: ``EpochPlan`` batches of a per-epoch permutation."""
 
     def __init__(self, count: int, batch_size: int, seed: int, device: torch.device) -> None:
-        self.count, self.batch_size, self.seed, self.device = count, batch_size, seed, device
-        self.per_epoch = count // batch_size
+        self.count, self.seed, self.device = count, seed, device
+        self.plan = EpochPlan(count, batch_size)
         self.step = 0
         self._epoch, self._permutation = -1, None
 
     def next(self) -> torch.Tensor:
-        epoch, position = divmod(self.step, self.per_epoch)
+        epoch, position = divmod(self.step, self.plan.steps)
         if epoch != self._epoch:
             self._permutation, self._epoch = epoch_permutation(self.count, self.seed, epoch, self.device), epoch
         self.step += 1
-        return self._permutation[position * self.batch_size : (position + 1) * self.batch_size]
+        return self.plan.batch(self._permutation, position, 0)
 
 
 # ----------------------------------------------------------------------------------------- FLOPs

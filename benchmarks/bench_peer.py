@@ -23,13 +23,16 @@ def peer_available() -> bool:
 def unet2d_kwargs(unet_config: dict) -> dict:
     """``UNet2DModel`` arguments matching one of our U-Nets: widths, blocks, attention, groups, classes.
 
-    Level i of our net works at image_size / 2**i pixels and gets self-attention when that size is
-    listed; the mid block attends when the bottom level does. The default arch injects the time
-    embedding by scale-and-shift (diffusers' ``resnet_time_scale_shift="scale_shift"``). The tutorial
-    arch has no diffusers twin (raw-t embedding, a pool after every level): the peer keeps its widths
-    and block count with diffusers' blocks. The class embedding has one extra row, the null label.
+    Level i of our net works at image_size / (p·2**i) pixels (p the patch size) and gets
+    self-attention when that size is listed; the mid block attends when the bottom level does. The
+    default arch injects the time embedding by scale-and-shift (diffusers'
+    ``resnet_time_scale_shift="scale_shift"``). With patches the peer sees the p×p-unshuffled image
+    (``PatchedPeer``). The tutorial arch has no diffusers twin (raw-t embedding, a pool after every
+    level): the peer keeps its widths and block count with diffusers' blocks. The class embedding
+    has one extra row, the null label.
     """
-    widths, size = list(unet_config["widths"]), unet_config["image_size"]
+    p = unet_config.get("patch_size", 1)
+    widths, size = list(unet_config["widths"]), unet_config["image_size"] // p
     attention = set(unet_config.get("attention_resolutions", ()))
     sizes = [size // 2**i for i in range(len(widths))]
     attended = [s in attention for s in sizes]
@@ -38,8 +41,8 @@ def unet2d_kwargs(unet_config: dict) -> dict:
     num_classes = unet_config.get("num_classes", 0)
     return {
         "sample_size": size,
-        "in_channels": unet_config["in_channels"],
-        "out_channels": unet_config["in_channels"],
+        "in_channels": unet_config["in_channels"] * p * p,
+        "out_channels": unet_config["in_channels"] * p * p,
         "block_out_channels": tuple(widths),
         "layers_per_block": unet_config["blocks_per_level"],
         "down_block_types": tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attended),
@@ -51,6 +54,29 @@ def unet2d_kwargs(unet_config: dict) -> dict:
         "resnet_time_scale_shift": "scale_shift" if unet_config.get("arch") == "default" else "default",
         "num_class_embeds": num_classes + 1 if num_classes else None,
     }
+
+
+class PatchedPeer(torch.nn.Module):
+    """``UNet2DModel`` between a p×p pixel-unshuffle and its inverse, as our ``patch_size`` net runs."""
+
+    def __init__(self, unet, patch_size: int) -> None:
+        super().__init__()
+        self.unet, self.patch_size = unet, patch_size
+
+    def forward(self, sample: torch.Tensor, timestep, class_labels=None):
+        from diffusers.models.unets.unet_2d import UNet2DOutput
+
+        out = self.unet(F.pixel_unshuffle(sample, self.patch_size), timestep, class_labels=class_labels).sample
+        return UNet2DOutput(sample=F.pixel_shuffle(out, self.patch_size))  # (B, C, H, W)
+
+
+def build_peer(unet_config: dict) -> torch.nn.Module:
+    """The peer network for one of our U-Net configs: ``UNet2DModel``, patched when ours is."""
+    import diffusers
+
+    unet = diffusers.UNet2DModel(**unet2d_kwargs(unet_config))
+    p = unet_config.get("patch_size", 1)
+    return PatchedPeer(unet, p) if p > 1 else unet
 
 
 def _beta_kwargs(schedule: dict) -> dict:
@@ -85,7 +111,7 @@ class PeerTrainer:
         from diffusers.training_utils import EMAModel
 
         torch.manual_seed(train.get("seed", 0))
-        self.model = diffusers.UNet2DModel(**unet2d_kwargs(unet_config)).to(device)
+        self.model = build_peer(unet_config).to(device)
         self.model.to(memory_format=torch.channels_last if train.get("channels_last", True)
                       else torch.contiguous_format)
         self.call = wrap(self.model)
@@ -106,7 +132,7 @@ class PeerTrainer:
         if self.num_classes:
             drop = torch.rand(B, device=x0.device) < self.label_dropout
             class_labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-        return F.mse_loss(model(x_t, t, class_labels=class_labels).sample, noise)
+        return F.mse_loss(model(x_t, t, class_labels=class_labels).sample.float(), noise)
 
     def step(self, x0: torch.Tensor, labels: torch.Tensor) -> float:
         loss = self._loss(self.call, x0, labels)
@@ -138,12 +164,12 @@ def peer_sample(model, scheduler, shape: tuple[int, ...], steps: int | None, gui
     with torch.inference_mode():
         for t in scheduler.timesteps:
             if labels is None:
-                out = model(x, t).sample
+                out = model(x, t).sample.float()  # fp32 for the scheduler, also under bf16 autocast
             elif guidance:
                 both = torch.cat([labels, torch.full_like(labels, null_label)])  # (2B,): [c; ∅]
-                cond, uncond = model(torch.cat([x, x]), t, class_labels=both).sample.chunk(2)
+                cond, uncond = model(torch.cat([x, x]), t, class_labels=both).sample.float().chunk(2)
                 out = uncond + (1.0 + guidance) * (cond - uncond)
             else:
-                out = model(x, t, class_labels=labels).sample
+                out = model(x, t, class_labels=labels).sample.float()
             x = scheduler.step(out, t, x, generator=generator).prev_sample
     return x

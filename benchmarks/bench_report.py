@@ -117,7 +117,7 @@ def render(report: dict, markdown: bool) -> str:
     if sample:
         parts += ["", title.format("Sampling", "evals = network evaluations × images, guidance doubles them; eval "
                                    "mode, inference_mode"), "", table(sample_header, sample)]
-    notes = [f"{r['case']}: {note}" for r in report["cases"] for note in r["notes"]]
+    notes = list(dict.fromkeys(f"{r['case']}: {note}" for r in report["cases"] for note in r["notes"]))
     if any(_busy(r) for r in report["cases"]):
         notes.append("† measured while other processes used CPU: not comparable")
     if notes:

@@ -7,7 +7,7 @@ import torch
 from genladder.data import to_signed
 from genladder.models import is_diffusion
 
-from bench_cases import Case, Sampling, Settings, Variant, case_config, samplings
+from bench_cases import Case, Sampling, Settings, Variant, case_config, compile_in_process, samplings
 from bench_machine import OtherLoad, PeakMemory, median_seconds
 from bench_ours import (
     BatchCursor,
@@ -59,19 +59,21 @@ def run_case(case: Case, variant: Variant, settings: Settings, device: torch.dev
              with_peer: bool) -> dict:
     """All figures of ``case`` under ``variant`` as a JSON-able dict (see bench.py for the layout)."""
     load = OtherLoad()
-    config = case_config(case, settings.train_batch)
+    if variant.compiles:
+        compile_in_process()
+    config = case_config(case, settings.train_batch, variant.train_overrides)
     kind, model_config = case.kind, config["model"]
     T = config["objective"]["schedule"]["T"] if is_diffusion(kind) else 0
     rows, notes = samplings(case, T, settings)
     if variant.name != "eager" and kind in ("vae", "cvae"):
-        notes.append(f"{variant.name}: prior sampling calls model.sample, which stays eager")
+        notes.append(f"{variant.name}: prior sampling calls model.sample, which this variant leaves as it is")
     batch = settings.train_batch
     images, labels = synthetic_data(model_config, 4 * batch, device)
 
-    # 1. Training: build as loop.train does, warm up, time single steps.
+    # 1. Training: build as loop.train does (the variant's TrainConfig switches included), warm up, time steps.
     cursor = BatchCursor(len(images), batch, seed=0, device=device)
     with PeakMemory(device) as memory:
-        trainer = make_trainer(kind, config, device, wrap=variant.wrap)
+        trainer = make_trainer(kind, config, device)
         seconds, _ = median_seconds(lambda: train_step(trainer, images, labels, cursor.next()),
                                     warmup=settings.train_warmup, repeats=settings.train_steps, device=device)
     model = trainer.model

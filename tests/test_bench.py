@@ -77,9 +77,10 @@ class TestQuickRun:
 
 
 class TestTrainStepIsTheLoops:
-    @pytest.mark.parametrize("kind", ["ae", "cddpm"])
-    def test_same_weights_as_loop_train(self, bench, kind, tmp_path):
-        """Three bench steps = three steps of genladder.training.loop.train (data order, RNG, clip, Adam, EMA)."""
+    @pytest.mark.parametrize("kind,train_overrides", [("ae", {}), ("cddpm", {}), ("cddpm", {"precision": "bf16"})])
+    def test_same_weights_as_loop_train(self, bench, kind, train_overrides, tmp_path):
+        """Three bench steps = three steps of genladder.training.loop.train (data order, RNG, autocast, clip,
+        Adam, EMA)."""
         from genladder.models import build_model
         from genladder.rungs import make_objective, to_model_range
         from genladder.training.loop import TrainConfig, TrainingData, train
@@ -87,7 +88,7 @@ class TestTrainStepIsTheLoops:
         from bench_cases import case_config
         from bench_ours import BatchCursor, make_trainer, synthetic_data, train_step
 
-        config = case_config(_tiny(kind), batch_size=4)
+        config = case_config(_tiny(kind), batch_size=4, train_overrides=train_overrides)
         images, labels = synthetic_data(config["model"], 16, torch.device("cpu"))
         trainer = make_trainer(kind, config, torch.device("cpu"))
         cursor = BatchCursor(len(images), 4, seed=config["train"]["seed"], device=torch.device("cpu"))
@@ -109,18 +110,21 @@ class TestTrainStepIsTheLoops:
 
 
 class TestPeer:
-    @pytest.mark.parametrize("preset,tolerance", [("small", 0), ("default", 1e-4)])
+    @pytest.mark.parametrize("preset,tolerance", [("small", 0), ("cpu-fast", 0), ("default", 1e-4)])
     def test_diffusers_unet_matches_our_size(self, bench, preset, tolerance):
-        diffusers = pytest.importorskip("diffusers")
+        pytest.importorskip("diffusers")
         from genladder.models import build_model
 
         from bench_cases import Case, case_config
-        from bench_peer import unet2d_kwargs
+        from bench_peer import build_peer
 
         config = case_config(Case("cddpm", preset), batch_size=4)["model"]
-        ours = sum(p.numel() for p in build_model("cddpm", config).parameters())
-        theirs = sum(p.numel() for p in diffusers.UNet2DModel(**unet2d_kwargs(config)).parameters())
-        assert abs(theirs - ours) <= tolerance * ours
+        ours_net, peer = build_model("cddpm", config), build_peer(config)
+        ours = sum(p.numel() for p in ours_net.parameters())
+        assert abs(sum(p.numel() for p in peer.parameters()) - ours) <= tolerance * ours
+        x, t, y = torch.zeros(2, 1, 32, 32), torch.tensor([0, 999]), torch.tensor([3, 10])
+        with torch.no_grad():
+            assert peer(x, t, class_labels=y).sample.shape == ours_net(x, t, y).shape == x.shape
 
 
 class TestMachine:
