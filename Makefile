@@ -31,7 +31,7 @@ docs-figures: install
 	$(BIN)/python scripts/docs_figures.py --runs $(RUNS_DIR) $(DOCS_FIGURES_ARGS)
 
 # The benchmark suite (not part of the tests): every model's training and sampling throughput beside
-# diffusers' UNet2DModel; minutes on 2 CPU cores. Run it on a quiet machine, e.g.
+# diffusers' UNet2DModel; tens of minutes on 2 CPU cores. Run it on a quiet machine, e.g.
 #   make bench BENCH_ARGS="--threads 2 --json bench.json"   (--quick: a smoke run in seconds)
 BENCH_ARGS ?=
 bench: install
