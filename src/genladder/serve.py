@@ -31,7 +31,7 @@ from genladder.runs import LoadedRun, load_run
 from genladder.sampling import SAMPLERS, SamplerConfig
 
 HOST = "127.0.0.1"  # local only: the page can load any run folder whose path is typed in
-MAX_IMAGES = 400  # below SamplerConfig.batch_size, so a grid is one sampler call and one progress bar
+MAX_IMAGES = 400  # the sampler batch, so a grid is one sampler call and one progress bar
 TEST_DIGITS = 1000  # the first test digits, for latent activity and interpolation
 SLIDER_RANGE = 3.0  # latent sliders span ±3 prior standard deviations
 SWEEP_POINTS = 7  # the sweep is SWEEP_POINTS × SWEEP_POINTS decodings
@@ -120,7 +120,7 @@ def parse_sampler(run: LoadedRun, sampler: str, steps, guidance) -> SamplerConfi
             raise GenladderError(f"guidance weight must be a number, got {guidance!r}") from None
         if not 0 <= weight <= 100:
             raise GenladderError(f"guidance weight must be in 0..100, got {weight}")
-    return SamplerConfig(sampler=sampler, steps=steps, guidance=weight)
+    return SamplerConfig(sampler=sampler, steps=steps, guidance=weight, batch_size=MAX_IMAGES)
 
 
 def _check_kind(run: LoadedRun, kinds: tuple[str, ...], what: str) -> None:

@@ -53,7 +53,7 @@ class EvaluationConfig:
     guidance: float = 0.0  # cddpm: classifier-free guidance weight
     eta: float = 0.0  # ddim stochasticity
     variance: str = "beta"  # ddpm reverse variance
-    batch_size: int = 500  # images per sampler / model call
+    batch_size: int = 100  # images per sampler / model call (see SamplerConfig.batch_size)
     seed: int = 0  # samples, IWAE and bound noise
     pr_k: int = 3  # neighbourhood size of precision/recall (Kynkäänniemi et al. 2019)
     iwae_k: int = 100  # importance samples of the IWAE bound
