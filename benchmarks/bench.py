@@ -37,6 +37,7 @@ import torch
 from genladder.checkpoint import atomic_write_json
 from genladder.errors import GenladderError
 from genladder.runs import pick_device
+from genladder.runtime import tune_allocator
 
 from bench_cases import CASES, QUICK, VARIANTS, Settings, select_cases, select_variants
 from bench_machine import OtherLoad, busy_warning, load_before_start, loadavg, machine_info, matmul_peak_gflops
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     # numpy 2's `copy=` notice from inside diffusers' DPM-Solver, once per scheduler: noise in the tables
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"diffusers\.")
+    tune_allocator()  # the allocator settings the genladder command applies (genladder.runtime), for both sides
     try:
         return run(build_parser().parse_args(argv))
     except GenladderError as error:
