@@ -146,30 +146,21 @@ def _add_figure_parsers(subparsers) -> None:
     p = subparsers.add_parser("reconstruct", help="test digits beside their reconstructions")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
     p.add_argument("--n", type=_positive_int, default=16, help="number of test digits (default 16)")
-    p.add_argument("--out", required=True, help="output .png")
-    p.add_argument("--data-dir", help="mnist/fashion-mnist runs: folder with the IDX files (default: the run's "
-                   "data source)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    _add_test_digit_output(p)
 
     p = subparsers.add_parser("interpolate", help="a latent walk between pairs of test digits")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
     p.add_argument("--pairs", type=_positive_int, default=4, help="rows, one pair of test digits each (default 4)")
     p.add_argument("--steps", type=_positive_int, default=10, help="images per row, ends included (default 10)")
     p.add_argument("--seed", type=int, default=0, help="which test digits are paired (default 0)")
-    p.add_argument("--out", required=True, help="output .png")
-    p.add_argument("--data-dir", help="mnist/fashion-mnist runs: folder with the IDX files (default: the run's "
-                   "data source)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    _add_test_digit_output(p)
 
     p = subparsers.add_parser("latent-map", help="2-d VAE: test digits at their codes beside the decoded grid")
     p.add_argument("run_dir", help="a vae run trained with --latent-dim 2")
     p.add_argument("--n", type=_positive_int, default=10_000, help="test images to place (default 10000, or all "
                    "there are)")
     p.add_argument("--grid", type=int, default=15, help="decoded images per side of the grid (default 15)")
-    p.add_argument("--out", required=True, help="output .png")
-    p.add_argument("--data-dir", help="mnist/fashion-mnist runs: folder with the IDX files (default: the run's "
-                   "data source)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    _add_test_digit_output(p)
 
     p = subparsers.add_parser("noising", help="diffusion: test digits under q(x_t | x0) at evenly spaced t")
     p.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="beta schedule "
@@ -183,6 +174,14 @@ def _add_figure_parsers(subparsers) -> None:
     p.add_argument("--data-dir", help="mnist/fashion-mnist: folder with the IDX files (default: $GENLADDER_DATA_DIR, "
                    "then the cache)")
     p.add_argument("--out", required=True, help="output .png")
+
+
+def _add_test_digit_output(p: argparse.ArgumentParser) -> None:
+    """--out, --data-dir and --device of the verbs that draw test digits through a model."""
+    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--data-dir", help="mnist/fashion-mnist runs: folder with the IDX files (default: the run's "
+                   "data source)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
