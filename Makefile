@@ -25,7 +25,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 # Redraws every figure of docs/ with genladder's own commands: trains the runs missing from $(RUNS_DIR)
-# (roughly half an hour on 2 CPU cores), reuses those present. See docs/README.md.
+# (8 minutes from scratch on 2 quiet CPU cores), reuses those present. See docs/README.md.
 RUNS_DIR ?= runs/docs
 docs-figures: install
 	$(BIN)/python scripts/docs_figures.py --runs $(RUNS_DIR) $(DOCS_FIGURES_ARGS)
