@@ -17,24 +17,24 @@ from genladder.models import build_model, is_diffusion
 from genladder.rungs import make_objective, to_model_range
 from genladder.sampling import SamplerConfig, generate
 from genladder.training.distributed import EpochPlan
-from genladder.training.loop import TrainConfig, ema_with_warmup, epoch_permutation
+from genladder.training.loop import Optimisation, TrainConfig, apply_update, build_optimisation, epoch_permutation
 
 from bench_cases import Sampling
 
 
 @dataclass
 class Trainer:
-    """What ``genladder.training.loop.train`` builds before its step loop: model, objective, Adam, EMA."""
+    """What ``genladder.training.loop.train`` builds before its step loop: the objective and its Optimisation."""
 
-    model: torch.nn.Module  # the plain module (optimiser, EMA and FLOP counts see this one)
-    step_model: torch.nn.Module  # what the objective calls: ``model``, or torch.compile of it (TrainConfig.compile)
+    optimisation: Optimisation  # model, step model (maybe compiled), Adam, EMA, memory format: the loop's own
     objective: object
-    optimizer: torch.optim.Optimizer
-    ema: torch.optim.swa_utils.AveragedModel | None
     config: TrainConfig
-    memory_format: torch.memory_format
     to_model_range: object
     device: torch.device
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.optimisation.model
 
 
 def make_trainer(kind: str, run_config: dict, device: torch.device) -> Trainer:
@@ -43,41 +43,27 @@ def make_trainer(kind: str, run_config: dict, device: torch.device) -> Trainer:
     torch.manual_seed(config.seed)
     model = build_model(kind, run_config["model"]).to(device)
     objective = make_objective(kind, run_config["objective"], run_config["model"])
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    step_model = torch.compile(model) if config.compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    ema = None
-    if config.ema_decay is not None:
-        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(config.ema_decay),
-                                                  use_buffers=True)
+    optimisation = build_optimisation(model, config)
     torch.manual_seed(config.seed)  # loop.train reseeds here: the objective's t, ε and label coins follow from it
     model.train()
-    return Trainer(model, step_model, objective, optimizer, ema, config, memory_format, to_model_range(kind), device)
+    return Trainer(optimisation, objective, config, to_model_range(kind), device)
 
 
 def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> float:
-    """One optimiser step: a copy of the body of ``genladder.training.loop.train``'s step loop (one process).
+    """One optimiser step as the body of ``genladder.training.loop.train``'s step loop (one process).
 
-    Keep in step with the loop (tests/test_bench.py checks that both give identical weights):
     uint8 batch → model range → memory format, the objective (under bf16 autocast when the config
-    asks), finite check, zero_grad, backward, optional gradient clipping, Adam step, EMA update.
-    Returns the loss.
+    asks), finite check, then the loop's own ``apply_update`` (backward, clipping, Adam, EMA).
+    tests/test_bench.py checks that both give identical weights. Returns the loss.
     """
-    config = trainer.config
-    x = trainer.to_model_range(images[index]).contiguous(memory_format=trainer.memory_format)
+    config, optimisation = trainer.config, trainer.optimisation
+    x = trainer.to_model_range(images[index]).contiguous(memory_format=optimisation.memory_format)
     with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-        loss, metrics = trainer.objective(trainer.step_model, x, labels[index])
+        loss, metrics = trainer.objective(optimisation.step_model, x, labels[index])
     value = metrics.get("loss", loss.item())
     if not math.isfinite(value):
         raise GenladderError(f"the benchmark's training loss became {value}")
-    trainer.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if config.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), config.grad_clip)
-    trainer.optimizer.step()
-    if trainer.ema is not None:
-        trainer.ema.update_parameters(trainer.model)
+    apply_update(optimisation, loss, config.grad_clip)
     return value
 
 
@@ -149,14 +135,14 @@ def decoder_gflop_per_image(model: torch.nn.Module, device: torch.device, batch:
 def train_gflop_per_image(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> float:
     """GFLOP per image of the objective's forward and backward (what a training step multiplies and convolves)."""
     batch = min(4, len(images))
-    x = trainer.to_model_range(images[:batch]).contiguous(memory_format=trainer.memory_format)
+    x = trainer.to_model_range(images[:batch]).contiguous(memory_format=trainer.optimisation.memory_format)
 
     def forward_backward():
         loss, _ = trainer.objective(trainer.model, x, labels[:batch])
         loss.backward()
 
     gflop = count_gflop(forward_backward)
-    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.optimisation.optimizer.zero_grad(set_to_none=True)
     return gflop / batch
 
 

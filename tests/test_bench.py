@@ -102,7 +102,7 @@ class TestTrainStepIsTheLoops:
         train(model, make_objective(kind, config["objective"], config["model"]), data, train_config, tmp_path,
               {"kind": kind}, show_progress=False)
 
-        assert (kind == "cddpm") == (trainer.ema is not None)
+        assert (kind == "cddpm") == (trainer.optimisation.ema is not None)
         ours, loops = trainer.model.state_dict(), model.state_dict()
         assert all(torch.equal(ours[name], loops[name]) for name in loops)
         first = next(iter(loops))

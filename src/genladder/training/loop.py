@@ -147,6 +147,41 @@ def _read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
 
 
 @dataclass
+class Optimisation:
+    """What :func:`train` builds around a network before its step loop (the benchmark builds the same)."""
+
+    model: torch.nn.Module  # the plain module: Adam, EMA, checkpoints and previews see this one
+    step_model: torch.nn.Module  # what the objective calls: ``model``, or torch.compile of it
+    optimizer: torch.optim.Optimizer
+    ema: torch.optim.swa_utils.AveragedModel | None
+    memory_format: torch.memory_format
+
+
+def build_optimisation(model: torch.nn.Module, config: TrainConfig) -> Optimisation:
+    """Memory format, optional torch.compile, Adam and the weight EMA of ``config``, in that order."""
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    step_model = torch.compile(model) if config.compile else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    ema = None
+    if config.ema_decay is not None:
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(config.ema_decay),
+                                                  use_buffers=True)
+    return Optimisation(model, step_model, optimizer, ema, memory_format)
+
+
+def apply_update(optimisation: Optimisation, loss: torch.Tensor, grad_clip: float | None) -> None:
+    """Backward, optional global-norm clipping, one Adam step, then the EMA update."""
+    optimisation.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(optimisation.model.parameters(), grad_clip)
+    optimisation.optimizer.step()
+    if optimisation.ema is not None:
+        optimisation.ema.update_parameters(optimisation.model)
+
+
+@dataclass
 class TrainResult:
     run_dir: Path
     step: int
@@ -181,15 +216,10 @@ def train(
     plan = EpochPlan(num_train, config.batch_size, ctx.world_size)
     per_epoch = plan.steps
     total_steps = config.steps if config.steps is not None else config.epochs * per_epoch
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
     # The step runs the compiled network when asked; checkpoints, EMA and previews keep the plain module.
-    step_model = torch.compile(model) if config.compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    ema = None
-    if config.ema_decay is not None:
-        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(config.ema_decay),
-                                                  use_buffers=True)
+    optimisation = build_optimisation(model, config)
+    step_model, optimizer, ema = optimisation.step_model, optimisation.optimizer, optimisation.ema
+    memory_format = optimisation.memory_format
 
     step, train_seconds, last_test = 0, 0.0, {}
     metrics_path = run_dir / "metrics.jsonl"
@@ -280,13 +310,7 @@ def train(
                     f"step {step + 1}: the loss became {metrics.get('loss', loss.item())}; training stopped and "
                     f"the last good checkpoint in {run_dir / 'checkpoints'} was kept (try a lower --lr or --grad-clip)"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            if ema is not None:
-                ema.update_parameters(model)
+            apply_update(optimisation, loss, config.grad_clip)
             step += 1
             for name, value in metrics.items():
                 running[name] = running.get(name, 0.0) + value
