@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from genladder.checkpoint import atomic_write_bytes, model_file_bytes, read_json
-from genladder.data import load_split, to_32, to_unit
-from genladder.evaluate import SHIPPED_CLASSIFIER, FeatureNetwork, conditional_accuracy, embed
+from genladder.data import load_split, to_32
+from genladder.evaluate import SHIPPED_CLASSIFIER
+from genladder.evaluate.evaluation import classifier_accuracy
 from genladder.runs import load_run, model_description
 
 
@@ -32,8 +33,7 @@ def main() -> int:
     if run.kind != "classifier":
         sys.exit(f"{args.run_dir} is a {run.kind} run, not a classifier run")
     test = load_split("mnist", "test", data_dir=run.config["data"].get("data_dir"))
-    accuracy = conditional_accuracy(embed(FeatureNetwork(run.model, {}, Path()), to_unit(to_32(test.images))).predicted,
-                                    test.labels, run.model.num_classes)
+    accuracy = classifier_accuracy(run.model, to_32(test.images), test.labels)
     state = read_json(run.checkpoint / "trainer_state.json")
     description = model_description(run.config) | {"evaluation": {
         "command": args.command, "test_accuracy": accuracy["overall"], "test_images": len(test.labels),

@@ -346,11 +346,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     import json
 
     from genladder.evaluate import EVAL_FILE, EvaluationConfig, evaluate_run, terminal_table
+    from genladder.figures import sampler_config
 
-    steps = args.steps if args.steps is not None else (None if args.sampler == "ddpm" else 20)
     config = EvaluationConfig(
-        n=args.n, sampler=args.sampler, steps=steps, guidance=args.guidance, eta=args.eta, variance=args.variance,
-        batch_size=args.batch_size, seed=args.seed, pr_k=args.pr_k, iwae_k=args.iwae_k, iwae_images=args.iwae_images,
+        n=args.n, sampling=sampler_config(args), seed=args.seed, pr_k=args.pr_k, iwae_k=args.iwae_k,
+        iwae_images=args.iwae_images,
         bpd_images=args.bpd_images, bpd_timesteps=args.bpd_timesteps,
         memorisation_samples=args.memorisation_samples, classifier=args.classifier, weights=args.weights,
         device=args.device,

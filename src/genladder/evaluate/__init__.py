@@ -2,8 +2,9 @@
 
 Typical use::
 
-    from genladder.evaluate import evaluate_run
-    result = evaluate_run("runs/cddpm-small", EvaluationConfig(n=2000, guidance=2.0))
+    from genladder.evaluate import EvaluationConfig, evaluate_run
+    from genladder.sampling import SamplerConfig
+    result = evaluate_run("runs/cddpm-small", EvaluationConfig(n=2000, sampling=SamplerConfig(guidance=2.0)))
 
 The metric functions (``classifier_fid``, ``precision_recall``, ``iwae_negative_log_likelihood``,
 ``ddpm_bits_per_dim`` …) are plain functions over tensors and can be used on their own.

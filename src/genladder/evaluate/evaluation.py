@@ -14,9 +14,10 @@ The steps, for a run of any rung:
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ from genladder.evaluate.metrics import (
 )
 from genladder.rungs import decode_image, encode_mean
 from genladder.runs import LoadedRun, load_run
+from genladder.sampling import SamplerConfig, generate
 
 EVAL_FILE = "eval.json"
 MEMORISATION_PERCENTILE = 0.01  # the threshold: nearest-training-image distance of the closest 1 % of test digits
@@ -48,12 +50,8 @@ class EvaluationConfig:
     """What ``genladder evaluate`` measures and how much of it (the CLI's options)."""
 
     n: int = 10_000  # samples drawn (and training digits in the floor)
-    sampler: str = "dpmpp"  # diffusion: ddpm, ddim or dpmpp
-    steps: int | None = 20  # diffusion solver steps (None: the full chain, ddpm only)
-    guidance: float = 0.0  # cddpm: classifier-free guidance weight
-    eta: float = 0.0  # ddim stochasticity
-    variance: str = "beta"  # ddpm reverse variance
-    batch_size: int = 100  # images per sampler / model call (see SamplerConfig.batch_size)
+    # diffusion: solver, steps, guidance; its batch_size is also the images per model call for the autoencoders
+    sampling: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 0  # samples, IWAE and bound noise
     pr_k: int = 3  # neighbourhood size of precision/recall (Kynkäänniemi et al. 2019)
     iwae_k: int = 100  # importance samples of the IWAE bound
@@ -66,7 +64,7 @@ class EvaluationConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("n", "batch_size", "pr_k", "iwae_k", "iwae_images", "bpd_images", "memorisation_samples"):
+        for name in ("n", "pr_k", "iwae_k", "iwae_images", "bpd_images", "memorisation_samples"):
             if getattr(self, name) < 1:
                 raise GenladderError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.n <= self.pr_k:
@@ -94,21 +92,18 @@ def _sample(run: LoadedRun, evaluation: EvaluationConfig, labels: torch.Tensor |
     device = next(run.model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(evaluation.seed)
     start = time.perf_counter()
+    batch_size = evaluation.sampling.batch_size
     if run.kind in ("vae", "cvae"):
         with torch.inference_mode():
             parts = []
-            for s in range(0, evaluation.n, evaluation.batch_size):
-                count = min(evaluation.batch_size, evaluation.n - s)
+            for s in range(0, evaluation.n, batch_size):
+                count = min(batch_size, evaluation.n - s)
                 part_labels = labels[s : s + count] if labels is not None else None
                 parts.append(run.model.sample(count, labels=part_labels, generator=generator).cpu())
         images = torch.cat(parts)
     else:
-        from genladder.sampling import SamplerConfig, generate
-
-        sampler = SamplerConfig(sampler=evaluation.sampler, steps=evaluation.steps, guidance=evaluation.guidance,
-                                eta=evaluation.eta, variance=evaluation.variance, batch_size=evaluation.batch_size)
-        images = ((generate(run.model, run.config, evaluation.n, sampler, labels=labels, generator=generator,
-                            progress=progress) + 1) / 2).cpu()
+        images = ((generate(run.model, run.config, evaluation.n, evaluation.sampling, labels=labels,
+                            generator=generator, progress=progress) + 1) / 2).cpu()
     return images, time.perf_counter() - start
 
 
@@ -127,8 +122,8 @@ def _autoencoder_likelihoods(run: LoadedRun, test: torch.Tensor, test_labels: to
     device = next(run.model.parameters()).device
     labels = test_labels.to(device) if run.kind == "cvae" else None
     reconstructions = []
-    for s in range(0, len(test), evaluation.batch_size):
-        x = to_unit(test[s : s + evaluation.batch_size]).to(device)
+    for s in range(0, len(test), evaluation.sampling.batch_size):
+        x = to_unit(test[s : s + evaluation.sampling.batch_size]).to(device)
         part_labels = labels[s : s + len(x)] if labels is not None else None
         reconstructions.append(decode_image(run.kind, run.model, encode_mean(run.kind, run.model, x, part_labels),
                                             part_labels).cpu())
@@ -139,9 +134,9 @@ def _autoencoder_likelihoods(run: LoadedRun, test: torch.Tensor, test_labels: to
     _log(f"−ELBO on {len(test)} test digits, IWAE bound (k = {evaluation.iwae_k}) on "
          f"{min(evaluation.iwae_images, len(test))}", quiet)
     elbo = torch.cat([
-        vae_negative_elbo(run.model, to_unit(test[s : s + evaluation.batch_size]).to(device),
-                          labels[s : s + evaluation.batch_size] if labels is not None else None, generator)
-        for s in range(0, len(test), evaluation.batch_size)
+        vae_negative_elbo(run.model, to_unit(test[s : s + evaluation.sampling.batch_size]).to(device),
+                          labels[s : s + evaluation.sampling.batch_size] if labels is not None else None, generator)
+        for s in range(0, len(test), evaluation.sampling.batch_size)
     ])
     iwae_count = min(evaluation.iwae_images, len(test))
     iwae = torch.cat([
@@ -182,8 +177,6 @@ def _training_summary(run_dir: Path, run: LoadedRun) -> dict:
     speeds = []
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
-        import json
-
         for line in metrics.read_text().splitlines():
             record = json.loads(line) if line.strip() else {}
             if record.get("split") == "train" and "images_per_s" in record:
@@ -193,10 +186,10 @@ def _training_summary(run_dir: Path, run: LoadedRun) -> dict:
             "images_per_s": speeds[len(speeds) // 2] if speeds else None}
 
 
-def _classifier_accuracy(run: LoadedRun, test: torch.Tensor, test_labels: torch.Tensor) -> dict:
-    network = FeatureNetwork(run.model, {}, Path())
-    predicted = embed(network, to_unit(test)).predicted
-    return {"test_accuracy": conditional_accuracy(predicted, test_labels, run.model.num_classes)}
+def classifier_accuracy(classifier: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Accuracy of a trained digit classifier on uint8 images at its size, overall and per class."""
+    predicted = embed(FeatureNetwork(classifier, {}, Path()), to_unit(images)).predicted
+    return conditional_accuracy(predicted, labels, classifier.num_classes)
 
 
 def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None, *, progress: bool = True,
@@ -205,8 +198,6 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
     evaluation = evaluation or EvaluationConfig()
     run_dir = Path(run_dir)
     run = load_run(run_dir, weights=evaluation.weights, device=evaluation.device)
-    if run.kind in ("ddpm", "cddpm") and evaluation.steps is None and evaluation.sampler != "ddpm":
-        raise GenladderError(f"the {evaluation.sampler} sampler needs --steps")
     config = run.config
     if config["data"].get("dataset", "mnist") != "mnist" and evaluation.classifier is None:
         raise GenladderError(f"{run_dir} was trained on {config['data']['dataset']}; the shipped classifier reads "
@@ -220,7 +211,7 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
         "training": training, "evaluation": asdict(evaluation),
     }
     if run.kind == "classifier":
-        result.update(_classifier_accuracy(run, test_images, test_labels))
+        result["test_accuracy"] = classifier_accuracy(run.model, test_images, test_labels)
         return _finish(run_dir, result, write)
     network = load_feature_network(evaluation.classifier)
     result["classifier"] = {"path": str(network.path), **network.info}
@@ -234,7 +225,8 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
         samples, seconds = _sample(run, evaluation, labels, progress and not quiet)
         result["sampling"] = {"n": evaluation.n, "seconds": seconds, "seconds_per_image": seconds / evaluation.n}
         if run.kind in ("ddpm", "cddpm"):
-            result["sampling"].update(sampler=evaluation.sampler, steps=evaluation.steps, guidance=evaluation.guidance)
+            sampling = evaluation.sampling
+            result["sampling"].update(sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance)
         _log("classifier features, FID, precision/recall of the samples and of the real-data floor", quiet)
         drawn = embed(network, samples)
         result["samples"] = _quality(drawn.features, reference.features, drawn.predicted, labels, num_classes,
