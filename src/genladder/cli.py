@@ -54,7 +54,8 @@ def _add_train_parser(subparsers) -> None:
     # No argparse `choices` here: with nargs="?" and SUPPRESS it rejects the absent value; check_kind validates.
     p.add_argument("kind", nargs="?", help=f"which rung to train: {', '.join(MODEL_KINDS)}")
     p.add_argument("--preset", help="'default' (improved, the default), 'tutorial' (the article's networks); "
-                   "diffusion also 'small' (CPU-sized U-Net) and 'cpu-fast' (10-minute CPU recipe)")
+                   "diffusion also 'small' (CPU-sized U-Net) and 'cpu-fast' (10-minute CPU recipe); classifier: "
+                   "'default' (the shipped judge), 'resnet' (the second opinion), 'shift' (the first shipped recipe)")
     where = p.add_argument_group("run folder")
     where.add_argument("--run-dir", help="where to write the run (default: runs/<kind>-<timestamp>/)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly where it stopped")
@@ -67,7 +68,10 @@ def _add_train_parser(subparsers) -> None:
     model.add_argument("--kl-weight", type=float, help="weight of the KL term of the VAE/CVAE loss (default 1)")
     classifier = p.add_argument_group("classifier (the feature network of 'genladder evaluate')")
     classifier.add_argument("--max-shift", type=int, help="largest random shift in pixels of training digits "
-                            "(default 2)")
+                            "with --augment shift (default 2)")
+    classifier.add_argument("--augment", choices=("shift", "handwriting"), help="training-digit augmentation: "
+                            "handwriting = random rotation/zoom/shear/shift + elastic distortion (default; preset "
+                            "shift: whole-pixel shifts only)")
     diffusion = p.add_argument_group("diffusion (ddpm, cddpm)")
     diffusion.add_argument("--widths", help="U-Net channels per level, e.g. 64,128,128")
     diffusion.add_argument("--blocks-per-level", type=_positive_int, help="U-Net residual blocks per level")
@@ -99,7 +103,14 @@ def _add_train_parser(subparsers) -> None:
     opt.add_argument("--steps", type=int, help="total optimiser steps (overrides --epochs)")
     opt.add_argument("--batch-size", type=int, help="images per step, per process under torchrun "
                      "(default 128)")
-    opt.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    opt.add_argument("--lr", type=float, help="peak learning rate (default: the preset's; autoencoders 1e-3)")
+    opt.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), help="after the warm-up: constant "
+                     "(default for the autoencoders), or cosine/linear decay to 0 at the last step")
+    opt.add_argument("--warmup-images", type=int, help="training images of linear learning-rate warm-up "
+                     "(default 0)")
+    opt.add_argument("--optimizer", choices=("adam", "adamw"), help="adam (default) or adamw")
+    opt.add_argument("--adam-beta2", type=float, help="second-moment decay of Adam/AdamW (default 0.999)")
+    opt.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay (default 0)")
     opt.add_argument("--seed", type=int, help="seed of weights, data order and noise (default 0)")
     opt.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
     opt.add_argument("--time-budget", type=parse_duration, help="stop cleanly after this much training "

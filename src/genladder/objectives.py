@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from genladder.data.augment import AugmentConfig, augment_handwriting
 from genladder.data.transforms import random_shift
 from genladder.models.autoencoders import VAE, AutoEncoder
 from genladder.models.classifier import DigitClassifier
@@ -99,16 +100,25 @@ def vae_loss(
     return loss, metrics
 
 
-def classifier_loss(
-    model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor, generator=None, max_shift: int = 2
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy of the digit classifier, with every training image shifted by up to ``max_shift`` pixels.
+CLASSIFIER_AUGMENTATIONS = ("shift", "handwriting")
 
-    The shift (training mode only) makes the classifier read digits that are slightly off-centre, as
-    generated ones can be, instead of relying on MNIST's exact centring. ``error`` is the share misread.
+
+def classifier_loss(
+    model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor, generator=None, max_shift: int = 2,
+    augment: str = "shift", augment_config: AugmentConfig | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of the digit classifier on augmented training images (training mode only).
+
+    ``augment="shift"``: every image shifted by up to ``max_shift`` whole pixels, so the classifier reads
+    slightly off-centre digits. ``augment="handwriting"``: random rotation, zoom, shear, shift and elastic
+    distortion (``genladder.data.augment``), so its features describe a digit's shape, not its exact pose.
+    ``error`` is the share misread.
     """
     if model.training:
-        images = random_shift(images, max_shift, generator=generator)
+        if augment == "handwriting":
+            images = augment_handwriting(images, augment_config, generator=generator)
+        else:
+            images = random_shift(images, max_shift, generator=generator)
     logits = model(images)
     loss = F.cross_entropy(logits, labels)
     error = (logits.argmax(1) != labels).float().mean()

@@ -98,20 +98,36 @@ def diffusion_config(kind: str, preset: str, given: dict, in_channels: int = 1, 
     return unet, objective, dict(_TRAIN_DEFAULTS[preset])
 
 
-# The evaluation classifier (genladder.evaluate): Adam 1e-3 with a weight EMA, 2-pixel shifts.
-CLASSIFIER_TRAIN_DEFAULTS = {"epochs": 8, "batch_size": 128, "lr": 1e-3, "ema_decay": 0.999}
+# The evaluation's feature networks (genladder.evaluate). ``default`` is the shipped primary judge, ``resnet``
+# the second opinion: another architecture and seed, trained the same way. ``shift`` is the recipe of the
+# first shipped classifier (2-pixel shifts only, constant learning rate), kept to reproduce it.
+CLASSIFIER_PRESETS = ("default", "resnet", "shift")
+_CLASSIFIER_TRAIN = {"epochs": 10, "batch_size": 128, "lr": 2e-3, "ema_decay": 0.999, "optimizer": "adamw",
+                     "weight_decay": 1e-4, "lr_schedule": "cosine", "warmup_images": 30_000}
+CLASSIFIER_TRAIN_DEFAULTS = {
+    "default": _CLASSIFIER_TRAIN,
+    "resnet": {**_CLASSIFIER_TRAIN, "seed": 1},
+    "shift": {"epochs": 8, "batch_size": 128, "lr": 1e-3, "ema_decay": 0.999},
+}
 
 
 def classifier_config(preset: str, given: dict, in_channels: int = 1, image_size: int = 32,
                       num_classes: int = 10) -> tuple[dict, dict, dict]:
-    """(model, objective, train defaults) of ``genladder train classifier``; only the ``default`` preset.
+    """(model, objective, train defaults) of ``genladder train classifier`` for a preset and flags.
 
     ``in_channels``, ``image_size`` and ``num_classes`` describe the data.
     """
     from genladder.models.classifier import ClassifierConfig
+    from genladder.objectives import CLASSIFIER_AUGMENTATIONS
 
-    if preset != "default":
-        raise GenladderError(f"the classifier has only the 'default' preset, not {preset!r}")
-    objective = {"max_shift": given.get("max_shift", 2)}
-    model = ClassifierConfig(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
-    return model.to_dict(), objective, dict(CLASSIFIER_TRAIN_DEFAULTS)
+    if preset not in CLASSIFIER_PRESETS:
+        raise GenladderError(f"unknown preset {preset!r} for the classifier; choose one of "
+                             f"{', '.join(CLASSIFIER_PRESETS)}")
+    augment = given.get("augment", "shift" if preset == "shift" else "handwriting")
+    if augment not in CLASSIFIER_AUGMENTATIONS:
+        raise GenladderError(f"--augment must be one of {', '.join(CLASSIFIER_AUGMENTATIONS)}, got {augment!r}")
+    objective = {"max_shift": given.get("max_shift", 2), "augment": augment}
+    arch, widths = ("resnet", (32, 64, 96)) if preset == "resnet" else ("vgg", (32, 64, 128))
+    model = ClassifierConfig(arch=arch, widths=widths, in_channels=in_channels, image_size=image_size,
+                             num_classes=num_classes)
+    return model.to_dict(), objective, dict(CLASSIFIER_TRAIN_DEFAULTS[preset])

@@ -11,6 +11,7 @@ from functools import partial
 import torch
 
 from genladder.data import to_signed, to_unit
+from genladder.data.augment import AugmentConfig
 from genladder.errors import GenladderError
 from genladder.models import is_conditional, is_diffusion
 from genladder.objectives import autoencoder_loss, classifier_loss, vae_loss
@@ -44,7 +45,10 @@ def make_objective(kind: str, objective_config: dict, model_config: dict):
     if kind == "ae":
         return autoencoder_loss
     if kind == "classifier":
-        return partial(classifier_loss, max_shift=objective_config.get("max_shift", 2))
+        augment = objective_config.get("augment", "shift")  # run folders from before 'handwriting' shifted only
+        augment_config = AugmentConfig.from_dict(objective_config.get("augment_config", {}))
+        return partial(classifier_loss, max_shift=objective_config.get("max_shift", 2), augment=augment,
+                       augment_config=augment_config)
     if kind in ("vae", "cvae"):
         return partial(vae_loss, kl_weight=objective_config.get("kl_weight", 1.0))
     from genladder.diffusion import DiffusionObjective, ScheduleConfig

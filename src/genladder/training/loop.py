@@ -34,6 +34,8 @@ from genladder.training.distributed import Distributed, EpochPlan
 
 Objective = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 PRECISIONS = ("fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+OPTIMIZERS = ("adam", "adamw")
 PreviewFn = Callable[[torch.nn.Module, torch.Generator], torch.Tensor]
 
 
@@ -44,7 +46,12 @@ class TrainConfig:
     epochs: int = 5  # full passes over the training images (ignored when steps is set)
     steps: int | None = None  # total optimiser steps; overrides epochs
     batch_size: int = 128  # images per step, per process when several train together
-    lr: float = 1e-3  # Adam learning rate
+    lr: float = 1e-3  # peak learning rate of Adam/AdamW
+    lr_schedule: str = "constant"  # after the warm-up: constant, or cosine/linear decay to 0 at the last step
+    warmup_images: int = 0  # training images over which the learning rate rises linearly from 0 to lr
+    optimizer: str = "adam"  # "adam", or "adamw" (decoupled weight decay, Loshchilov & Hutter 2019)
+    adam_beta2: float = 0.999  # second-moment decay of Adam/AdamW
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay (adam: must stay 0)
     seed: int = 0  # weights, data order and noise all follow from it
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
     ema_decay: float | None = None  # EMA of the weights (torch.optim.swa_utils); None: no EMA
@@ -71,6 +78,16 @@ class TrainConfig:
             raise GenladderError(f"--grad-clip must be positive, got {self.grad_clip}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise GenladderError(f"--ema-decay must be in (0, 1), got {self.ema_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise GenladderError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.warmup_images < 0:
+            raise GenladderError(f"--warmup-images must be >= 0, got {self.warmup_images}")
+        if self.optimizer not in OPTIMIZERS:
+            raise GenladderError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not 0 <= self.adam_beta2 < 1:
+            raise GenladderError(f"--adam-beta2 must be in [0, 1), got {self.adam_beta2}")
+        if not self.weight_decay >= 0 or (self.weight_decay and self.optimizer != "adamw"):
+            raise GenladderError(f"--weight-decay must be >= 0 and needs --optimizer adamw, got {self.weight_decay}")
         if self.precision not in PRECISIONS:
             raise GenladderError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.time_budget is not None and not self.time_budget > 0:
@@ -94,6 +111,25 @@ class TrainingData:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     to_model_range: Callable[[torch.Tensor], torch.Tensor]
+
+
+def learning_rate(config: TrainConfig, images_seen: int, total_images: int) -> float:
+    """The learning rate of the step that follows ``images_seen`` training images (a pure function, so resume
+    is exact and the schedule does not depend on batch size or the number of processes).
+
+    Linear warm-up from 0 over ``warmup_images`` (Goyal et al. 2017 §2.2), then ``lr`` held constant or
+    decayed to 0 at ``total_images``: cosine, lr·½(1 + cos(π·p)) (Loshchilov & Hutter 2017, eq. 5 with one
+    cycle and η_min = 0), or linear, lr·(1 − p), where p is the share of the post-warm-up images seen.
+    """
+    if config.warmup_images and images_seen < config.warmup_images:
+        return config.lr * (images_seen + 1) / config.warmup_images
+    if config.lr_schedule == "constant":
+        return config.lr
+    span = max(total_images - config.warmup_images, 1)
+    progress = min(max(images_seen - config.warmup_images, 0) / span, 1.0)
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return config.lr * (1 - progress)
 
 
 def epoch_permutation(num_items: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -158,11 +194,13 @@ class Optimisation:
 
 
 def build_optimisation(model: torch.nn.Module, config: TrainConfig) -> Optimisation:
-    """Memory format, optional torch.compile, Adam and the weight EMA of ``config``, in that order."""
+    """Memory format, optional torch.compile, Adam/AdamW and the weight EMA of ``config``, in that order."""
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     step_model = torch.compile(model) if config.compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_class(model.parameters(), lr=config.lr, betas=(0.9, config.adam_beta2),
+                                weight_decay=config.weight_decay)
     ema = None
     if config.ema_decay is not None:
         ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(config.ema_decay),
@@ -302,6 +340,8 @@ def train(
                 permutation, permutation_epoch = epoch_permutation(num_train, config.seed, epoch, device), epoch
             index = plan.batch(permutation, position, ctx.rank)
             x = data.to_model_range(images_dev[index]).contiguous(memory_format=memory_format)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, plan.images_seen(step), plan.images_seen(total_steps))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
                 loss, metrics = step_fn(x, labels_dev[index])
             metrics = ctx.mean(metrics)  # the same numbers on every process, so all stop on a bad loss
@@ -324,6 +364,7 @@ def train(
                 means = {name: total / running_count for name, total in running.items()}
                 record = {"split": "train", "step": step, "epoch": step / per_epoch,
                           "images_seen": plan.images_seen(step), **means, "images_per_s": images_per_s,
+                          "lr": optimizer.param_groups[0]["lr"],
                           "train_seconds": train_seconds + now - session_start}
                 if ctx.is_main:
                     with open(metrics_path, "a") as handle:
