@@ -204,6 +204,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="ddim: 0 deterministic, 1 ancestral-like (default 0)")
     p.add_argument("--variance", choices=("beta", "posterior"), default="beta",
                    help="ddpm: reverse variance beta_t (tutorial) or the posterior's beta-tilde_t")
+    p.add_argument("--spacing", choices=("karras", "trailing"), default="karras",
+                   help="diffusion: timesteps at Karras et al.'s noise levels down to the smallest trained one "
+                   "(default), or trailing (genladder <= 0.3; its last step jumps from sigma ~ 0.09)")
     p.add_argument("--batch-size", type=int, default=100, help="images per sampler call (default 100, the fastest "
                    "on CPU; more on a GPU)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")

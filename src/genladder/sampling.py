@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genladder.diffusion import (
+    SPACINGS,
     NoiseSchedule,
     ScheduleConfig,
     as_eps_fn,
@@ -36,6 +37,9 @@ class SamplerConfig:
     guidance: float = 0.0  # classifier-free guidance weight w (conditional models only)
     eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 ancestral-like
     variance: str = "beta"  # ancestral σ²: "beta" (β_t, the tutorial's) or "posterior" (β̃_t)
+    # "karras": EDM noise levels down to the smallest trained one, so the last x̂0 jump is from σ ≈ 0.006;
+    # "trailing": the spacing of genladder ≤ 0.3 (last jump from σ ≈ 0.09 at 20 cosine steps). See samplers.py.
+    spacing: str = "karras"
     # Images per sampler call: 100 was the fastest on CPU (1,000 guided cpu-fast samples: 32.3 s against
     # 33.7 s at 500, one thread, with genladder.runtime's allocator settings); raise it on a GPU.
     batch_size: int = 100
@@ -49,6 +53,8 @@ class SamplerConfig:
             raise GenladderError(f"the {self.sampler} sampler needs --steps")
         if not self.guidance >= 0:
             raise GenladderError(f"--guidance must be >= 0, got {self.guidance}")
+        if self.spacing not in SPACINGS:
+            raise GenladderError(f"unknown --spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}")
         if self.batch_size < 1:
             raise GenladderError(f"--batch-size must be at least 1, got {self.batch_size}")
 
@@ -80,11 +86,16 @@ def run_sampler(eps_fn, schedule, x_T: torch.Tensor, sampler: SamplerConfig, gen
     """Dispatch to one of the three samplers."""
     if sampler.sampler == "ddpm":
         return sample_ddpm(eps_fn, schedule, x_T, generator=generator, variance=sampler.variance,
-                           steps=sampler.steps, callback=callback)
+                           steps=sampler.steps, callback=callback, spacing=_ancestral_spacing(sampler))
     if sampler.sampler == "ddim":
         return sample_ddim(eps_fn, schedule, x_T, steps=sampler.steps, eta=sampler.eta, generator=generator,
-                           callback=callback)
-    return sample_dpmpp_2m(eps_fn, schedule, x_T, steps=sampler.steps, callback=callback)
+                           callback=callback, spacing=sampler.spacing)
+    return sample_dpmpp_2m(eps_fn, schedule, x_T, steps=sampler.steps, callback=callback, spacing=sampler.spacing)
+
+
+def _ancestral_spacing(sampler: SamplerConfig) -> str:
+    # The full ancestral chain visits every t whatever the spacing; "trailing" keeps it exactly Ho et al.'s.
+    return "trailing" if sampler.steps is None else sampler.spacing
 
 
 @torch.no_grad()

@@ -10,11 +10,14 @@ Typical use::
 from genladder.diffusion.guidance import classifier_free_guidance, conditional, unconditional
 from genladder.diffusion.objective import DiffusionObjective, as_eps_fn
 from genladder.diffusion.samplers import (
+    SPACINGS,
     ddim_step,
     ddpm_step,
+    karras_timesteps,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
+    sampler_timesteps,
     spaced_timesteps,
 )
 from genladder.diffusion.schedule import (
@@ -28,6 +31,7 @@ from genladder.diffusion.schedule import (
 __all__ = [
     "PREDICTION_TYPES",
     "SCHEDULE_KINDS",
+    "SPACINGS",
     "DiffusionObjective",
     "NoiseSchedule",
     "Posterior",
@@ -40,6 +44,8 @@ __all__ = [
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",
+    "karras_timesteps",
+    "sampler_timesteps",
     "spaced_timesteps",
     "unconditional",
 ]

@@ -5,10 +5,19 @@ t = 0 is the first noising step, see ``schedule.py``). Wrap a network with ``gen
 ``unconditional`` / ``conditional`` / ``classifier_free_guidance`` and, for x0- or v-networks,
 ``as_eps_fn``. Samplers never see labels or data.
 
-Timestep spacing is **"trailing"** (Lin et al. 2023, table 2; diffusers ``timestep_spacing="trailing"``):
-``steps`` timesteps ``round(T − i·T/steps) − 1``, i = 0…steps−1, so the first step is always t = T − 1
-(the step x_T ~ N(0, I) was meant for) and ``steps = T`` visits every t. The step after the last
-timestep is "t = −1", i.e. ᾱ = 1: the clean image.
+Two timestep spacings (``spacing=``), both starting at t = T − 1 (the step x_T ~ N(0, I) was meant for):
+
+* **"karras"** (Karras et al. 2022, "EDM", eq. 5, ρ = 7): noise levels σ = √((1 − ᾱ)/ᾱ) spaced evenly
+  in σ^{1/ρ} from min(σ_{T−1}, 80) down to σ_0, the smallest level the network was trained on, so the
+  ODE is followed all the way to σ_min and the last network call's x̂0 is a jump from σ_0 ≈ 0.006
+  (cosine) to 0. EDM's σ_max = 80 caps the cosine schedule's σ_{T−1} ≈ 2·10⁴, whose first levels hold
+  no information; the jump T − 1 → σ = 80 is one step.
+* **"trailing"** (Lin et al. 2023, table 2; diffusers ``timestep_spacing="trailing"``): ``steps``
+  timesteps ``round(T − i·T/steps) − 1``, i = 0…steps−1; ``steps = T`` visits every t. With few steps
+  the last visited timestep is t ≈ T/steps (σ ≈ 0.09 at 20 cosine steps), so the final x̂0 is the
+  posterior mean at that noise level: a smoothing jump whose error does not shrink with the solver's.
+
+The step after the last timestep is "t = −1", i.e. ᾱ = 1: the clean image.
 
 ``generator`` is a ``torch.Generator``, ``None`` (global RNG), or a list with one generator per
 sample so that each image depends only on its own seed, not on the batch it is drawn in (EDM).
@@ -37,6 +46,9 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 Generator = torch.Generator | Sequence[torch.Generator] | None
 VARIANCES = ("beta", "posterior")
+SPACINGS = ("karras", "trailing")
+KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5 and table 1
+KARRAS_SIGMA_MAX = 80.0  # Karras et al. 2022, table 1 (σ_max of their VP/VE/EDM samplers)
 
 
 class Step(NamedTuple):
@@ -51,6 +63,47 @@ def spaced_timesteps(T: int, steps: int) -> list[int]:
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
         raise GenladderError(f"steps must be an integer in [1, T={T}], got {steps!r}")
     return [round(T - i * (T / steps)) - 1 for i in range(steps)]
+
+
+def karras_timesteps(schedule: NoiseSchedule, steps: int, rho: float = KARRAS_RHO,
+                     sigma_max: float = KARRAS_SIGMA_MAX) -> list[int]:
+    """``steps`` distinct timesteps, descending from T − 1 to 0, at Karras et al. 2022's noise levels (eq. 5):
+
+    σ_i = (σ_hi^{1/ρ} + i/(n − 1)·(σ_lo^{1/ρ} − σ_hi^{1/ρ}))^ρ,  σ_lo = σ_0, σ_hi = min(σ_{T−1}, σ_max),
+
+    each mapped to the timestep of the nearest σ in log space (the network knows integer t only). When
+    σ_{T−1} > σ_max the first step stays at T − 1 and the n = steps − 1 remaining ones follow the rule.
+    Rounding can map neighbours to one t; they are then pushed apart so that all ``steps`` are distinct.
+    """
+    T = schedule.T
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise GenladderError(f"steps must be an integer in [1, T={T}], got {steps!r}")
+    alpha_bar = schedule.alpha_bar.to(torch.float64).cpu()
+    log_sigmas = (0.5 * ((1 - alpha_bar) / alpha_bar).log())  # (T,), increasing in t
+    head = [T - 1] if log_sigmas[-1].exp() > sigma_max and steps > 1 else []
+    n = steps - len(head)
+    sigma_hi = min(float(log_sigmas[-1].exp()), sigma_max)
+    sigma_lo = float(log_sigmas[0].exp())
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    sigmas = (sigma_hi ** (1 / rho) + ramp * (sigma_lo ** (1 / rho) - sigma_hi ** (1 / rho))) ** rho  # (n,)
+    nearest = (sigmas.log()[:, None] - log_sigmas[None, :]).abs().argmin(1).tolist()
+    timesteps = head + nearest
+    if steps == 1:
+        return [T - 1]
+    timesteps[0] = T - 1  # start where x_T ~ N(0, I) belongs
+    for i in range(1, len(timesteps)):  # distinct and descending: at most T − 1 − i ...
+        timesteps[i] = min(timesteps[i], timesteps[i - 1] - 1)
+    timesteps[-1] = 0  # end at σ_min exactly
+    for i in range(len(timesteps) - 2, -1, -1):  # ... and at least steps − 1 − i
+        timesteps[i] = max(timesteps[i], timesteps[i + 1] + 1)
+    return timesteps
+
+
+def sampler_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "karras") -> list[int]:
+    """The timesteps a sampler visits, descending, for ``spacing`` "karras" or "trailing" (module docstring)."""
+    if spacing not in SPACINGS:
+        raise GenladderError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+    return karras_timesteps(schedule, steps) if spacing == "karras" else spaced_timesteps(schedule.T, steps)
 
 
 def noise_like(x: torch.Tensor, generator: Generator) -> torch.Tensor:
@@ -139,7 +192,7 @@ def _t_batch(t: int, x: torch.Tensor) -> torch.Tensor:
 
 def sample_ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, generator: Generator = None,
                 variance: str = "beta", steps: int | None = None, clip_x0: bool = True,
-                callback: Callback | None = None) -> torch.Tensor:
+                callback: Callback | None = None, spacing: str = "trailing") -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020, Alg. 2) from x_T (B, C, H, W) → x0 (B, C, H, W).
 
     ``steps=None`` runs all T steps; fewer steps stride the chain (β'_t = 1 − ᾱ_t/ᾱ_prev,
@@ -148,7 +201,7 @@ def sample_ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, ge
     _check(x_T)
     if variance not in VARIANCES:
         raise GenladderError(f"variance must be one of {VARIANCES}, got {variance!r}")
-    timesteps = spaced_timesteps(schedule.T, schedule.T if steps is None else steps)
+    timesteps = sampler_timesteps(schedule, schedule.T if steps is None else steps, spacing)
     with torch.inference_mode():
         x = x_T
         for i, t in enumerate(timesteps):
@@ -163,7 +216,8 @@ def sample_ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, ge
 
 
 def sample_ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int, eta: float = 0.0,
-                generator: Generator = None, clip_x0: bool = True, callback: Callback | None = None) -> torch.Tensor:
+                generator: Generator = None, clip_x0: bool = True, callback: Callback | None = None,
+                spacing: str = "trailing") -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12) from x_T (B, C, H, W) → x0 (B, C, H, W).
 
     η = 0 is deterministic given x_T; η = 1 with steps = T is ancestral sampling with σ² = β̃.
@@ -171,7 +225,7 @@ def sample_ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, st
     _check(x_T)
     if not 0.0 <= eta:
         raise GenladderError(f"eta must be >= 0, got {eta}")
-    timesteps = spaced_timesteps(schedule.T, steps)
+    timesteps = sampler_timesteps(schedule, steps, spacing)
     with torch.inference_mode():
         x = x_T
         for i, t in enumerate(timesteps):
@@ -186,7 +240,8 @@ def sample_ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, st
 
 
 def sample_dpmpp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int,
-                    clip_x0: bool = True, callback: Callback | None = None) -> torch.Tensor:
+                    clip_x0: bool = True, callback: Callback | None = None,
+                    spacing: str = "trailing") -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2): deterministic multistep, data prediction.
 
     α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t). The first step and the last (into σ = 0, where
@@ -196,7 +251,7 @@ def sample_dpmpp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *
     steps the result is slightly over-smoothed (the posterior mean at t ≈ T/steps).
     """
     _check(x_T)
-    timesteps = spaced_timesteps(schedule.T, steps)
+    timesteps = sampler_timesteps(schedule, steps, spacing)
     with torch.inference_mode():
         x, x0_older, h_older = x_T, None, None
         for i, t in enumerate(timesteps):
