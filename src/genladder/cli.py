@@ -225,9 +225,10 @@ def _add_evaluate_parsers(subparsers) -> None:
                               "accuracy, likelihood; writes eval.json", description="Evaluate a run against the "
                               "MNIST test set in the feature space of genladder's shipped digit classifier, print a "
                               "table and write eval.json into the run folder.")
-    p.add_argument("run_dir", help="a run folder written by 'genladder train'")
-    p.add_argument("--n", type=_positive_int, default=10_000, help="samples to draw (default 10000); the real-data "
-                   "floor uses as many training digits")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders written by 'genladder train' (with "
+                   "several, each is evaluated and the two feature networks' rankings of them are compared)")
+    p.add_argument("--n", type=_positive_int, default=10_000, help="samples to draw (default 10000; 1000 for a quick "
+                   "look); the real-data floor uses as many training digits")
     _add_sampling_options(p)
     p.add_argument("--pr-k", type=_positive_int, default=3, help="neighbours in precision/recall (default 3)")
     p.add_argument("--iwae-k", type=_positive_int, default=100, help="VAE: importance samples of the IWAE bound "
@@ -242,7 +243,21 @@ def _add_evaluate_parsers(subparsers) -> None:
                    "their nearest training image (default 2000)")
     p.add_argument("--classifier", help="feature network: a classifier run folder or file (default: the shipped "
                    "MNIST classifier)")
+    p.add_argument("--second-classifier", help="the second opinion: another classifier run folder or file "
+                   "(default: the shipped second network, when --classifier is not given)")
     p.add_argument("--json", action="store_true", help="print eval.json to stdout instead of the table")
+
+    p = subparsers.add_parser("guidance-curve", help="cddpm: accuracy, FID, KID, precision and recall against the "
+                              "guidance weight, as a table and a plot")
+    p.add_argument("run_dir", help="a cddpm run folder")
+    p.add_argument("--guidance-weights", dest="weights_list", default="0,0.5,1,2,3,4",
+                   help="comma-separated guidance weights w (default 0,0.5,1,2,3,4)")
+    p.add_argument("--n", type=_positive_int, default=10_000, help="samples per weight (default 10000)")
+    p.add_argument("--out", required=True, help="the plot, .png (the table is printed and written beside it as .md "
+                   "and .json)")
+    _add_sampling_options(p)
+    p.add_argument("--classifier", help=argparse.SUPPRESS)
+    p.add_argument("--second-classifier", help=argparse.SUPPRESS)
 
     p = subparsers.add_parser("report", help="one Markdown table comparing evaluated runs side by side")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders evaluated by 'genladder evaluate'")
@@ -356,25 +371,48 @@ def _figure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_config(args: argparse.Namespace, **changes):
+    from genladder.evaluate import EvaluationConfig
+    from genladder.figures import sampler_config
+
+    values = dict(
+        n=args.n, sampling=sampler_config(args), seed=args.seed, classifier=args.classifier,
+        second_classifier=args.second_classifier, weights=args.weights, device=args.device,
+    )
+    for name in ("pr_k", "iwae_k", "iwae_images", "bpd_images", "bpd_timesteps", "memorisation_samples"):
+        if hasattr(args, name):
+            values[name] = getattr(args, name)
+    return EvaluationConfig(**{**values, **changes})
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from genladder.evaluate import EVAL_FILE, EvaluationConfig, evaluate_run, terminal_table
-    from genladder.figures import sampler_config
+    from genladder.evaluate import EVAL_FILE, evaluate_run, ranking_disagreements, terminal_table
 
-    config = EvaluationConfig(
-        n=args.n, sampling=sampler_config(args), seed=args.seed, pr_k=args.pr_k, iwae_k=args.iwae_k,
-        iwae_images=args.iwae_images,
-        bpd_images=args.bpd_images, bpd_timesteps=args.bpd_timesteps,
-        memorisation_samples=args.memorisation_samples, classifier=args.classifier, weights=args.weights,
-        device=args.device,
-    )
-    result = evaluate_run(args.run_dir, config, progress=not args.no_progress, quiet=args.json)
-    if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        print(terminal_table(result))
-        print(f"genladder: wrote {Path(args.run_dir) / EVAL_FILE}")
+    config = _evaluation_config(args)
+    results = []
+    for run_dir in args.run_dirs:
+        result = evaluate_run(run_dir, config, progress=not args.no_progress, quiet=args.json)
+        results.append(result)
+        if args.json:
+            print(json.dumps(result, indent=2, sort_keys=True))
+        else:
+            print(terminal_table(result))
+            print(f"genladder: wrote {Path(run_dir) / EVAL_FILE}")
+    for line in ranking_disagreements(results):
+        print(f"genladder: {line}", file=sys.stderr)
+    if len(results) > 1 and not ranking_disagreements(results):
+        print("genladder: both feature networks rank these runs alike (by FID excess)", file=sys.stderr)
+    return 0
+
+
+def _guidance_curve(args: argparse.Namespace) -> int:
+    from genladder.evaluate.curves import guidance_curve
+    from genladder.figures import parse_weights
+
+    weights = parse_weights(args.weights_list)
+    guidance_curve(args.run_dir, weights, _evaluation_config(args), args.out, progress=not args.no_progress)
     return 0
 
 
@@ -406,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "guidance-curve":
+            return _guidance_curve(args)
         if args.command == "serve":
             from genladder.serve import serve
 

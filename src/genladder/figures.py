@@ -197,6 +197,19 @@ def trajectory_command(args: argparse.Namespace) -> Path:
     return save_grid(columns.flatten(0, 1), out, nrow=len(frames) + 1)
 
 
+def parse_weights(text: str) -> list[float]:
+    """'0,0.5,1' -> [0.0, 0.5, 1.0]: guidance weights, finite and >= 0, at least one."""
+    import math
+
+    try:
+        weights = [float(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise GenladderError(f"--guidance-weights takes comma-separated numbers, got {text!r}") from None
+    if not weights or not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise GenladderError(f"--guidance-weights takes finite numbers >= 0, at least one, got {text!r}")
+    return weights
+
+
 @torch.no_grad()
 def guidance_sweep_command(args: argparse.Namespace) -> Path:
     """Rows = guidance weights w, columns = the ten digits, the same noise in every row."""
@@ -204,10 +217,7 @@ def guidance_sweep_command(args: argparse.Namespace) -> Path:
     num_classes = run.config["model"].get("num_classes", 0)
     if not num_classes:
         raise GenladderError("'guidance-sweep' needs a conditional model (cddpm); this run is unconditional")
-    try:
-        weights = [float(w) for w in args.weights_list.split(",") if w.strip()]
-    except ValueError:
-        raise GenladderError(f"--guidance-weights takes comma-separated numbers, got {args.weights_list!r}") from None
+    weights = parse_weights(args.weights_list)
     labels = torch.arange(num_classes)
     rows = []
     for w in weights:

@@ -149,3 +149,31 @@ def save_image_table(images: torch.Tensor, column_titles: list[str], path: str |
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return _save_figure(figure, path)
+
+
+def save_metric_panels(x: list[float], panels: dict[str, dict[str, list[float | None]]], path: str | Path,
+                       xlabel: str, title: str = "", log_x: bool = False) -> Path:
+    """One small plot per panel (panel title -> {series label -> values over x}), side by side, as a PNG.
+
+    For curves such as quality against the guidance weight or against training images; None values are gaps.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), dpi=100, squeeze=False)
+    for axis, (name, series) in zip(axes[0], panels.items(), strict=True):
+        for label, values in series.items():
+            points = [(a, v) for a, v in zip(x, values, strict=True) if v is not None]
+            axis.plot([a for a, _ in points], [v for _, v in points], "o-", label=label, linewidth=1.5, markersize=4)
+        axis.set_title(name, fontsize=10)
+        axis.set_xlabel(xlabel)
+        if log_x:
+            axis.set_xscale("log")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    return _save_figure(figure, path)

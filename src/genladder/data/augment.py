@@ -38,13 +38,13 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         self.scale = tuple(float(s) for s in self.scale)
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise GenladderError(f"augmentation scale must be a range (low, high) with 0 < low <= high, got {self.scale}")
+            raise GenladderError(f"augmentation scale must be a range (low, high), 0 < low <= high, got {self.scale}")
         for name in ("rotation_deg", "shear_deg", "shift_px", "elastic_px"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise GenladderError(f"augmentation {name} must be a finite number >= 0, got {value}")
         if not self.elastic_smoothness_px > 0:
-            raise GenladderError(f"augmentation elastic_smoothness_px must be positive, got {self.elastic_smoothness_px}")
+            raise GenladderError(f"augmentation elastic_smoothness_px must be > 0, got {self.elastic_smoothness_px}")
         if not 0 <= self.probability <= 1:
             raise GenladderError(f"augmentation probability must be in [0, 1], got {self.probability}")
 

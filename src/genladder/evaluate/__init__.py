@@ -11,7 +11,13 @@ The metric functions (``classifier_fid``, ``precision_recall``, ``iwae_negative_
 """
 
 from genladder.evaluate.evaluation import EVAL_FILE, EvaluationConfig, evaluate_run, read_evaluation
-from genladder.evaluate.features import SHIPPED_CLASSIFIER, FeatureNetwork, embed, load_feature_network
+from genladder.evaluate.features import (
+    SECOND_CLASSIFIER,
+    SHIPPED_CLASSIFIER,
+    FeatureNetwork,
+    embed,
+    load_feature_network,
+)
 from genladder.evaluate.likelihood import (
     ddpm_bits_per_dim,
     discretized_gaussian_log_likelihood,
@@ -23,19 +29,22 @@ from genladder.evaluate.metrics import (
     class_histogram,
     classifier_fid,
     conditional_accuracy,
+    density_coverage,
     feature_statistics,
     frechet_distance,
+    kernel_inception_distance,
     memorisation_share,
     nearest_neighbour_distances,
     precision_recall,
     reconstruction_error,
 )
-from genladder.evaluate.report import markdown_table, terminal_table
+from genladder.evaluate.report import markdown_table, ranking_disagreements, terminal_table
 
 __all__ = [
-    "EVAL_FILE", "EvaluationConfig", "FeatureNetwork", "SHIPPED_CLASSIFIER", "class_histogram", "classifier_fid",
-    "conditional_accuracy", "ddpm_bits_per_dim", "discretized_gaussian_log_likelihood", "embed", "evaluate_run",
+    "EVAL_FILE", "EvaluationConfig", "FeatureNetwork", "SECOND_CLASSIFIER", "SHIPPED_CLASSIFIER", "class_histogram",
+    "classifier_fid", "conditional_accuracy", "ddpm_bits_per_dim", "density_coverage", "kernel_inception_distance",
+    "discretized_gaussian_log_likelihood", "embed", "evaluate_run",
     "feature_statistics", "frechet_distance", "iwae_negative_log_likelihood", "load_feature_network",
     "markdown_table", "memorisation_share", "nearest_neighbour_distances", "normal_kl", "precision_recall",
-    "read_evaluation", "reconstruction_error", "terminal_table", "vae_negative_elbo",
+    "ranking_disagreements", "read_evaluation", "reconstruction_error", "terminal_table", "vae_negative_elbo",
 ]

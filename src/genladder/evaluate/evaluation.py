@@ -5,8 +5,11 @@ The steps, for a run of any rung:
 1. real data: the full MNIST test set (the reference), the run's own training images (the floor
    and the memorisation check), brought to 32×32 as the run's data were;
 2. samples: ``n`` images from the model (conditional models: the ten digits in equal shares), timed;
-3. classifier features of both, then FID, precision/recall, conditional accuracy or class histogram,
-   and the same FID/precision/recall for n training digits against the test set: the real-data floor;
+3. for each of two feature networks of different architecture (the shipped judge and the second
+   opinion, ``genladder.evaluate.features``): FID, KID, precision/recall, density/coverage, argmax
+   and strict conditional accuracy or the class histogram — and the same figures for n training
+   digits against the test set, the real-data floor, so that every FID is read as its excess over
+   the floor at the same n;
 4. likelihoods on test digits: reconstruction error (AE, VAE, CVAE), −ELBO and the IWAE bound
    (VAE, CVAE), the variational bound in bits/dim (DDPM, on a subset, stratified over t);
 5. memorisation: the share of samples closer to a training image than 99 % of test digits are.
@@ -23,15 +26,24 @@ from pathlib import Path
 import torch
 
 from genladder import __version__
-from genladder.checkpoint import atomic_write_json, read_json
+from genladder.checkpoint import atomic_write_json, latest_checkpoint, read_json
 from genladder.data import to_signed, to_unit
 from genladder.errors import GenladderError
-from genladder.evaluate.features import FeatureNetwork, embed, load_feature_network
+from genladder.evaluate.features import (
+    SECOND_CLASSIFIER,
+    SHIPPED_CLASSIFIER,
+    FeatureNetwork,
+    embed,
+    load_feature_network,
+)
 from genladder.evaluate.likelihood import ddpm_bits_per_dim, iwae_negative_log_likelihood, vae_negative_elbo
 from genladder.evaluate.metrics import (
+    MIN_MANIFOLD_SAMPLES,
     class_histogram,
     classifier_fid,
     conditional_accuracy,
+    density_coverage,
+    kernel_inception_distance,
     memorisation_share,
     nearest_neighbour_distances,
     precision_recall,
@@ -54,21 +66,31 @@ class EvaluationConfig:
     sampling: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 0  # samples, IWAE and bound noise
     pr_k: int = 3  # neighbourhood size of precision/recall (Kynkäänniemi et al. 2019)
+    dc_k: int = 5  # neighbourhood size of density/coverage (Naeem et al. 2020)
+    kid_subsets: int = 50  # random subsets in the KID estimate and its standard error
+    kid_subset_size: int = 1_000
     iwae_k: int = 100  # importance samples of the IWAE bound
     iwae_images: int = 1_000  # test digits in the IWAE estimate (the ELBO uses all of them)
     bpd_images: int = 200  # test digits in the DDPM bound
     bpd_timesteps: int | None = 50  # KL terms per image in the DDPM bound (None: all T)
     memorisation_samples: int = 2_000  # samples (and test digits) in the nearest-training-image check
     classifier: str | None = None  # classifier file or run folder (default: the shipped MNIST classifier)
+    # the second opinion (default: the shipped second network when ``classifier`` is the shipped one too)
+    second_classifier: str | None = None
+    samples_only: bool = False  # skip likelihoods and memorisation (curves over a sampling knob)
     weights: str = "auto"  # EMA weights when the run has them
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("n", "pr_k", "iwae_k", "iwae_images", "bpd_images", "memorisation_samples"):
+        for name in ("n", "pr_k", "dc_k", "iwae_k", "iwae_images", "bpd_images", "memorisation_samples",
+                     "kid_subset_size"):
             if getattr(self, name) < 1:
                 raise GenladderError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.n <= self.pr_k:
-            raise GenladderError(f"--n must exceed --pr-k = {self.pr_k} for precision and recall, got {self.n}")
+        if self.n <= max(self.pr_k, self.dc_k):
+            raise GenladderError(f"--n must exceed the neighbourhood sizes (--pr-k {self.pr_k}, density/coverage "
+                                 f"k {self.dc_k}), got {self.n}")
+        if self.kid_subsets < 2:
+            raise GenladderError(f"KID needs at least 2 subsets, got {self.kid_subsets}")
 
 
 def _log(message: str, quiet: bool) -> None:
@@ -76,15 +98,15 @@ def _log(message: str, quiet: bool) -> None:
         print(f"genladder: {message}", file=sys.stderr, flush=True)
 
 
-def _real_data(config: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(train images, test images, test labels) as uint8 at the models' size (IDX: 32×32; own images: as they
-    are): the run's train subset, the full test set."""
+def _real_data(config: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train images, train labels, test images, test labels), images uint8 at the models' size (IDX: 32×32;
+    own images: as they are): the run's train subset, the full test set."""
     from genladder.runs import DataConfig, load_data_split
 
     data = DataConfig.from_dict(config["data"])
     train = load_data_split(data, "train", limit=data.limit)
     test = load_data_split(data, "test")
-    return train.images, test.images, test.labels
+    return train.images, train.labels, test.images, test.labels
 
 
 def _sample(run: LoadedRun, evaluation: EvaluationConfig, labels: torch.Tensor | None, progress: bool):
@@ -107,13 +129,37 @@ def _sample(run: LoadedRun, evaluation: EvaluationConfig, labels: torch.Tensor |
     return images, time.perf_counter() - start
 
 
-def _quality(features, reference, predicted, labels, num_classes: int, k: int) -> dict:
-    precision, recall = precision_recall(features, reference, k=k)
-    result = {"classifier_fid": classifier_fid(features, reference), "precision": precision, "recall": recall}
+def quality(drawn, reference, labels: torch.Tensor | None, num_classes: int, evaluation: EvaluationConfig) -> dict:
+    """Every sample-quality figure of one set of embedded images against the embedded reference set.
+
+    ``labels``: the digit each image was drawn as (conditional samples) or is (real digits), else None.
+    """
+    precision, recall = precision_recall(drawn.features, reference.features, k=evaluation.pr_k)
+    density, coverage = density_coverage(drawn.features, reference.features, k=evaluation.dc_k)
+    generator = torch.Generator().manual_seed(evaluation.seed)
+    result = {
+        "n": len(drawn.features),
+        "classifier_fid": classifier_fid(drawn.features, reference.features),
+        "kid": kernel_inception_distance(drawn.features, reference.features, subsets=evaluation.kid_subsets,
+                                         subset_size=evaluation.kid_subset_size, generator=generator),
+        "precision": precision, "recall": recall, "density": density, "coverage": coverage,
+        "class_histogram": class_histogram(drawn.predicted, num_classes),
+    }
     if labels is not None:
-        result["conditional_accuracy"] = conditional_accuracy(predicted, labels, num_classes)
-    result["class_histogram"] = class_histogram(predicted, num_classes)
+        result["conditional_accuracy"] = conditional_accuracy(drawn.predicted, labels, num_classes,
+                                                              drawn.probabilities)
     return result
+
+
+def judge_networks(evaluation: EvaluationConfig) -> dict[str, FeatureNetwork]:
+    """The feature networks to measure with: {"primary": …, "second": …} (the second when there is one)."""
+    networks = {"primary": load_feature_network(evaluation.classifier)}
+    second = evaluation.second_classifier
+    if second is None and evaluation.classifier in (None, str(SHIPPED_CLASSIFIER)) and SECOND_CLASSIFIER.exists():
+        second = SECOND_CLASSIFIER
+    if second is not None:
+        networks["second"] = load_feature_network(second)
+    return networks
 
 
 @torch.no_grad()
@@ -155,7 +201,10 @@ def _autoencoder_likelihoods(run: LoadedRun, test: torch.Tensor, test_labels: to
 @torch.no_grad()
 def _diffusion_likelihood(run: LoadedRun, test: torch.Tensor, test_labels: torch.Tensor,
                           evaluation: EvaluationConfig) -> dict:
+    """The variational bound in bits per real pixel (784 for padded MNIST), beside the perfect denoiser's
+    floor on the same digits; −log p(x | y) for the conditional model, −log p(x) for the unconditional one."""
     from genladder.diffusion import ScheduleConfig, as_eps_fn, conditional, unconditional
+    from genladder.evaluate.likelihood import oracle_eps_function
 
     device = next(run.model.parameters()).device
     count = min(evaluation.bpd_images, len(test))
@@ -165,10 +214,18 @@ def _diffusion_likelihood(run: LoadedRun, test: torch.Tensor, test_labels: torch
     # The conditional model's bound is for p(x | y) with the true label and no guidance.
     fn = conditional(run.model, test_labels[:count].to(device)) if run.kind == "cddpm" else unconditional(run.model)
     eps_fn = as_eps_fn(fn, schedule, schedule_config.prediction)
-    generator = torch.Generator(device=device).manual_seed(evaluation.seed)
-    with torch.inference_mode():
-        return {"bits_per_dim": ddpm_bits_per_dim(eps_fn, schedule, images, timesteps=evaluation.bpd_timesteps,
-                                                  generator=generator)}
+    padded = run.config["data"].get("dataset", "mnist") in ("mnist", "fashion-mnist") and \
+        run.config["data"].get("resize", "pad") == "pad" and tuple(images.shape[-2:]) == (32, 32)
+    dims = 28 * 28 * images.shape[1] if padded else None
+    bound = {}
+    for name, fn_ in (("model", eps_fn), ("floor", oracle_eps_function(schedule, images))):
+        generator = torch.Generator(device=device).manual_seed(evaluation.seed)
+        with torch.inference_mode():
+            bound[name] = ddpm_bits_per_dim(fn_, schedule, images, timesteps=evaluation.bpd_timesteps,
+                                            generator=generator, dims=dims)
+    key = "bits_per_dim_given_label" if run.kind == "cddpm" else "bits_per_dim"
+    return {key: {**bound["model"], "floor": {v: bound["floor"][v] for v in ("beta", "posterior")},
+                  "pixels": "the 28×28 digit (the padding's terms included)" if padded else "every pixel"}}
 
 
 def _training_summary(run_dir: Path, run: LoadedRun) -> dict:
@@ -202,39 +259,52 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
     if config["data"].get("dataset", "mnist") != "mnist" and evaluation.classifier is None:
         raise GenladderError(f"{run_dir} was trained on {config['data']['dataset']}; the shipped classifier reads "
                              "MNIST digits only: pass --classifier with a classifier run trained on that data")
-    _log(f"loading data and the feature network for {run_dir}", quiet)
-    train_images, test_images, test_labels = _real_data(config)
+    _log(f"loading data and the feature networks for {run_dir}", quiet)
+    train_images, train_labels, test_images, test_labels = _real_data(config)
     training = _training_summary(run_dir, run)
     result = {
         "genladder_version": __version__, "run": str(run_dir), "kind": run.kind, "preset": config.get("preset"),
-        "step": training["step"], "weights": run.weights, "parameters": sum(p.numel() for p in run.model.parameters()),
+        "step": training["step"], "checkpoint": run.checkpoint.name, "weights": run.weights,
+        "parameters": sum(p.numel() for p in run.model.parameters()),
         "training": training, "evaluation": asdict(evaluation),
     }
     if run.kind == "classifier":
         result["test_accuracy"] = classifier_accuracy(run.model, test_images, test_labels)
         return _finish(run_dir, result, write)
-    network = load_feature_network(evaluation.classifier)
-    result["classifier"] = {"path": str(network.path), **network.info}
-    reference = embed(network, to_unit(test_images))
-    num_classes = network.classifier.num_classes
 
     if run.kind != "ae":
+        networks = judge_networks(evaluation)
+        num_classes = networks["primary"].classifier.num_classes
         conditional_run = run.kind in ("cvae", "cddpm")
         labels = torch.arange(evaluation.n) % num_classes if conditional_run else None
+        if evaluation.n < MIN_MANIFOLD_SAMPLES:
+            _log(f"warning: at n = {evaluation.n} < {MIN_MANIFOLD_SAMPLES} precision, recall, density and coverage "
+                 "are too coarse to trust (a pure-noise model can score precision above real data's); FID is "
+                 "biased upwards: read it only against the floor at the same n", quiet)
         _log(f"drawing {evaluation.n} samples", quiet)
         samples, seconds = _sample(run, evaluation, labels, progress and not quiet)
         result["sampling"] = {"n": evaluation.n, "seconds": seconds, "seconds_per_image": seconds / evaluation.n}
         if run.kind in ("ddpm", "cddpm"):
             sampling = evaluation.sampling
-            result["sampling"].update(sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance)
-        _log("classifier features, FID, precision/recall of the samples and of the real-data floor", quiet)
-        drawn = embed(network, samples)
-        result["samples"] = _quality(drawn.features, reference.features, drawn.predicted, labels, num_classes,
-                                     evaluation.pr_k)
+            result["sampling"].update(sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
+                                      spacing=sampling.spacing)
         floor_count = min(evaluation.n, len(train_images))
-        real = embed(network, to_unit(train_images[:floor_count]))
-        result["floor"] = {"n": floor_count, **_quality(real.features, reference.features, real.predicted, None,
-                                                        num_classes, evaluation.pr_k)}
+        has_labels = train_labels is not None and len(train_labels) == len(train_images)
+        floor_labels = train_labels[:floor_count] if has_labels else None
+        result["judges"] = {}
+        for role, network in networks.items():
+            _log(f"{role} feature network ({network.classifier.config.arch}): FID, KID, precision/recall, "
+                 f"density/coverage of the samples and of {floor_count} training digits (the floor)", quiet)
+            reference = embed(network, to_unit(test_images))
+            real = embed(network, to_unit(train_images[:floor_count]))
+            result["judges"][role] = {
+                "network": {"path": str(network.path), "arch": network.classifier.config.arch, **network.info},
+                "samples": quality(embed(network, samples), reference, labels, num_classes, evaluation),
+                "floor": quality(real, reference, floor_labels, num_classes, evaluation),
+            }
+    if evaluation.samples_only:
+        return _finish(run_dir, result, write)
+    if run.kind != "ae":
         _log("memorisation: nearest training image of each sample", quiet)
         count = min(evaluation.memorisation_samples, evaluation.n, len(test_images))
         train_flat = to_unit(train_images).flatten(1)
@@ -263,4 +333,10 @@ def read_evaluation(run_dir: str | Path) -> dict:
         raise GenladderError(f"run folder {run_dir} does not exist")
     if not path.exists():
         raise GenladderError(f"{run_dir} has no {EVAL_FILE}; run 'genladder evaluate {run_dir}' first")
-    return read_json(path)
+    result = read_json(path)
+    try:  # a run trained further after its evaluation: report flags the figures as stale
+        newest = latest_checkpoint(run_dir).name
+    except GenladderError:
+        newest = None
+    result["newer_checkpoint"] = newest if newest and result.get("checkpoint") not in (None, newest) else None
+    return result

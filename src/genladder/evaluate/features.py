@@ -1,8 +1,11 @@
-"""The feature network of the metrics: genladder's own MNIST classifier, shipped with the package.
+"""The feature networks of the metrics: genladder's own MNIST classifiers, shipped with the package.
 
-``mnist_classifier.safetensors`` beside this file was written by ``scripts/ship_classifier.py`` from a
-run of ``genladder train classifier``; its metadata records that command and the test accuracy it
-reached, and ``tests/test_evaluate.py`` checks the shipped weights still reach it.
+``mnist_classifier.safetensors`` (the judge: ``genladder train classifier``, a VGG-style network) and
+``mnist_classifier_second.safetensors`` (the second opinion: ``--preset resnet``, another architecture
+and seed, trained the same way) beside this file were written by ``scripts/ship_classifier.py``; their
+metadata record the command and the test accuracy reached, and ``tests/test_evaluate.py`` checks the
+shipped weights still reach it. Both were trained on handwriting-like deformations only
+(``genladder.data.augment``), never on noise or blur, so their features stay sensitive to those.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from genladder.errors import GenladderError
 from genladder.models.classifier import ClassifierConfig, DigitClassifier
 
 SHIPPED_CLASSIFIER = Path(__file__).with_name("mnist_classifier.safetensors")
+SECOND_CLASSIFIER = Path(__file__).with_name("mnist_classifier_second.safetensors")
 
 
 @dataclass
@@ -53,10 +57,12 @@ def load_feature_network(path: str | Path | None = None, device: str | torch.dev
 
 @dataclass
 class Embedding:
-    """What the classifier makes of a set of images: features (N, D) float32 and predicted labels (N,)."""
+    """What the classifier makes of a set of images: features (N, D) float32, predicted labels (N,) and class
+    probabilities (N, K) float32."""
 
     features: torch.Tensor
     predicted: torch.Tensor
+    probabilities: torch.Tensor
 
 
 @torch.no_grad()
@@ -68,10 +74,11 @@ def embed(network: FeatureNetwork, images: torch.Tensor, batch_size: int = 1000)
         raise GenladderError(f"the classifier reads images of shape (N, {', '.join(map(str, expected))}); "
                              f"got {tuple(images.shape)}")
     device = next(network.classifier.parameters()).device
-    features, predicted = [], []
+    features, probabilities = [], []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size].to(device, torch.float32)
         f = network.classifier.features(batch)
         features.append(f.cpu())
-        predicted.append(network.classifier.classify(f).argmax(1).cpu())
-    return Embedding(torch.cat(features), torch.cat(predicted))
+        probabilities.append(network.classifier.classify(f).softmax(1).cpu())
+    probabilities = torch.cat(probabilities)
+    return Embedding(torch.cat(features), probabilities.argmax(1), probabilities)

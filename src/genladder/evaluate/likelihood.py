@@ -67,6 +67,19 @@ def iwae_negative_log_likelihood(
 
 
 # --------------------------------------------------------------------------------------- diffusion
+def oracle_eps_function(schedule: NoiseSchedule, images: torch.Tensor):
+    """The perfect denoiser of a fixed batch: ε = (x_t − √ᾱ_t x₀)/√(1 − ᾱ_t) with the true x₀ (Ho et al. 2020,
+    eq. 4 solved for ε). Scored by :func:`ddpm_bits_per_dim` on the same batch it gives the floor that a
+    fixed-variance reverse process cannot go below, however good its network: what is left is L_T, the
+    discretised decoder's cost at σ_1 and, with σ² = β, the variance mismatch of every KL term."""
+
+    def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ab = schedule.alpha_bar.to(x_t.device, torch.float64)[t].view(-1, *([1] * (x_t.dim() - 1)))
+        return ((x_t.double() - ab.sqrt() * images.to(x_t.device, torch.float64)) / (1 - ab).sqrt()).to(x_t.dtype)
+
+    return eps_fn
+
+
 def normal_kl(mean_1: torch.Tensor, logvar_1: torch.Tensor, mean_2: torch.Tensor, logvar_2: torch.Tensor):
     """KL(N(mean_1, e^logvar_1) ‖ N(mean_2, e^logvar_2)) elementwise, in nats (shapes broadcast)."""
     return 0.5 * (logvar_2 - logvar_1 + torch.exp(logvar_1 - logvar_2)
@@ -109,6 +122,7 @@ def ddpm_bits_per_dim(
     timesteps: int | None = 50,
     generator: torch.Generator | None = None,
     levels: int = 256,
+    dims: int | None = None,
 ) -> dict:
     """The DDPM variational bound −log p(x₀) ≤ L_T + Σ_{t=2}^T L_{t−1} + L_0 in bits per dimension.
 
@@ -125,12 +139,21 @@ def ddpm_bits_per_dim(
     exactly (T network passes per image); otherwise the terms are split into that many equal strata and
     one random t per stratum is scored and weighted by the stratum size, an unbiased stratified
     estimate of the sum. Returns {"beta": bits, "beta_stderr": …, "posterior": …, "posterior_stderr": …,
-    "images", "timesteps", "T"}; the standard error is over images.
+    "images", "timesteps", "T", "dims"}; the standard error is over images.
+
+    ``dims``: the number of dimensions the bits are shared over (default: every pixel of ``images``). MNIST
+    digits are 28×28 = 784 pixels padded with 2 black pixels on each side to 32×32: pass 784. The bound
+    still sums the terms of all 1,024 pixels, because p(x₇₈₄) ≥ p(x₇₈₄, padding = black) makes the whole
+    bound a bound on the digit alone; dividing by 1,024 would dilute the digit's cost with 240 pixels that
+    are always black.
     """
     device = images.device
     T = schedule.T
     schedule = schedule.to(device)
-    num_images, dims = len(images), images[0].numel()
+    num_images = len(images)
+    dims = images[0].numel() if dims is None else dims
+    if not 0 < dims <= images[0].numel():
+        raise GenladderError(f"dims must be in [1, {images[0].numel()}] (the pixels of an image), got {dims}")
     x0 = images.double()
     per_image = {"beta": torch.zeros(num_images, dtype=torch.float64, device=device),
                  "posterior": torch.zeros(num_images, dtype=torch.float64, device=device)}
@@ -182,5 +205,5 @@ def ddpm_bits_per_dim(
         bits = nats / (dims * math.log(2))
         result[variance] = bits.mean().item()
         result[f"{variance}_stderr"] = (bits.std() / math.sqrt(num_images)).item() if num_images > 1 else None
-    result.update(images=num_images, timesteps=len(strata), T=T)
+    result.update(images=num_images, timesteps=len(strata), T=T, dims=dims)
     return result

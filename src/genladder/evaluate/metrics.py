@@ -65,6 +65,39 @@ def classifier_fid(features: torch.Tensor, reference_features: torch.Tensor) -> 
     return frechet_distance(*feature_statistics(features), *feature_statistics(reference_features))
 
 
+def kernel_inception_distance(features: torch.Tensor, reference_features: torch.Tensor, subsets: int = 50,
+                              subset_size: int = 1000, generator: torch.Generator | None = None) -> dict:
+    """KID (Bińkowski et al. 2018, "Demystifying MMD GANs", §3 and appendix D): unbiased MMD² between the two
+    feature sets with the cubic polynomial kernel k(x, y) = (xᵀy / d + 1)³, averaged over random subsets.
+
+    The unbiased estimator (Gretton et al. 2012, eq. 3) on m samples of each set is
+    MMD²_u = 1/(m(m−1)) Σ_{i≠j} [k(x_i, x_j) + k(y_i, y_j)] − 2/m² Σ_{i,j} k(x_i, y_j),
+    whose expectation is exactly the population MMD² — 0 when both sets come from one distribution, at any m
+    (FID's bias grows as its n shrinks, KID's does not). ``subsets`` draws of ``subset_size`` from each set
+    (without replacement within a draw, capped at the smaller set) give the mean and its standard error
+    (std over subsets / √subsets; the subsets overlap when the sets are small, so it is then optimistic).
+    Returns ``{"kid": float, "std_error": float, "subsets": int, "subset_size": int}``.
+    """
+    _check_features(features, "kernel_inception_distance: the samples' features")
+    _check_features(reference_features, "kernel_inception_distance: the reference features")
+    if subsets < 2:
+        raise GenladderError(f"kernel_inception_distance needs at least 2 subsets for a standard error, got {subsets}")
+    x_all, y_all = features.to(torch.float64), reference_features.to(torch.float64)
+    m = min(subset_size, len(x_all), len(y_all))
+    d = x_all.shape[1]
+    generator = generator or torch.Generator().manual_seed(0)
+    estimates = []
+    for _ in range(subsets):
+        x = x_all[torch.randperm(len(x_all), generator=generator)[:m]]
+        y = y_all[torch.randperm(len(y_all), generator=generator)[:m]]
+        k_xx, k_yy, k_xy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+        within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
+        estimates.append(float(within - 2 * k_xy.mean()))
+    values = torch.tensor(estimates, dtype=torch.float64)
+    return {"kid": float(values.mean()), "std_error": float(values.std() / math.sqrt(subsets)),
+            "subsets": subsets, "subset_size": m}
+
+
 def pairwise_distances(a: torch.Tensor, b: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     """Euclidean distances between the rows of a (N, D) and b (M, D) -> (N, M), float32, in row chunks."""
     a, b = a.flatten(1).float(), b.flatten(1).float()
@@ -124,21 +157,72 @@ def precision_recall(features: torch.Tensor, reference_features: torch.Tensor, k
     return precision, recall
 
 
-def conditional_accuracy(predicted: torch.Tensor, requested: torch.Tensor, num_classes: int) -> dict:
+# Below this many vectors per set the k-NN balls of precision/recall and density/coverage are too coarse to
+# mean much: a pure-noise model scored precision 0.97 at n = 100 (above real data's 0.87). Measured on
+# genladder's features; the evaluation warns below it.
+MIN_MANIFOLD_SAMPLES = 1_000
+
+
+def density_coverage(features: torch.Tensor, reference_features: torch.Tensor, k: int = 5) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020, "Reliable fidelity and diversity metrics", eqs. 5–6).
+
+    Balls B(y_j, r_j) around the *real* vectors only, r_j = distance to y_j's k-th nearest real neighbour
+    (k = 5 in the paper). Density = (1/(kM)) Σ_i Σ_j 1[x_i ∈ B(y_j, r_j)]: how many real balls hold each
+    sample, ≈ 1 for real data; unlike precision it is not inflated by a few outlying real vectors with huge
+    balls. Coverage = (1/M) Σ_j 1[some sample lies in B(y_j, r_j)]: the share of real neighbourhoods that
+    samples reach, which drops with missing modes and, unlike recall, does not use balls around samples,
+    so a cloud of bad samples cannot inflate it.
+    """
+    _check_features(features, "density_coverage: the samples' features", minimum=1)
+    _check_features(reference_features, "density_coverage: the reference features", minimum=k + 1)
+    if k < 1:
+        raise GenladderError(f"density_coverage: k must be at least 1, got {k}")
+    radii = _kth_neighbour_radii(reference_features, k)  # (M,)
+    counts = torch.zeros(len(reference_features))  # samples inside each real ball
+    inside_any = 0.0
+    for start in range(0, len(features), 1024):
+        inside = pairwise_distances(features[start : start + 1024], reference_features) <= radii  # (chunk, M)
+        inside_any += inside.sum().item()
+        counts += inside.sum(0)
+    density = inside_any / (k * len(features))
+    coverage = (counts > 0).float().mean().item()
+    return density, coverage
+
+
+STRICT_PROBABILITY = 0.9  # "read as the requested digit with probability ≥ 0.9"
+
+
+def conditional_accuracy(predicted: torch.Tensor, requested: torch.Tensor, num_classes: int,
+                         probabilities: torch.Tensor | None = None) -> dict:
     """Share of samples the classifier reads as the digit they were drawn for, overall and per class.
 
     ``predicted`` and ``requested`` are label vectors (N,). Returns ``{"overall": float,
-    "per_class": [float | None] * num_classes}`` (None for a class with no samples).
+    "per_class": [float | None] * num_classes}`` (None for a class with no samples). Given the
+    classifier's ``probabilities`` (N, num_classes), also the **strict** accuracy: the share read as the
+    requested digit with probability ≥ 0.9 (``strict``, ``strict_per_class``). Argmax accuracy accepts a
+    malformed digit the classifier finds marginally closest to the right class; strict accuracy does not.
     """
     if predicted.shape != requested.shape:
         raise GenladderError(f"conditional_accuracy: {tuple(predicted.shape)} predictions for "
                              f"{tuple(requested.shape)} requested labels")
-    correct = (predicted == requested).float()
-    per_class = []
-    for label in range(num_classes):
-        chosen = requested == label
-        per_class.append(correct[chosen].mean().item() if chosen.any() else None)
-    return {"overall": correct.mean().item(), "per_class": per_class}
+
+    def shares(hit: torch.Tensor) -> tuple[float, list]:
+        per_class = []
+        for label in range(num_classes):
+            chosen = requested == label
+            per_class.append(hit[chosen].mean().item() if chosen.any() else None)
+        return hit.mean().item(), per_class
+
+    overall, per_class = shares((predicted == requested).float())
+    result = {"overall": overall, "per_class": per_class}
+    if probabilities is not None:
+        if probabilities.shape != (len(requested), num_classes):
+            raise GenladderError(f"conditional_accuracy: probabilities of shape {tuple(probabilities.shape)} for "
+                                 f"{len(requested)} samples of {num_classes} classes")
+        p_requested = probabilities.gather(1, requested.long().view(-1, 1)).squeeze(1)
+        result["strict"], result["strict_per_class"] = shares((p_requested >= STRICT_PROBABILITY).float())
+        result["strict_probability"] = STRICT_PROBABILITY
+    return result
 
 
 def class_histogram(predicted: torch.Tensor, num_classes: int) -> dict:

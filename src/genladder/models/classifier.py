@@ -39,7 +39,6 @@ from torch import nn
 from genladder.config import config_from_dict
 from genladder.errors import GenladderError
 
-
 CLASSIFIER_ARCHS = ("vgg", "resnet")
 
 

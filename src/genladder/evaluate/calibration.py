@@ -1,0 +1,101 @@
+"""Calibration of a feature network: what real digits, and real digits spoiled in known ways, score.
+
+Every FID genladder publishes is read against this table (``scripts/calibrate_features.py`` writes it
+into ``docs/ladder.md``): a model whose FID lies below the "σ = 0.05 pixel noise" row draws digits
+closer to the test set than real training digits with faint noise are. Rows, each n images against the
+MNIST test set (the evaluation's reference), under the same metrics as ``genladder evaluate``:
+
+* ``floor`` — n real training digits (what a perfect model scores at this n);
+* ``test halves`` — n digits of one random half of the test set against the other half;
+* ``noise σ=0.05`` / ``noise σ=0.25`` — training digits plus Gaussian pixel noise, clamped to [0, 1];
+* ``blur 3×3`` — training digits under a 3×3 box filter;
+* ``25% pixels noise`` — a random quarter of each digit's pixels replaced by uniform noise;
+* ``digits 0–4 only`` — real training digits of half the classes (mode dropping);
+* ``resized, not padded`` — training digits brought to 32×32 by bilinear resizing instead of padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genladder.data import to_unit
+from genladder.evaluate.evaluation import EvaluationConfig, quality
+from genladder.evaluate.features import FeatureNetwork, embed
+
+CALIBRATION_ROWS = ("floor", "test halves", "noise σ=0.05", "noise σ=0.25", "blur 3×3", "25% pixels noise",
+                    "digits 0–4 only", "resized, not padded")
+
+
+def _spoil(name: str, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Images in [0, 1] (N, C, 32, 32) spoiled as the row ``name`` says."""
+    if name.startswith("noise σ="):
+        sigma = float(name.split("=")[1])
+        return (images + sigma * torch.randn(images.shape, generator=generator)).clamp(0, 1)
+    if name == "blur 3×3":
+        channels = images.shape[1]
+        kernel = torch.full((channels, 1, 3, 3), 1 / 9)
+        return F.conv2d(F.pad(images, (1, 1, 1, 1)), kernel, groups=channels)
+    if name == "25% pixels noise":
+        replace = torch.rand(images.shape, generator=generator) < 0.25
+        return torch.where(replace, torch.rand(images.shape, generator=generator), images)
+    return images
+
+
+def calibration_rows(networks: dict[str, FeatureNetwork], train_28: torch.Tensor, train_labels: torch.Tensor,
+                     test_28: torch.Tensor, test_labels: torch.Tensor, n: int, seed: int = 0,
+                     evaluation: EvaluationConfig | None = None) -> dict[str, dict]:
+    """{row name: {network role: quality figures}} for n images per row (fewer where a row has fewer).
+
+    ``*_28`` are uint8 MNIST digits (N, 1, 28, 28); the reference is the whole test set, padded to 32×32.
+    """
+    from genladder.data import to_32
+
+    evaluation = evaluation or EvaluationConfig(n=n, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    train_order = torch.randperm(len(train_28), generator=generator)
+    chosen = train_order[:n]
+    train = to_unit(to_32(train_28[chosen]))
+    labels = train_labels[chosen]
+    test = to_unit(to_32(test_28))
+    halves = torch.randperm(len(test_28), generator=generator)
+    half_a, half_b = halves[: len(halves) // 2], halves[len(halves) // 2 :]
+    low = train_order[train_labels[train_order] < 5][:n]
+
+    rows: dict[str, dict] = {}
+    for name in CALIBRATION_ROWS:
+        images, row_labels, reference_images = train, labels, test
+        if name == "test halves":
+            images, row_labels, reference_images = test[half_a[:n]], test_labels[half_a[:n]], test[half_b]
+        elif name == "digits 0–4 only":
+            images, row_labels = to_unit(to_32(train_28[low])), train_labels[low]
+        elif name == "resized, not padded":
+            images = to_unit(to_32(train_28[chosen], method="resize"))
+        else:
+            images = _spoil(name, images, generator)
+        rows[name] = {}
+        for role, network in networks.items():
+            reference = embed(network, reference_images)
+            rows[name][role] = quality(embed(network, images), reference, row_labels, 10, evaluation)
+    return rows
+
+
+def calibration_markdown(rows: dict[str, dict], n: int) -> str:
+    """The calibration at one n as a Markdown table: FID (excess over the floor row), KID, P/R, D/C, accuracy."""
+    lines = [f"| row (n = {n:,}) | FID | excess | KID | precision | recall | density | coverage | accuracy / strict "
+             "| FID, 2nd network (excess) |", "|" + "---|" * 10]
+    floor = rows["floor"]
+    for name, judges in rows.items():
+        p = judges["primary"]
+        excess = p["classifier_fid"] - floor["primary"]["classifier_fid"]
+        accuracy = p.get("conditional_accuracy", {})
+        second = judges.get("second")
+        second_text = "–"
+        if second:
+            second_excess = second["classifier_fid"] - floor["second"]["classifier_fid"]
+            second_text = f"{second['classifier_fid']:.3g} ({second_excess:.3g})"
+        lines.append(f"| {name} ({p['n']:,}) | {p['classifier_fid']:.3g} | {excess:.3g} | {p['kid']['kid']:.3g} | "
+                     f"{p['precision']:.3f} | {p['recall']:.3f} | {p['density']:.3f} | {p['coverage']:.3f} | "
+                     f"{accuracy.get('overall', 0) * 100:.2f} % / {accuracy.get('strict', 0) * 100:.2f} % | "
+                     f"{second_text} |")
+    return "\n".join(lines) + "\n"
