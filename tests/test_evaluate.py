@@ -20,16 +20,20 @@ from genladder.evaluate import (
     classifier_fid,
     conditional_accuracy,
     ddpm_bits_per_dim,
+    density_coverage,
     discretized_gaussian_log_likelihood,
     embed,
     frechet_distance,
     iwae_negative_log_likelihood,
+    kernel_inception_distance,
     load_feature_network,
     memorisation_share,
     normal_kl,
     precision_recall,
     reconstruction_error,
 )
+from genladder.errors import GenladderError
+from genladder.evaluate.likelihood import oracle_eps_function
 from genladder.models import VAE, VAEEncoding
 from tests.conftest import MINI_MNIST
 from tests.test_cli import run_cli
@@ -92,6 +96,69 @@ class TestPrecisionRecall:
         assert precision == pytest.approx(0.5, abs=0.05)
 
 
+class TestKID:
+    def test_unbiased_on_two_samples_of_one_gaussian(self):
+        # E[MMD²_u] = 0 exactly when both sets come from one distribution: the mean of many independent
+        # estimates must sit within a few standard errors of 0 (a biased V-statistic sits clearly above 0).
+        generator = torch.Generator().manual_seed(0)
+        estimates = []
+        for _ in range(40):
+            a, b = torch.randn(200, 8, generator=generator), torch.randn(200, 8, generator=generator)
+            estimates.append(kernel_inception_distance(a, b, subsets=2, subset_size=200, generator=generator)["kid"])
+        values = torch.tensor(estimates, dtype=torch.float64)
+        assert abs(values.mean()) < 3 * values.std() / math.sqrt(len(values))
+        biased_gap = 2 * ((torch.ones(1) + 8 / 8) ** 3).item() / 200  # what the i = j kernel terms would add
+        assert abs(values.mean()) < biased_gap / 4
+
+    def test_grows_with_a_mean_shift_and_reports_its_standard_error(self):
+        generator = torch.Generator().manual_seed(1)
+        reference = torch.randn(1000, 8, generator=generator)
+        kids = [kernel_inception_distance(torch.randn(1000, 8, generator=generator) + shift, reference,
+                                          subsets=10, subset_size=500)
+                for shift in (0.0, 0.25, 0.5, 1.0)]
+        values = [k["kid"] for k in kids]
+        assert values == sorted(values) and values[1] > 3 * kids[1]["std_error"]
+        assert abs(values[0]) < 4 * kids[0]["std_error"] + 1e-3
+        assert kids[0]["subsets"] == 10 and kids[0]["subset_size"] == 500
+
+    def test_needs_two_subsets(self):
+        with pytest.raises(GenladderError, match="subsets"):
+            kernel_inception_distance(torch.zeros(5, 2), torch.zeros(5, 2), subsets=1)
+
+
+class TestDensityCoverage:
+    @staticmethod
+    def _modes(n: int, modes: int, seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        centres = torch.eye(8)[:modes] * 10
+        return centres[torch.arange(n) % modes] + torch.randn(n, 8, generator=generator)
+
+    def test_real_data_scores_about_one_and_full_coverage(self):
+        density, coverage = density_coverage(self._modes(2000, 4, 0), self._modes(2000, 4, 1), k=5)
+        assert 0.85 < density < 1.15 and coverage > 0.95
+
+    def test_mode_dropping_lowers_coverage_and_spread_samples_lower_density(self):
+        reference = self._modes(2000, 4, 1)
+        _, coverage = density_coverage(self._modes(2000, 2, 0), reference, k=5)
+        assert coverage == pytest.approx(0.5, abs=0.05)
+        generator = torch.Generator().manual_seed(2)
+        blurred = self._modes(2000, 4, 0) + 1.5 * torch.randn(2000, 8, generator=generator)  # off the manifold
+        density, _ = density_coverage(blurred, reference, k=5)
+        assert density < 0.5
+
+    def test_junk_near_real_outliers_games_precision_not_coverage(self):
+        # Precision counts a sample inside *any* real ball, so a few real outliers with huge k-NN balls make a
+        # cloud of junk look precise; coverage asks which real neighbourhoods the samples reach: almost none.
+        generator = torch.Generator().manual_seed(4)
+        reference = torch.cat([self._modes(1990, 4, 1), 60 * torch.randn(10, 8, generator=generator)])
+        junk = 30 + torch.randn(500, 8, generator=torch.Generator().manual_seed(3))
+        precision, _ = precision_recall(junk, reference, k=5)
+        density, coverage = density_coverage(junk, reference, k=5)
+        real_density, real_coverage = density_coverage(self._modes(2000, 4, 0), reference, k=5)
+        assert precision > 0.9  # gamed
+        assert coverage < 0.01 < real_coverage - 0.9 and density < real_density
+
+
 class TestSimpleMetrics:
     def test_conditional_accuracy_and_histogram(self):
         predicted, requested = torch.tensor([0, 1, 1, 2, 2, 2]), torch.tensor([0, 1, 2, 2, 2, 0])
@@ -103,6 +170,16 @@ class TestSimpleMetrics:
         assert histogram["smallest"] == pytest.approx(1 / 6)
         assert class_histogram(torch.zeros(10, dtype=torch.long), 10)["kl_from_uniform"] == pytest.approx(math.log(10))
         assert class_histogram(torch.arange(10), 10)["kl_from_uniform"] == pytest.approx(0.0)
+
+    def test_strict_accuracy_needs_probability_at_least_0_9(self):
+        requested = torch.tensor([0, 0, 1, 1])
+        probabilities = torch.tensor([[0.95, 0.05], [0.6, 0.4], [0.1, 0.9], [0.55, 0.45]])
+        accuracy = conditional_accuracy(probabilities.argmax(1), requested, 2, probabilities)
+        assert accuracy["overall"] == pytest.approx(0.75)  # argmax accepts the marginal 0.6 reading
+        assert accuracy["strict"] == pytest.approx(0.5)  # only 0.95 and 0.9 count
+        assert accuracy["strict_per_class"] == [pytest.approx(0.5), pytest.approx(0.5)]
+        with pytest.raises(GenladderError, match="probabilities"):
+            conditional_accuracy(requested, requested, 3, probabilities)
 
     def test_reconstruction_error(self):
         originals = torch.zeros(2, 1, 4, 4)
@@ -207,6 +284,21 @@ class TestDiffusionBound:
                                        generator=torch.Generator().manual_seed(1))
             assert result["posterior"] == pytest.approx(expected, rel=1e-6)
             assert result["beta"] > result["posterior"]  # β_t > β̃_t costs KL even with the exact mean
+
+    def test_bits_are_shared_over_the_digit_pixels_only(self):
+        # A 2×2 "digit" inside a 4×4 black frame, scored by the perfect denoiser: the bound sums the nats of all
+        # 16 pixels (the frame's too, so it stays a bound on the digit alone) and divides by 4 real pixels.
+        schedule = NoiseSchedule.linear(20, 1e-3, 0.2)
+        x0 = -torch.ones(3, 1, 4, 4, dtype=torch.float64)
+        x0[:, :, 1:3, 1:3] = torch.rand(3, 1, 2, 2, generator=torch.Generator().manual_seed(0)).double()
+        fn = oracle_eps_function(schedule, x0)
+        whole = ddpm_bits_per_dim(fn, schedule, x0, timesteps=None, generator=torch.Generator().manual_seed(1))
+        digit = ddpm_bits_per_dim(fn, schedule, x0, timesteps=None, generator=torch.Generator().manual_seed(1),
+                                  dims=4)
+        assert whole["dims"] == 16 and digit["dims"] == 4
+        assert digit["posterior"] == pytest.approx(whole["posterior"] * 16 / 4, rel=1e-9)
+        with pytest.raises(GenladderError, match="dims"):
+            ddpm_bits_per_dim(fn, schedule, x0, dims=17)
 
     def test_stratified_estimate_matches_the_exact_sum(self):
         schedule = NoiseSchedule.linear(40, 1e-3, 0.2)

@@ -104,10 +104,10 @@ def elastic_displacement(batch: int, height: int, width: int, config: AugmentCon
     """
     kernel = _gaussian_kernel(config.elastic_smoothness_px).to(device)
     radius = len(kernel) // 2
-    noise = torch.randn(batch * 2, 1, height, width, generator=generator, device=device)
-    # Separable blur, reflect-padded so the border keeps the same variance as the middle.
-    field = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    field = F.conv2d(F.pad(field, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    # Noise on a canvas larger by the kernel radius, blurred without padding ("valid"), so every output
+    # pixel averages independent noise and the variance is the same at the border as in the middle.
+    noise = torch.randn(batch * 2, 1, height + 2 * radius, width + 2 * radius, generator=generator, device=device)
+    field = F.conv2d(F.conv2d(noise, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))  # (2B, 1, H, W)
     field = field / kernel.square().sum()  # 1-D Σk² once per axis: (Σk²)² for the 2-D kernel, sqrt → Σk²
     field = field.view(batch, 2, height, width) * config.elastic_px
     scale = torch.tensor([2 / width, 2 / height], device=device).view(1, 2, 1, 1)  # pixels -> normalised
