@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from genladder.data import to_unit
 from genladder.evaluate.evaluation import EvaluationConfig, quality
-from genladder.evaluate.features import FeatureNetwork, embed
+from genladder.evaluate.features import Embedding, FeatureNetwork, embed
 
 CALIBRATION_ROWS = ("floor", "test halves", "noise σ=0.05", "noise σ=0.25", "blur 3×3", "25% pixels noise",
                     "digits 0–4 only", "resized, not padded")
@@ -62,22 +62,30 @@ def calibration_rows(networks: dict[str, FeatureNetwork], train_28: torch.Tensor
     half_a, half_b = halves[: len(halves) // 2], halves[len(halves) // 2 :]
     low = train_order[train_labels[train_order] < 5][:n]
 
+    references = {role: embed(network, test) for role, network in networks.items()}  # once per network
     rows: dict[str, dict] = {}
     for name in CALIBRATION_ROWS:
-        images, row_labels, reference_images = train, labels, test
-        if name == "test halves":
-            images, row_labels, reference_images = test[half_a[:n]], test_labels[half_a[:n]], test[half_b]
-        elif name == "digits 0–4 only":
+        images, row_labels = train, labels
+        if name == "digits 0–4 only":
             images, row_labels = to_unit(to_32(train_28[low])), train_labels[low]
         elif name == "resized, not padded":
             images = to_unit(to_32(train_28[chosen], method="resize"))
-        else:
+        elif name != "test halves":
             images = _spoil(name, images, generator)
         rows[name] = {}
         for role, network in networks.items():
-            reference = embed(network, reference_images)
-            rows[name][role] = quality(embed(network, images), reference, row_labels, 10, evaluation)
+            reference = references[role]
+            if name == "test halves":  # n digits of one half against the other half of the test set
+                drawn, reference = _subset(reference, half_a[:n]), _subset(reference, half_b)
+                row_labels = test_labels[half_a[:n]]
+            else:
+                drawn = embed(network, images)
+            rows[name][role] = quality(drawn, reference, row_labels, 10, evaluation)
     return rows
+
+
+def _subset(embedding: Embedding, index: torch.Tensor) -> Embedding:
+    return Embedding(embedding.features[index], embedding.predicted[index], embedding.probabilities[index])
 
 
 def calibration_markdown(rows: dict[str, dict], n: int) -> str:

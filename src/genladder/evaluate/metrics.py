@@ -122,14 +122,29 @@ def nearest_neighbour_distances(a: torch.Tensor, b: torch.Tensor, chunk: int = 1
     return (a - b[nearest]).norm(dim=1)
 
 
+_RADII_CACHE: dict[tuple, torch.Tensor] = {}
+_RADII_NEIGHBOURS = 5  # one pass gives the radii for every k up to this (3 for precision/recall, 5 for density)
+
+
 def _kth_neighbour_radii(features: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
-    """Distance from each vector to its k-th nearest *other* vector of the same set (N,)."""
-    radii = []
-    for start in range(0, len(features), chunk):
-        distances = pairwise_distances(features[start : start + chunk], features)
-        # the k+1 smallest include the vector itself at distance 0
-        radii.append(distances.topk(k + 1, dim=1, largest=False).values[:, k])
-    return torch.cat(radii)
+    """Distance from each vector to its k-th nearest *other* vector of the same set (N,).
+
+    The reference set is the same for every sample set an evaluation compares, and its N² distances are the
+    costliest part of these metrics: the sorted neighbour distances of the last few sets are kept, keyed by
+    the tensor's storage, shape and a checksum of its values.
+    """
+    depth = max(k, _RADII_NEIGHBOURS)
+    key = (features.data_ptr(), tuple(features.shape), float(features.double().sum()), depth)
+    if key not in _RADII_CACHE:
+        nearest = []
+        for start in range(0, len(features), chunk):
+            distances = pairwise_distances(features[start : start + chunk], features)
+            # the depth + 1 smallest include the vector itself at distance 0
+            nearest.append(distances.topk(min(depth + 1, len(features)), dim=1, largest=False).values)
+        if len(_RADII_CACHE) >= 8:
+            _RADII_CACHE.pop(next(iter(_RADII_CACHE)))
+        _RADII_CACHE[key] = torch.cat(nearest)
+    return _RADII_CACHE[key][:, k]
 
 
 def _coverage(manifold: torch.Tensor, radii: torch.Tensor, queries: torch.Tensor, chunk: int = 1024) -> float:
