@@ -91,3 +91,16 @@ class TestLearningRateSchedule:
             TrainConfig(lr_schedule="step")
         with pytest.raises(GenladderError, match="weight-decay"):
             TrainConfig(weight_decay=0.1)  # Adam's coupled L2 is not what the flag means
+
+
+class TestEmaHalfLife:
+    def test_decay_per_step_halves_a_weight_after_the_half_life(self):
+        from genladder.training.loop import ema_decay_per_step
+
+        config = TrainConfig(ema_half_life_images=10_000, ema_decay=0.9)
+        for batch in (64, 128, 512):
+            decay = ema_decay_per_step(config, batch)
+            assert decay ** (10_000 / batch) == pytest.approx(0.5)  # the same half-life in images at any batch
+        assert ema_decay_per_step(TrainConfig(ema_decay=0.999), 128) == 0.999
+        with pytest.raises(GenladderError, match="half-life"):
+            TrainConfig(ema_half_life_images=0)

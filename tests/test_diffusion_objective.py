@@ -132,3 +132,38 @@ class TestAsEpsFn:
     def test_bad_prediction(self):
         with pytest.raises(GenladderError):
             as_eps_fn(lambda x, t: x, SCHEDULE, "score")
+
+
+class TestMinSNRWeighting:
+    """Min-SNR-γ (Hang et al. 2023): x0-loss weight min(SNR, γ), expressed for the regressed target."""
+
+    @pytest.mark.parametrize("prediction,factor", [("x0", lambda snr: 1.0), ("eps", lambda snr: 1 / snr),
+                                                   ("v", lambda snr: 1 / (snr + 1))])
+    def test_weights_follow_the_formula(self, prediction, factor):
+        schedule = NoiseSchedule.cosine(1000)
+        objective = DiffusionObjective(schedule, prediction=prediction, min_snr_gamma=5.0)
+        t = torch.tensor([0, 100, 500, 900, 999])
+        ab = schedule.alpha_bar[t].double()
+        snr = ab / (1 - ab)
+        expected = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) * torch.tensor(
+            [factor(float(v)) for v in snr], dtype=torch.float64)
+        assert torch.allclose(objective.loss_weight(t).double(), expected, rtol=1e-5)
+        if prediction == "v":  # weights for v lie in (0, γ/(γ+1)]: easy steps are damped, none amplified
+            assert float(objective.loss_weight(t).max()) <= 5 / 6 + 1e-6
+
+    def test_weighted_loss_is_the_weighted_mean_of_per_image_errors(self):
+        schedule = NoiseSchedule.cosine(100)
+        objective = DiffusionObjective(schedule, prediction="eps", min_snr_gamma=1.0)
+        images = torch.zeros(6, 1, 4, 4)
+        model = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731  error = ε², so the loss is Σ w·mean(ε²)/B
+        g = torch.Generator().manual_seed(0)
+        loss, _ = objective(model, images, generator=g)
+        g = torch.Generator().manual_seed(0)
+        t = torch.randint(0, 100, (6,), generator=g)
+        eps = torch.randn(images.shape, generator=g)
+        expected = (objective.loss_weight(t) * eps.pow(2).flatten(1).mean(1)).mean()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+    def test_bad_gamma_refused(self):
+        with pytest.raises(GenladderError, match="min_snr_gamma"):
+            DiffusionObjective(NoiseSchedule.cosine(10), min_snr_gamma=0.0)

@@ -123,3 +123,26 @@ class TestUnconditional:
         x, t = batch()
         with torch.no_grad():
             assert torch.equal(unconditional(net)(x, t), net(x, t))
+
+
+class TestGuidanceInterval:
+    def test_guided_only_inside_the_sigma_interval(self):
+        from genladder.diffusion import guidance_interval
+
+        schedule = NoiseSchedule.cosine(1000)
+        sigmas = ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt()
+        fn = guidance_interval(lambda x, t: torch.ones_like(x), lambda x, t: torch.zeros_like(x), schedule, 0.3, 5.0)
+        x = torch.zeros(2, 1, 2, 2)
+        for t in (0, 100, 300, 500, 700, 900, 999):
+            inside = 0.3 < float(sigmas[t]) <= 5.0
+            assert fn(x, torch.full((2,), t)).mean().item() == (1.0 if inside else 0.0), t
+        assert any(0.3 < float(sigmas[t]) <= 5.0 for t in (300, 500, 700))  # the test sees both cases
+
+    def test_bad_interval_refused(self):
+        from genladder.diffusion import guidance_interval
+        from genladder.sampling import SamplerConfig
+
+        with pytest.raises(GenladderError, match="interval"):
+            guidance_interval(None, None, NoiseSchedule.cosine(10), 2.0, 1.0)
+        with pytest.raises(GenladderError, match="interval"):
+            SamplerConfig(guidance_interval=(3.0, 3.0))

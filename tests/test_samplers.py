@@ -10,10 +10,10 @@ import torch
 from genladder.diffusion.samplers import (
     ddim_step,
     ddpm_step,
+    karras_timesteps,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
-    karras_timesteps,
     spaced_timesteps,
 )
 from genladder.diffusion.schedule import NoiseSchedule

@@ -187,11 +187,14 @@ def training_images(size: int = 16) -> torch.Tensor:
 
 
 class TestEndToEnd:
-    def test_tiny_conditional_unet_memorises_and_guided_ddim_reproduces(self):
-        """UNet + DiffusionObjective (label dropout) + CFG wrapper + DDIM, all together.
+    @pytest.mark.parametrize("prediction,spacing", [("eps", "trailing"), ("v", "karras")])
+    def test_tiny_conditional_unet_memorises_and_guided_ddim_reproduces(self, prediction, spacing):
+        """UNet + DiffusionObjective (label dropout) + CFG wrapper + DDIM, all together; an ε-network with
+        the trailing spacing and a v-network (the cpu-fast recipe's target) with the Karras spacing.
 
-        Catches: wrong ε target or q_sample, labels ignored or misrouted, guidance/sampler sign errors,
-        a broken skip path. An untrained or label-blind chain gives MSE ≈ 1 (images differ by ≥ 1.0).
+        Catches: wrong ε/v target or q_sample, labels ignored or misrouted, guidance/sampler sign errors,
+        a broken skip path, a wrong v → ε conversion. An untrained or label-blind chain gives MSE ≈ 1
+        (images differ by ≥ 1.0).
         """
         torch.manual_seed(0)
         images = training_images()
@@ -199,7 +202,7 @@ class TestEndToEnd:
                          num_classes=4, dropout=0.0)
         net = UNet(cfg)
         schedule = ScheduleConfig(kind="cosine", T=100).build()
-        objective = DiffusionObjective(schedule, prediction="eps", label_dropout=0.15, num_classes=4)
+        objective = DiffusionObjective(schedule, prediction=prediction, label_dropout=0.15, num_classes=4)
         steps = 300
         opt = torch.optim.Adam(net.parameters(), lr=3e-3)
         lr_decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -218,8 +221,8 @@ class TestEndToEnd:
         net.eval()
         wanted = torch.arange(4).repeat(4)  # 4 samples of each image
         x_T = torch.randn(16, 1, 16, 16, generator=torch.Generator().manual_seed(100))
-        eps_fn = as_eps_fn(classifier_free_guidance(net, wanted, 2.0, null_label=4), schedule, "eps")
-        samples = sample_ddim(eps_fn, schedule, x_T, steps=20)
+        eps_fn = as_eps_fn(classifier_free_guidance(net, wanted, 2.0, null_label=4), schedule, prediction)
+        samples = sample_ddim(eps_fn, schedule, x_T, steps=20, spacing=spacing)
         mse = ((samples[:, None] - images[None]) ** 2).mean(dim=(2, 3, 4))  # (16, 4)
         assert (mse[torch.arange(16), wanted] < 0.1).all(), mse[torch.arange(16), wanted]
         assert torch.equal(mse.argmin(dim=1), wanted)

@@ -84,7 +84,11 @@ def _add_train_parser(subparsers) -> None:
     diffusion.add_argument("--prediction", choices=("eps", "x0", "v"), help="what the network predicts")
     diffusion.add_argument("--label-dropout", type=float, help="cddpm: share of labels replaced by the null "
                            "label in training (default 0.15)")
-    diffusion.add_argument("--ema-decay", type=float, help="decay of the weights' EMA used for sampling")
+    diffusion.add_argument("--ema-decay", type=float, help="decay per step of the weights' EMA used for sampling")
+    diffusion.add_argument("--ema-half-life-images", type=int, help="the EMA's half-life in training images "
+                           "(replaces --ema-decay; the same at any batch size)")
+    diffusion.add_argument("--min-snr-gamma", type=float, help="Min-SNR-gamma loss weighting (Hang et al. 2023; "
+                           "5 in the paper; default off)")
     data = p.add_argument_group("data")
     data.add_argument("--data", "--dataset", dest="dataset", metavar="DATA",
                       help="mnist (default), fashion-mnist, or your own images: a folder (one sub-folder per class "
@@ -195,6 +199,18 @@ def _add_test_digit_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
 
+def _interval(text: str) -> tuple[float, float]:
+    import math
+
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers LOW,HIGH, got {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high):
+        raise argparse.ArgumentTypeError(f"expected 0 <= LOW < HIGH, finite, got {text!r}")
+    return low, high
+
+
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp"), default="dpmpp",
                    help="diffusion: ancestral ddpm, ddim, or DPM-Solver++(2M) (default dpmpp)")
@@ -207,6 +223,8 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spacing", choices=("karras", "trailing"), default="karras",
                    help="diffusion: timesteps at Karras et al.'s noise levels down to the smallest trained one "
                    "(default), or trailing (genladder <= 0.3; its last step jumps from sigma ~ 0.09)")
+    p.add_argument("--guidance-interval", type=_interval, help="cddpm: apply guidance only where the noise level "
+                   "sigma_t lies in LOW,HIGH (Kynkaanniemi et al. 2024), e.g. 0.3,5; default: every step")
     p.add_argument("--batch-size", type=int, default=100, help="images per sampler call (default 100, the fastest "
                    "on CPU; more on a GPU)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -311,6 +329,8 @@ def _config_from_args(args: argparse.Namespace) -> dict:
         model = AutoencoderConfig.preset(kind, preset, **shape, **overrides).to_dict()
         objective = {"kl_weight": given.get("kl_weight", 1.0)} if kind != "ae" else {}
         train_defaults = {}
+    if "epochs" in given and "steps" not in given:  # an explicit --epochs beats a preset's step budget
+        train_defaults.pop("steps", None)
     train = TrainConfig.from_dict({**train_defaults, **given})
     return {"kind": kind, "preset": preset, "model": model, "objective": objective,
             "data": {**asdict(data), **facts}, "train": asdict(train), "genladder_version": __version__}

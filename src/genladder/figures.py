@@ -106,7 +106,8 @@ def sampler_config(args: argparse.Namespace):
 
     steps = args.steps if args.steps is not None else (None if args.sampler == "ddpm" else 20)
     return SamplerConfig(sampler=args.sampler, steps=steps, guidance=args.guidance, eta=args.eta,
-                         variance=args.variance, spacing=args.spacing, batch_size=args.batch_size)
+                         variance=args.variance, spacing=args.spacing, batch_size=args.batch_size,
+                         guidance_interval=args.guidance_interval)
 
 
 def _diffusion_images(run: LoadedRun, labels, n: int, args, generator, callback=None) -> torch.Tensor:

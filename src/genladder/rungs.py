@@ -59,6 +59,7 @@ def make_objective(kind: str, objective_config: dict, model_config: dict):
         prediction=schedule_config.prediction,
         label_dropout=objective_config.get("label_dropout", 0.15) if is_conditional(kind) else 0.0,
         num_classes=model_config.get("num_classes") or None,
+        min_snr_gamma=objective_config.get("min_snr_gamma"),
     )
 
 

@@ -7,7 +7,7 @@ Typical use::
     images = sample_ddim(eps_fn, schedule, torch.randn(len(labels), 1, 32, 32), steps=50)
 """
 
-from genladder.diffusion.guidance import classifier_free_guidance, conditional, unconditional
+from genladder.diffusion.guidance import classifier_free_guidance, conditional, guidance_interval, unconditional
 from genladder.diffusion.objective import DiffusionObjective, as_eps_fn
 from genladder.diffusion.samplers import (
     SPACINGS,
@@ -39,6 +39,7 @@ __all__ = [
     "as_eps_fn",
     "classifier_free_guidance",
     "conditional",
+    "guidance_interval",
     "ddim_step",
     "ddpm_step",
     "sample_ddim",

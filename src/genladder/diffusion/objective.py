@@ -38,8 +38,11 @@ class DiffusionObjective:
     prediction: str = "eps"  # one of PREDICTION_TYPES
     label_dropout: float = 0.15  # p_uncond of Ho & Salimans 2022 (they found 0.1–0.2 best)
     num_classes: int | None = None  # None ⇒ unconditional; else null label index = num_classes
+    min_snr_gamma: float | None = None  # Min-SNR-γ loss weighting (Hang et al. 2023); None: unweighted
 
     def __post_init__(self) -> None:
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise GenladderError(f"min_snr_gamma must be positive, got {self.min_snr_gamma}")
         if self.prediction not in PREDICTION_TYPES:
             raise GenladderError(f"prediction must be one of {PREDICTION_TYPES}, got {self.prediction!r}")
         if not 0.0 <= self.label_dropout <= 1.0:
@@ -74,9 +77,27 @@ class DiffusionObjective:
         target = self.target(images, eps, t)
         per_image = (output.float() - target.float()).pow(2).flatten(1)  # (B, C·H·W)
         loss = per_image.mean()
+        if self.min_snr_gamma is not None:
+            loss = (self.loss_weight(t).to(per_image.dtype) * per_image.mean(1)).mean()
         metrics["loss"] = loss.item()
         metrics["loss_sum_px"] = per_image.sum(dim=1).mean().item()  # the tutorial's reduction
         return loss, metrics
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-γ weights (Hang et al. 2023, eq. 7 and §3.4) per sample (B,), SNR_t = ᾱ_t / (1 − ᾱ_t).
+
+        The x0-loss weight min(SNR, γ) clips the easy low-noise steps that dominate training; expressed for
+        the target actually regressed (‖ε − ε̂‖² = SNR·‖x0 − x̂0‖², ‖v − v̂‖² = (SNR + 1)·‖x0 − x̂0‖²) it is
+        min(SNR, γ)/SNR for ε and min(SNR, γ)/(SNR + 1) for v.
+        """
+        alpha_bar = self.schedule.alpha_bar.to(t.device)[t].double()
+        snr = alpha_bar / (1 - alpha_bar)
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        if self.prediction == "eps":
+            return (clipped / snr).float()
+        if self.prediction == "v":
+            return (clipped / (snr + 1)).float()
+        return clipped.float()
 
     def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the network regresses onto, for this objective's prediction type."""

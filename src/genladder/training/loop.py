@@ -55,6 +55,9 @@ class TrainConfig:
     seed: int = 0  # weights, data order and noise all follow from it
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
     ema_decay: float | None = None  # EMA of the weights (torch.optim.swa_utils); None: no EMA
+    # the EMA's half-life in training images (Karras et al. 2022, EDM, "ema_halflife_kimg"): when set it
+    # replaces ema_decay, so the average spans the same images at any batch size or number of processes
+    ema_half_life_images: int | None = None
     checkpoint_every: int = 500  # steps between checkpoints (also at each epoch end and at the end)
     keep_checkpoints: int = 2  # newest complete checkpoints kept on disk
     log_every: int = 50  # steps between train-loss records in metrics.jsonl
@@ -88,6 +91,8 @@ class TrainConfig:
             raise GenladderError(f"--adam-beta2 must be in [0, 1), got {self.adam_beta2}")
         if not self.weight_decay >= 0 or (self.weight_decay and self.optimizer != "adamw"):
             raise GenladderError(f"--weight-decay must be >= 0 and needs --optimizer adamw, got {self.weight_decay}")
+        if self.ema_half_life_images is not None and self.ema_half_life_images < 1:
+            raise GenladderError(f"--ema-half-life-images must be at least 1, got {self.ema_half_life_images}")
         if self.precision not in PRECISIONS:
             raise GenladderError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.time_budget is not None and not self.time_budget > 0:
@@ -130,6 +135,14 @@ def learning_rate(config: TrainConfig, images_seen: int, total_images: int) -> f
     if config.lr_schedule == "cosine":
         return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
     return config.lr * (1 - progress)
+
+
+def ema_decay_per_step(config: TrainConfig, images_per_step: int) -> float | None:
+    """The EMA decay of one update: ``ema_decay``, or 0.5^(images per step / half-life) so that after
+    ``ema_half_life_images`` images a weight's share in the average has halved (EDM's rule)."""
+    if config.ema_half_life_images is not None:
+        return 0.5 ** (images_per_step / config.ema_half_life_images)
+    return config.ema_decay
 
 
 def epoch_permutation(num_items: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -193,7 +206,7 @@ class Optimisation:
     memory_format: torch.memory_format
 
 
-def build_optimisation(model: torch.nn.Module, config: TrainConfig) -> Optimisation:
+def build_optimisation(model: torch.nn.Module, config: TrainConfig, images_per_step: int | None = None) -> Optimisation:
     """Memory format, optional torch.compile, Adam/AdamW and the weight EMA of ``config``, in that order."""
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
@@ -202,9 +215,9 @@ def build_optimisation(model: torch.nn.Module, config: TrainConfig) -> Optimisat
     optimizer = optimizer_class(model.parameters(), lr=config.lr, betas=(0.9, config.adam_beta2),
                                 weight_decay=config.weight_decay)
     ema = None
-    if config.ema_decay is not None:
-        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(config.ema_decay),
-                                                  use_buffers=True)
+    decay = ema_decay_per_step(config, images_per_step or config.batch_size)
+    if decay is not None:
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(decay), use_buffers=True)
     return Optimisation(model, step_model, optimizer, ema, memory_format)
 
 
@@ -255,7 +268,7 @@ def train(
     per_epoch = plan.steps
     total_steps = config.steps if config.steps is not None else config.epochs * per_epoch
     # The step runs the compiled network when asked; checkpoints, EMA and previews keep the plain module.
-    optimisation = build_optimisation(model, config)
+    optimisation = build_optimisation(model, config, images_per_step=config.batch_size * ctx.world_size)
     step_model, optimizer, ema = optimisation.step_model, optimisation.optimizer, optimisation.ema
     memory_format = optimisation.memory_format
 
