@@ -1,9 +1,10 @@
 """Likelihood bounds on held-out data: the ELBO and IWAE bound of a VAE, and the DDPM variational bound.
 
 Units: nats per image for the VAEs, bits per dimension for diffusion (the convention of each
-literature). For the VAE family with the Bernoulli decoder these are the numbers papers report on
-MNIST (on binarised digits; on grey levels the Bernoulli "likelihood" is a cross-entropy, so
-compare like with like). With the Gaussian decoder (σ² = ½) they are continuous densities.
+literature). With the Bernoulli decoder on grey-level digits (intensities as targets) the VAE figure
+is a cross-entropy, not a normalised likelihood: papers report binarised MNIST, which genladder's
+data are not, so no published number can be set beside it. With the Gaussian decoder (σ² = ½) the
+figures are continuous densities.
 """
 
 from __future__ import annotations
