@@ -263,6 +263,7 @@ def _add_evaluate_parsers(subparsers) -> None:
                    "MNIST classifier)")
     p.add_argument("--second-classifier", help="the second opinion: another classifier run folder or file "
                    "(default: the shipped second network, when --classifier is not given)")
+    p.add_argument("--checkpoint", help="a kept checkpoint of the run, e.g. step_0000430 (default: the newest)")
     p.add_argument("--json", action="store_true", help="print eval.json to stdout instead of the table")
 
     p = subparsers.add_parser("guidance-curve", help="cddpm: accuracy, FID, KID, precision and recall against the "
@@ -399,7 +400,8 @@ def _evaluation_config(args: argparse.Namespace, **changes):
         n=args.n, sampling=sampler_config(args), seed=args.seed, classifier=args.classifier,
         second_classifier=args.second_classifier, weights=args.weights, device=args.device,
     )
-    for name in ("pr_k", "iwae_k", "iwae_images", "bpd_images", "bpd_timesteps", "memorisation_samples"):
+    for name in ("pr_k", "iwae_k", "iwae_images", "bpd_images", "bpd_timesteps", "memorisation_samples",
+                 "checkpoint"):
         if hasattr(args, name):
             values[name] = getattr(args, name)
     return EvaluationConfig(**{**values, **changes})

@@ -259,13 +259,21 @@ class LoadedRun:
     weights: str  # "ema" or "model"
 
 
-def load_run(run_dir: str | Path, weights: str = "auto", device: str = "auto") -> LoadedRun:
-    """Load the newest checkpoint of a run, in eval mode.
+def load_run(run_dir: str | Path, weights: str = "auto", device: str = "auto",
+             checkpoint_name: str | None = None) -> LoadedRun:
+    """Load the newest checkpoint of a run (or the one named, e.g. ``step_0000430``), in eval mode.
 
     ``weights``: "auto" (the EMA weights when the run has them), "ema" or "model".
     """
     config = read_run_config(run_dir)
-    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint_name is None:
+        checkpoint = latest_checkpoint(run_dir)
+    else:
+        checkpoint = Path(run_dir) / "checkpoints" / checkpoint_name
+        if "/" in checkpoint_name or not (checkpoint / "model.safetensors").is_file():
+            kept = sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("step_*"))
+            raise GenladderError(f"{run_dir} has no complete checkpoint {checkpoint_name!r}; it keeps "
+                                 f"{', '.join(kept) or 'none'}")
     if weights == "auto":
         weights = "ema" if (checkpoint / "ema.safetensors").exists() else "model"
     if weights not in ("ema", "model"):

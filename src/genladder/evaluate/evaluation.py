@@ -18,6 +18,7 @@ The steps, for a run of any rung:
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -78,6 +79,7 @@ class EvaluationConfig:
     # the second opinion (default: the shipped second network when ``classifier`` is the shipped one too)
     second_classifier: str | None = None
     samples_only: bool = False  # skip likelihoods and memorisation (curves over a sampling knob)
+    checkpoint: str | None = None  # a kept checkpoint folder's name (default: the newest)
     weights: str = "auto"  # EMA weights when the run has them
     device: str = "auto"
 
@@ -231,12 +233,14 @@ def _diffusion_likelihood(run: LoadedRun, test: torch.Tensor, test_labels: torch
 def _training_summary(run_dir: Path, run: LoadedRun) -> dict:
     """Training time, steps and median images/s from the run's checkpoint and metrics.jsonl."""
     state = read_json(run.checkpoint / "trainer_state.json") if (run.checkpoint / "trainer_state.json").exists() else {}
+    # Speeds of the steps up to this checkpoint only (an earlier checkpoint of a longer run).
     speeds = []
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
         for line in metrics.read_text().splitlines():
             record = json.loads(line) if line.strip() else {}
-            if record.get("split") == "train" and "images_per_s" in record:
+            if record.get("split") == "train" and "images_per_s" in record and \
+                    record.get("step", 0) <= (state.get("step") or math.inf):
                 speeds.append(record["images_per_s"])
     speeds.sort()
     return {"seconds": state.get("train_seconds"), "step": state.get("step"), "images_seen": state.get("images_seen"),
@@ -254,7 +258,8 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
     """Measure everything that applies to the run in ``run_dir``; write ``eval.json`` there (``write``)."""
     evaluation = evaluation or EvaluationConfig()
     run_dir = Path(run_dir)
-    run = load_run(run_dir, weights=evaluation.weights, device=evaluation.device)
+    run = load_run(run_dir, weights=evaluation.weights, device=evaluation.device,
+                   checkpoint_name=evaluation.checkpoint)
     config = run.config
     if config["data"].get("dataset", "mnist") != "mnist" and evaluation.classifier is None:
         raise GenladderError(f"{run_dir} was trained on {config['data']['dataset']}; the shipped classifier reads "
