@@ -1,6 +1,6 @@
 """Sample-quality metrics over feature vectors and images: plain functions, no models, no files.
 
-Features are the penultimate layer of genladder's digit classifier (``genladder.evaluate.features``);
+Features are the penultimate layer (before its ReLU) of genladder's digit classifiers (``genladder.evaluate.features``);
 images are float tensors in [0, 1], shape (N, C, H, W). Every function states what it measures and
 where it comes from. Statistics are accumulated in float64 (NVlabs/edm's habit for FID).
 """

@@ -14,7 +14,7 @@ Two architectures, so that every headline figure can be checked by a second, dif
     [3×3 conv, ReLU] × 2 → 2× max-pool     (widths[0], 32 → 16 px)
     [3×3 conv, ReLU] × 2 → 2× max-pool     (widths[1], 16 → 8 px)
     [3×3 conv, ReLU]     → 2× max-pool     (widths[2], 8 → 4 px)
-    flatten → linear → ReLU = features (feature_dim) → dropout → linear = logits (num_classes)
+    flatten → linear = features (feature_dim) → ReLU → dropout → linear = logits (num_classes)
 
   The 4×4 map is flattened, not averaged: where a stroke is matters for telling digits apart.
 
@@ -23,7 +23,7 @@ Two architectures, so that every headline figure can be checked by a second, dif
 
     3×3 conv (widths[0], 32 px)
     [stride-2 3×3 conv → residual block] at 16, 8 and 4 px (widths[0], widths[1], widths[2])
-    GroupNorm, ReLU → global average pool → linear → ReLU = features → dropout → linear = logits
+    GroupNorm, ReLU → global average pool → linear = features → ReLU → dropout → linear = logits
 
 No batch normalisation on purpose: the features must not depend on batch statistics, and the
 training loop's weight EMA averages parameters, which batch-norm running statistics are not.
@@ -103,8 +103,7 @@ def _vgg_trunk(config: ClassifierConfig) -> nn.Sequential:
         *_conv_relu(config.in_channels, w1), *_conv_relu(w1, w1), nn.MaxPool2d(2),  # (B, w1, H/2, W/2)
         *_conv_relu(w1, w2), *_conv_relu(w2, w2), nn.MaxPool2d(2),  # (B, w2, H/4, W/4)
         *_conv_relu(w2, w3), nn.MaxPool2d(2), nn.Flatten(),  # (B, w3 · H/8 · W/8)
-        nn.Linear(w3 * (config.image_size // 8) ** 2, config.feature_dim),
-        nn.ReLU(inplace=True),  # (B, feature_dim)
+        nn.Linear(w3 * (config.image_size // 8) ** 2, config.feature_dim),  # (B, feature_dim)
     )
 
 
@@ -114,7 +113,7 @@ def _resnet_trunk(config: ClassifierConfig) -> nn.Sequential:
     for c_in, c_out in ((w1, w1), (w1, w2), (w2, w3)):  # H/2, H/4, H/8
         layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), _ResidualBlock(c_out)]
     layers += [_group_norm(w3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (B, w3)
-               nn.Linear(w3, config.feature_dim), nn.ReLU(inplace=True)]  # (B, feature_dim)
+               nn.Linear(w3, config.feature_dim)]  # (B, feature_dim)
     return nn.Sequential(*layers)
 
 
@@ -133,12 +132,18 @@ class DigitClassifier(nn.Module):
         return self.config.num_classes
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The penultimate-layer embedding the evaluation metrics compare. (B, C, H, W) -> (B, feature_dim)."""
+        """The embedding the evaluation metrics compare: the penultimate layer *before* its ReLU.
+
+        (B, C, H, W) -> (B, feature_dim). Measured on the shipped judge (2,000 training digits against
+        the test set): faint pixel noise (σ = 0.05) adds 0.95× the real-data floor to FID here against
+        0.57× after the ReLU, a 3×3 blur 108× against 44× — the ReLU zeroes the directions in which
+        spoiled digits differ. The logits are as sensitive but have only 10 dimensions.
+        """
         return self.trunk(x)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Logits from an embedding given by :meth:`features`. (B, feature_dim) -> (B, num_classes)."""
-        return self.head(self.dropout(features))
+        return self.head(self.dropout(torch.relu(features)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(x))
