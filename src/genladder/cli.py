@@ -8,6 +8,7 @@ traceback. Options that the user did not give are absent from the parsed namespa
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -35,14 +36,107 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
+def _int_in(low: int, high: int):
+    """An argparse type: a whole number in low..high (no huge values that overflow or exhaust memory later)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text) if len(text.strip()) <= 30 else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
 def _positive_int(text: str) -> int:
     try:
-        value = int(text)
+        value = int(text) if len(text.strip()) <= 30 else None
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        value = None
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _float_in(low: float, high: float, low_open: bool = False):
+    """An argparse type: a finite number in [low, high] (``(low, high]`` with low_open); never nan or inf."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+        inside = (low < value if low_open else low <= value) and value <= high
+        if not math.isfinite(value) or not inside:
+            raise argparse.ArgumentTypeError(f"must be a finite number in {'(' if low_open else '['}{low:g}, "
+                                             f"{high:g}], got {text[:40]}")
+        return value
+
+    return parse
+
+
+def _guidance_list(text: str) -> str:
+    """Comma-separated guidance weights, each finite and in range (kept as text: figures parses it)."""
+    parts = [part for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected comma-separated guidance weights, e.g. 0,1,2,4; got none")
+    if len(parts) > MAX_GUIDANCE_ROWS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_GUIDANCE_ROWS} weights, got {len(parts)}")
+    for part in parts:
+        _float_in(*GUIDANCE_RANGE)(part.strip())
+    return text
+
+
+# Upper bounds checked before any work: beyond them a run exhausts memory (or time) instead of failing.
+SEED = (0, 2**32 - 1)  # torch seeds are 64-bit; the data order multiplies the seed, so stay well inside
+GUIDANCE_RANGE = (-1.0, 100.0)  # w = -1 is unconditional; beyond ~10 the samples saturate
+MAX_GUIDANCE_ROWS = 32
+MAX_IMAGES = 100_000  # images one sampling command draws
+MAX_BATCH = 65_536
+MAX_LATENT, MAX_WIDTH, MAX_LEVELS, MAX_BLOCKS, MAX_T = 4096, 1024, 6, 8, 10_000
+
+
+def _widths(text: str) -> str:
+    """U-Net widths such as 64,128,128: each 1..MAX_WIDTH, at most MAX_LEVELS levels (kept as text)."""
+    parts = [part.strip() for part in text.split(",")]
+    if not text.strip() or len(parts) > MAX_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected 1..{MAX_LEVELS} comma-separated widths, got {text[:40]!r}")
+    for part in parts:
+        _int_in(1, MAX_WIDTH)(part)
+    return text
+
+
+def _device(text: str) -> str:
+    """--device: auto, cpu, cuda, cuda:N or mps; refused here, before a model or data is loaded."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?|mps", text) is None:
+        raise argparse.ArgumentTypeError(f"unknown device {text[:40]!r}; use auto, cpu, cuda or cuda:N")
+    return text
+
+
+def _threads(text: str) -> int:
+    return _int_in(1, max(os.cpu_count() or 1, 1))(text)
+
+
+def _output_file(text: str) -> str:
+    """--out: a file in an existing folder, not a folder itself or a special file (checked before any work)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file name, got ''")
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; name a file in it")
+    if path.exists() and not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is a special file; name a regular file")
+    parent = path.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {parent} does not exist")
+    return text
 
 
 def _add_train_parser(subparsers) -> None:
@@ -60,27 +154,30 @@ def _add_train_parser(subparsers) -> None:
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly where it stopped")
     where.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     model = p.add_argument_group("model")
-    model.add_argument("--latent-dim", type=_positive_int, help="latent size of the AE/VAE/CVAE (tutorial: 64)")
-    model.add_argument("--width", type=_positive_int, help="conv filters of the AE/VAE/CVAE (tutorial: 64)")
+    model.add_argument("--latent-dim", type=_int_in(1, MAX_LATENT),
+                       help="latent size of the AE/VAE/CVAE (tutorial: 64)")
+    model.add_argument("--width", type=_int_in(1, MAX_WIDTH), help="conv filters of the AE/VAE/CVAE (tutorial: 64)")
     model.add_argument("--likelihood", choices=("gaussian", "bernoulli"),
                        help="decoder likelihood: gaussian = summed L2 (tutorial), bernoulli = BCE in nats")
-    model.add_argument("--kl-weight", type=float, help="weight of the KL term of the VAE/CVAE loss (default 1)")
+    model.add_argument("--kl-weight", type=_float_in(0, 1e6),
+                       help="weight of the KL term of the VAE/CVAE loss (default 1)")
     classifier = p.add_argument_group("classifier (the feature network of 'genladder evaluate')")
-    classifier.add_argument("--max-shift", type=int, help="largest random shift in pixels of training digits "
+    classifier.add_argument("--max-shift", type=_int_in(0, 64),
+                            help="largest random shift in pixels of training digits "
                             "(default 2)")
     diffusion = p.add_argument_group("diffusion (ddpm, cddpm)")
-    diffusion.add_argument("--widths", help="U-Net channels per level, e.g. 64,128,128")
-    diffusion.add_argument("--blocks-per-level", type=_positive_int, help="U-Net residual blocks per level")
+    diffusion.add_argument("--widths", type=_widths, help="U-Net channels per level, e.g. 64,128,128")
+    diffusion.add_argument("--blocks-per-level", type=_int_in(1, MAX_BLOCKS), help="U-Net residual blocks per level")
     diffusion.add_argument("--attention", help="feature sizes with self-attention, e.g. 8 (empty string: none)")
-    diffusion.add_argument("--dropout", type=float, help="dropout inside the U-Net residual blocks")
-    diffusion.add_argument("--patch-size", type=_positive_int, help="U-Net: pixel-unshuffle p×p patches first "
+    diffusion.add_argument("--dropout", type=_float_in(0, 0.99), help="dropout inside the U-Net residual blocks")
+    diffusion.add_argument("--patch-size", type=_int_in(1, 8), help="U-Net: pixel-unshuffle p×p patches first "
                            "(2: a quarter of the compute; cpu-fast preset)")
     diffusion.add_argument("--schedule", choices=("linear", "cosine"), help="noise schedule of the betas")
-    diffusion.add_argument("--T", type=_positive_int, help="diffusion steps (tutorial 100, default 1000)")
+    diffusion.add_argument("--T", type=_int_in(1, MAX_T), help="diffusion steps (tutorial 100, default 1000)")
     diffusion.add_argument("--prediction", choices=("eps", "x0", "v"), help="what the network predicts")
-    diffusion.add_argument("--label-dropout", type=float, help="cddpm: share of labels replaced by the null "
+    diffusion.add_argument("--label-dropout", type=_float_in(0, 1), help="cddpm: share of labels replaced by the null "
                            "label in training (default 0.15)")
-    diffusion.add_argument("--ema-decay", type=float, help="decay of the weights' EMA used for sampling")
+    diffusion.add_argument("--ema-decay", type=_float_in(0, 1), help="decay of the weights' EMA used for sampling")
     data = p.add_argument_group("data")
     data.add_argument("--data", "--dataset", dest="dataset", metavar="DATA",
                       help="mnist (default), fashion-mnist, or your own images: a folder (one sub-folder per class "
@@ -88,117 +185,127 @@ def _add_train_parser(subparsers) -> None:
                       "grey or RGB, never resized (a folder named mnist: ./mnist; --dataset is the old name)")
     data.add_argument("--data-dir", help="mnist/fashion-mnist: folder with the four IDX files (default: "
                       "$GENLADDER_DATA_DIR, then the user cache, then a download)")
-    data.add_argument("--test-share", type=float, help="own images: share held out as the test set, chosen by a "
+    data.add_argument("--test-share", type=_float_in(0, 1),
+                      help="own images: share held out as the test set, chosen by a "
                       "fixed permutation (default 0.1)")
     data.add_argument("--limit", type=_positive_int, help="train on the first N training images only")
     data.add_argument("--test-limit", type=_positive_int, help="evaluate on the first N test images only")
     data.add_argument("--resize", choices=("pad", "resize"), help="mnist/fashion-mnist 28->32: pad with 2 blank "
                       "pixels (default) or bilinear resize (tutorial)")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, help="passes over the training set (default 5)")
-    opt.add_argument("--steps", type=int, help="total optimiser steps (overrides --epochs)")
-    opt.add_argument("--batch-size", type=int, help="images per step, per process under torchrun "
+    opt.add_argument("--epochs", type=_int_in(1, 10**6), help="passes over the training set (default 5)")
+    opt.add_argument("--steps", type=_int_in(1, 10**9), help="total optimiser steps (overrides --epochs)")
+    opt.add_argument("--batch-size", type=_int_in(1, MAX_BATCH), help="images per step, per process under torchrun "
                      "(default 128)")
-    opt.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    opt.add_argument("--seed", type=int, help="seed of weights, data order and noise (default 0)")
-    opt.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
+    opt.add_argument("--lr", type=_float_in(0, 10, low_open=True), help="Adam learning rate (default 1e-3)")
+    opt.add_argument("--seed", type=_int_in(*SEED), help="seed of weights, data order and noise (default 0)")
+    opt.add_argument("--grad-clip", type=_float_in(0, 1e6, low_open=True),
+                     help="clip the global gradient norm to this value")
     opt.add_argument("--time-budget", type=parse_duration, help="stop cleanly after this much training "
                      "time, e.g. 10m (a final checkpoint is written)")
-    opt.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500; also at "
+    opt.add_argument("--checkpoint-every", type=_int_in(1, 10**9),
+                     help="steps between checkpoints (default 500; also at "
                      "every epoch end)")
-    opt.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept on disk (default 2)")
-    opt.add_argument("--log-every", type=int, help="steps between loss records (default 50)")
+    opt.add_argument("--keep-checkpoints", type=_int_in(1, 1000), help="newest checkpoints kept on disk (default 2)")
+    opt.add_argument("--log-every", type=_int_in(1, 10**9), help="steps between loss records (default 50)")
     run = p.add_argument_group("execution")
-    run.add_argument("--device", help="auto (default), cpu or cuda (under torchrun: GPU LOCAL_RANK)")
+    run.add_argument("--device", type=_device, help="auto (default), cpu or cuda (under torchrun: GPU LOCAL_RANK)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--compile", action="store_true", help="torch.compile the training step (faster after a "
                      "warm-up of about a minute on CPU)")
     run.add_argument("--precision", choices=("fp32", "bf16"), help="fp32 (default) or bf16 autocast (GPUs, and "
                      "CPUs with AMX; slower on other CPUs)")
-    run.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: one per core; use 1 "
+    run.add_argument("--threads", type=_threads, help="CPU threads for torch (default: one per core; use 1 "
                      "when another busy process shares the machine)")
 
 
 def _add_figure_parsers(subparsers) -> None:
     p = subparsers.add_parser("sample", help="draw new images from a trained run")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
-    p.add_argument("--n", type=_positive_int, default=64, help="number of images (default 64)")
-    p.add_argument("--label", type=int, help="conditional models: draw only this class")
+    p.add_argument("--n", type=_int_in(1, MAX_IMAGES), default=64, help="number of images (default 64)")
+    p.add_argument("--label", type=_int_in(0, 10**6), help="conditional models: draw only this class")
     p.add_argument("--grid", action="store_true", help="conditional models: one row per class")
-    p.add_argument("--out", required=True, help="output: .png (a grid) or .npz (images in [-1, 1] and labels)")
+    p.add_argument("--out", required=True, type=_output_file,
+                   help="output: .png (a grid) or .npz (images in [-1, 1] and labels)")
     _add_sampling_options(p)
 
     p = subparsers.add_parser("trajectory", help="diffusion: x_t along the denoising chain, one row per sample")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
-    p.add_argument("--n", type=_positive_int, default=8, help="rows (default 8)")
-    p.add_argument("--label", type=int, help="conditional models: this class in every row")
-    p.add_argument("--frames", type=int, default=10, help="columns of x_t before the final image (default 10)")
-    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--n", type=_int_in(1, 1000), default=8, help="rows (default 8)")
+    p.add_argument("--label", type=_int_in(0, 10**6), help="conditional models: this class in every row")
+    p.add_argument("--frames", type=_int_in(1, 1000), default=10,
+                   help="columns of x_t before the final image (default 10)")
+    p.add_argument("--out", required=True, type=_output_file, help="output .png")
     _add_sampling_options(p)
 
     p = subparsers.add_parser("guidance-sweep", help="cddpm: rows = guidance weights, columns = digits")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
-    p.add_argument("--guidance-weights", dest="weights_list", default="0,1,2,4",
+    p.add_argument("--guidance-weights", dest="weights_list", default="0,1,2,4", type=_guidance_list,
                    help="comma-separated guidance weights w, one row each (default 0,1,2,4)")
-    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--out", required=True, type=_output_file, help="output .png")
     _add_sampling_options(p)
 
     p = subparsers.add_parser("reconstruct", help="test digits beside their reconstructions")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
-    p.add_argument("--n", type=_positive_int, default=16, help="number of test digits (default 16)")
+    p.add_argument("--n", type=_int_in(1, 10_000), default=16, help="number of test digits (default 16)")
     _add_test_digit_output(p)
 
     p = subparsers.add_parser("interpolate", help="a latent walk between pairs of test digits")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
-    p.add_argument("--pairs", type=_positive_int, default=4, help="rows, one pair of test digits each (default 4)")
-    p.add_argument("--steps", type=_positive_int, default=10, help="images per row, ends included (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="which test digits are paired (default 0)")
+    p.add_argument("--pairs", type=_int_in(1, 1000), default=4, help="rows, one pair of test digits each (default 4)")
+    p.add_argument("--steps", type=_int_in(1, 100), default=10, help="images per row, ends included (default 10)")
+    p.add_argument("--seed", type=_int_in(*SEED), default=0, help="which test digits are paired (default 0)")
     _add_test_digit_output(p)
 
     p = subparsers.add_parser("latent-map", help="2-d VAE: test digits at their codes beside the decoded grid")
     p.add_argument("run_dir", help="a vae run trained with --latent-dim 2")
-    p.add_argument("--n", type=_positive_int, default=10_000, help="test images to place (default 10000, or all "
+    p.add_argument("--n", type=_int_in(1, MAX_IMAGES), default=10_000,
+                   help="test images to place (default 10000, or all "
                    "there are)")
-    p.add_argument("--grid", type=int, default=15, help="decoded images per side of the grid (default 15)")
+    p.add_argument("--grid", type=_int_in(1, 64), default=15, help="decoded images per side of the grid (default 15)")
     _add_test_digit_output(p)
 
     p = subparsers.add_parser("noising", help="diffusion: test digits under q(x_t | x0) at evenly spaced t")
     p.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="beta schedule "
                    "(default linear)")
-    p.add_argument("--T", type=_positive_int, default=1000, help="diffusion steps (default 1000; tutorial 100)")
-    p.add_argument("--n", type=_positive_int, default=4, help="rows, one test digit each (default 4)")
-    p.add_argument("--frames", type=int, default=8, help="noised columns, evenly spaced up to t = T-1 (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    p.add_argument("--T", type=_int_in(1, MAX_T), default=1000, help="diffusion steps (default 1000; tutorial 100)")
+    p.add_argument("--n", type=_int_in(1, 1000), default=4, help="rows, one test digit each (default 4)")
+    p.add_argument("--frames", type=_int_in(1, 1000), default=8,
+                   help="noised columns, evenly spaced up to t = T-1 (default 8)")
+    p.add_argument("--seed", type=_int_in(*SEED), default=0, help="seed of the noise (default 0)")
     p.add_argument("--data", "--dataset", dest="dataset", metavar="DATA", default="mnist",
                    help="mnist (default), fashion-mnist, or a folder of images / an .npz file, as for 'train'")
     p.add_argument("--data-dir", help="mnist/fashion-mnist: folder with the IDX files (default: $GENLADDER_DATA_DIR, "
                    "then the cache)")
-    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--out", required=True, type=_output_file, help="output .png")
 
 
 def _add_test_digit_output(p: argparse.ArgumentParser) -> None:
     """--out, --data-dir and --device of the verbs that draw test digits through a model."""
-    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--out", required=True, type=_output_file, help="output .png")
     p.add_argument("--data-dir", help="mnist/fashion-mnist runs: folder with the IDX files (default: the run's "
                    "data source)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--device", type=_device, default="auto", help="auto (default), cpu or cuda")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp"), default="dpmpp",
                    help="diffusion: ancestral ddpm, ddim, or DPM-Solver++(2M) (default dpmpp)")
-    p.add_argument("--steps", type=int, help="diffusion: solver steps (default 20; ddpm: the full chain)")
-    p.add_argument("--guidance", type=float, default=0.0, help="cddpm: classifier-free guidance weight w "
+    p.add_argument("--steps", type=_int_in(1, MAX_T), help="diffusion: solver steps (default 20; ddpm: the full chain)")
+    p.add_argument("--guidance", type=_float_in(*GUIDANCE_RANGE), default=0.0,
+                   help="cddpm: classifier-free guidance weight w "
                    "(eps = (1+w) eps_cond - w eps_uncond; default 0)")
-    p.add_argument("--eta", type=float, default=0.0, help="ddim: 0 deterministic, 1 ancestral-like (default 0)")
+    p.add_argument("--eta", type=_float_in(0, 1), default=0.0,
+                   help="ddim: 0 deterministic, 1 ancestral-like (default 0)")
     p.add_argument("--variance", choices=("beta", "posterior"), default="beta",
                    help="ddpm: reverse variance beta_t (tutorial) or the posterior's beta-tilde_t")
-    p.add_argument("--batch-size", type=int, default=100, help="images per sampler call (default 100, the fastest "
+    p.add_argument("--batch-size", type=_int_in(1, MAX_BATCH), default=100,
+                   help="images per sampler call (default 100, the fastest "
                    "on CPU; more on a GPU)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--seed", type=_int_in(*SEED), default=0, help="sampling seed (default 0)")
     p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
                    help="EMA weights when the run has them (auto), or the raw ones")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--device", type=_device, default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -239,8 +346,8 @@ def _add_serve_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="a local web demo of trained runs (needs: pip install 'genladder[demo]')",
                               description="Start a Gradio page on 127.0.0.1 to draw digits from trained runs.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders written by 'genladder train'")
-    p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (default 7860)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--port", type=_int_in(1, 65535), default=7860, help="port on 127.0.0.1 (default 7860)")
+    p.add_argument("--device", type=_device, default="auto", help="auto (default), cpu or cuda")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,7 +397,7 @@ def _config_from_args(args: argparse.Namespace) -> dict:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from genladder.runs import default_run_dir, read_run_config, resume_config, run_training
+    from genladder.runs import check_run_dir, default_run_dir, read_run_config, resume_config, run_training
     from genladder.training.distributed import is_main_process
     from genladder.training.loop import TrainConfig
 
@@ -311,6 +418,8 @@ def _train(args: argparse.Namespace) -> int:
             raise GenladderError(f"--{other[0].replace('_', '-')} cannot change when resuming {run_dir}")
         config = resume_config(run_dir, overrides, write=main_process) if not given.get("dry_run") else stored
     else:
+        if given.get("run_dir") is not None:
+            check_run_dir(Path(given["run_dir"]))  # a file or /dev/null: refused before the data is read
         config = _config_from_args(args)
         run_dir = Path(given.get("run_dir") or default_run_dir(config["kind"]))
     if given.get("dry_run"):
@@ -402,6 +511,15 @@ def main(argv: list[str] | None = None) -> int:
         # Under torchrun every process may fail alike; the others say which they are.
         rank = os.environ.get("RANK", "0")
         print(f"genladder{'' if rank == '0' else f' [rank {rank}]'}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk or a refused permission outside the checked writers: still one line
+        from genladder.safe_io import os_error_message
+
+        print(f"genladder: error: {os_error_message(error, doing='use')}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("genladder: error: out of memory; ask for fewer or smaller images (--n, --batch-size) or a smaller model",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") != "0":  # under torchrun the main process speaks for all

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import re
 import stat
 import sys
 from dataclasses import asdict, dataclass, fields
@@ -50,6 +51,8 @@ class DataConfig:
     test_share: float | None = None  # own data only: share held out as the test set (default 0.1)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise GenladderError("--data must name mnist, fashion-mnist, a folder of images or an .npz file, got ''")
         if self.resize not in RESIZE_METHODS:
             raise GenladderError(f"--resize must be one of {RESIZE_METHODS}, got {self.resize!r}")
         for name in ("limit", "test_limit"):
@@ -150,6 +153,9 @@ def model_description(config: dict) -> dict:
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # Only devices that hold real numbers: "meta" has no storage and would "succeed" with no images.
+    if re.fullmatch(r"cpu|cuda(:\d{1,3})?|mps", name) is None:
+        raise GenladderError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise GenladderError(f"device {name!r} was asked for but this torch sees no CUDA GPU; use --device cpu")
     try:
