@@ -346,6 +346,8 @@ def _add_serve_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="a local web demo of trained runs (needs: pip install 'genladder[demo]')",
                               description="Start a Gradio page on 127.0.0.1 to draw digits from trained runs.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders written by 'genladder train'")
+    p.add_argument("--runs-root", help="also serve run folders typed in the page when they lie below this folder "
+                   "(default: only the RUN_DIRs given)")
     p.add_argument("--port", type=_int_in(1, 65535), default=7860, help="port on 127.0.0.1 (default 7860)")
     p.add_argument("--device", type=_device, default="auto", help="auto (default), cpu or cuda")
 
@@ -504,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from genladder.serve import serve
 
-            serve(args.run_dirs, port=args.port, device=args.device)
+            serve(args.run_dirs, port=args.port, device=args.device, runs_root=args.runs_root)
             return 0
         return _figure(args)
     except GenladderError as error:
