@@ -622,7 +622,7 @@ def web_handler_cases(runs: dict[str, Path], work: Path, every: int = 1) -> list
     return outcomes
 
 
-def web_http_cases(runs: dict[str, Path], quick: bool) -> list[str]:
+def web_http_cases(runs: dict[str, Path]) -> list[str]:
     """Hostile HTTP requests and 20 concurrent ones against a real ``genladder serve``."""
     import socket
     import urllib.error
@@ -693,15 +693,21 @@ def campaign(quick: bool, work: Path) -> dict[str, Counter]:
     every = 9 if quick else 1
     kills = ([("fsync", 3), ("replace", 2)] if quick else
              [(op, k) for op in ("fsync", "replace", "rmtree", "append") for k in range(1, 11)])
-    results = {
-        "crash trials": crash_cases(work, kills) + [concurrent_resume_case(work)],
-        "corrupted run files": corrupted_cases(runs, work, every),
-        "own data": own_data_cases(work, 4 if quick else 1),
-        "argument fuzz": fuzz_cases(runs, work, 25 if quick else 1),
-        "disk full": disk_full_cases(work, (20_000,) if quick else (2_000, 20_000, 60_000, 120_000, 400_000)),
-        "web demo": web_handler_cases(runs, work, 6 if quick else 1) + ([] if quick else web_http_cases(runs, quick)),
+    categories = {
+        "crash trials": lambda: crash_cases(work, kills) + [concurrent_resume_case(work)],
+        "corrupted run files": lambda: corrupted_cases(runs, work, every),
+        "own data": lambda: own_data_cases(work, 4 if quick else 1),
+        "argument fuzz": lambda: fuzz_cases(runs, work, 25 if quick else 1),
+        "disk full": lambda: disk_full_cases(work, (20_000,) if quick else (2_000, 20_000, 60_000, 120_000, 400_000)),
+        "web demo": lambda: web_handler_cases(runs, work, 6 if quick else 1) + ([] if quick else web_http_cases(runs)),
     }
-    return {name: Counter(outcomes) for name, outcomes in results.items()}
+    results = {}
+    for name, run_category in categories.items():
+        started = time.perf_counter()
+        results[name] = Counter(run_category())
+        print(f"faults: {name}: {dict(results[name])} in {time.perf_counter() - started:.0f} s", file=sys.stderr,
+              flush=True)
+    return results
 
 
 def table(results: dict[str, Counter]) -> str:

@@ -156,12 +156,13 @@ class TestChecksum:
             read_model_file(path)
 
     def test_every_safetensors_file_of_a_checkpoint_is_checked(self, tmp_path):
-        from genladder.checkpoint import CHECKSUM_KEY, read_safetensors
+        from genladder.checkpoint import CHECKSUM_KEY, DIGEST_FIELD, read_safetensors
 
         saved_run(tmp_path, steps=(3,))
         folder = tmp_path / "checkpoints" / "step_0000003"
-        for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors"):
-            assert CHECKSUM_KEY in read_safetensors(folder / name)[1], name
+        assert DIGEST_FIELD in json.loads(read_safetensors(folder / "model.safetensors")[1]["genladder"])
+        for name in ("optimizer.safetensors", "rng.safetensors"):
+            assert list(read_safetensors(folder / name)[1]) == [CHECKSUM_KEY], name
         data = bytearray((folder / "optimizer.safetensors").read_bytes())
         data[-1] ^= 1
         (folder / "optimizer.safetensors").write_bytes(bytes(data))

@@ -69,7 +69,7 @@ def test_the_campaign_sees_a_planted_bug(faults, runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     flipped = ("model.safetensors", "flip-data-1")
     assert_all_clean(faults.corrupted_cases(runs, tmp_path, only=flipped), at_least=3)
-    monkeypatch.setattr(checkpoint, "CHECKSUM_KEY", "no-such-key")  # the planted bug: nothing is verified
+    monkeypatch.setattr(checkpoint, "check_digest", lambda *args: None)  # the planted bug: nothing is verified
     outcomes = faults.corrupted_cases(runs, tmp_path / "planted", only=flipped)
     assert Counter(outcomes)["silent"] >= 1, outcomes
     monkeypatch.undo()

@@ -42,7 +42,8 @@ from genladder.safe_io import expect_type, os_error_message, parse_json, read_bo
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
-CHECKSUM_KEY = "genladder.sha256"
+CHECKSUM_KEY = "genladder.sha256"  # the metadata key of the checksum in optimizer/RNG files
+DIGEST_FIELD = "tensors_sha256"  # ...and its field inside a model file's "genladder" description
 CHECKPOINT_NAME = re.compile(r"step_\d{7,}")  # a complete checkpoint folder; temporary ones carry a suffix
 REQUIRED_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json")
 MAX_WEIGHT_BYTES = 16 * 2**30  # no genladder network comes near this; a bigger file is corruption
@@ -118,10 +119,26 @@ def tensor_digest(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """A safetensors file of ``state`` whose metadata also carries the tensors' checksum."""
+def safetensors_bytes(state: dict[str, torch.Tensor], description: dict | None = None) -> bytes:
+    """A safetensors file of ``state`` carrying the tensors' checksum (in ``description`` when given).
+
+    The metadata is always a single key: safetensors writes its metadata map in an arbitrary order,
+    and two identical runs must write identical bytes.
+    """
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in state.items()}
-    return save_safetensors_bytes(state, metadata={**(metadata or {}), CHECKSUM_KEY: tensor_digest(state)})
+    digest = tensor_digest(state)
+    if description is None:
+        metadata = {CHECKSUM_KEY: digest}
+    else:
+        metadata = {"genladder": json.dumps({**description, DIGEST_FIELD: digest}, sort_keys=True)}
+    return save_safetensors_bytes(state, metadata=metadata)
+
+
+def check_digest(path: Path, state: dict[str, torch.Tensor], stored: object) -> None:
+    """Compare a stored checksum with the tensors read (None: a file from before checksums, not checked)."""
+    if stored is not None and stored != tensor_digest(state):
+        raise GenladderError(f"{path}: checksum mismatch, the file is corrupted (its tensors changed after it was "
+                             "written); use another checkpoint")
 
 
 def read_safetensors(path: str | Path, what: str = "safetensors file") -> tuple[dict[str, torch.Tensor], dict]:
@@ -141,9 +158,11 @@ def read_safetensors(path: str | Path, what: str = "safetensors file") -> tuple[
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     metadata = metadata if isinstance(metadata, dict) else {}
     stored = metadata.get(CHECKSUM_KEY)
-    if stored is not None and stored != tensor_digest(state):
-        raise GenladderError(f"{path}: checksum mismatch, the file is corrupted (its tensors changed after it was "
-                             "written); use another checkpoint")
+    text = metadata.get("genladder")
+    if stored is None and isinstance(text, str):
+        described = parse_json(text, path)
+        stored = described.get(DIGEST_FIELD) if isinstance(described, dict) else None
+    check_digest(path, state, stored)
     return state, metadata
 
 
@@ -155,8 +174,7 @@ def plain_module(module: torch.nn.Module) -> torch.nn.Module:
 
 def model_file_bytes(module: torch.nn.Module, description: dict) -> bytes:
     """Serialise a module's state dict with ``description`` (kind, configs) in the file's metadata."""
-    meta = {"genladder": json.dumps({"format_version": FORMAT_VERSION, **description}, sort_keys=True)}
-    return safetensors_bytes(plain_module(module).state_dict(), meta)
+    return safetensors_bytes(plain_module(module).state_dict(), {"format_version": FORMAT_VERSION, **description})
 
 
 def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -167,6 +185,7 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     description = parse_json(text, path) if isinstance(text, str) else None
     if not isinstance(description, dict):
         raise GenladderError(f"{path}: not a genladder model file (no 'genladder' metadata)")
+    description.pop(DIGEST_FIELD, None)
     for key in ("kind", "model"):
         expect_type(description.get(key), str if key == "kind" else dict, f"{path}: metadata '{key}'")
     version = description.get("format_version")
