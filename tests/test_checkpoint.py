@@ -170,6 +170,15 @@ class TestChecksum:
         with pytest.raises(GenladderError, match="optimizer.safetensors: checksum mismatch"):
             load_training_state(folder, torch.optim.Adam(model.parameters()))
 
+    def test_damaged_checksum_key_is_not_a_way_around_the_check(self, tmp_path):
+        from genladder.checkpoint import CHECKSUM_KEY, read_safetensors, safetensors_bytes
+
+        data = safetensors_bytes({"w": torch.arange(4.0)})
+        damaged = data.replace(CHECKSUM_KEY.encode(), b"genladdex.sha256")  # one flipped header byte
+        (tmp_path / "rng.safetensors").write_bytes(damaged)
+        with pytest.raises(GenladderError, match="unexpected metadata 'genladdex.sha256'"):
+            read_safetensors(tmp_path / "rng.safetensors")
+
     def test_file_without_checksum_still_loads(self, tmp_path):
         from safetensors.torch import save
 

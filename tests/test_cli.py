@@ -115,6 +115,7 @@ class TestErrors:
             (["train", "ddpm", "--widths", "", "--dry-run"], "--widths: expected 1..6"),
             (["train", "ddpm", "--blocks-per-level", "1000", "--dry-run"], "--blocks-per-level: must be in 1..8"),
             (["train", "ddpm", "--T", "100000000", "--dry-run"], "--T: must be in 1..10000"),
+            (["train", "ddpm", "--attention", "nan", "--dry-run"], "--attention: expected a whole number"),
             (["train", "vae", "--data", "", "--dry-run"], "--data must name"),
             (["train", "vae", "--run-dir", "/dev/null"], "is not a folder"),
             (["sample", "/no/such/run", "--out", "x.png", "--seed", "9" * 30], "--seed: must be in"),

@@ -210,6 +210,9 @@ def make_error_case(tmp_path: Path, case: str) -> tuple[Path, str]:
         png("cats/a.png")
         (folder / "all").symlink_to(folder)
         return folder, "all: class folder is a link to the data folder"
+    if case == "symlink-loop":
+        (folder / "loop").symlink_to(folder / "loop")
+        return folder / "loop", "loop: a symlink loop"
     if case == "huge-side":
         png("a.png", size=(2048, 2048), mode="L")
         return folder, "a.png: images are 2048×2048; sides up to 1024"
@@ -224,7 +227,7 @@ ERROR_CASES = ["missing", "not-npz", "empty-folder", "no-images", "empty-class",
                "transparent", "npz-no-images", "npz-float", "npz-shape", "npz-empty", "npz-size",
                "npz-label-count", "npz-label-dtype", "npz-label-gap", "npz-label-negative", "npz-pickle",
                "npz-corrupt", "npz-label-huge", "npy-renamed", "npz-header-bomb", "dev-null", "fifo",
-               "class-link-to-root", "huge-side"]
+               "class-link-to-root", "huge-side", "symlink-loop"]
 
 
 class TestErrors:

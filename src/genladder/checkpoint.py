@@ -157,6 +157,10 @@ def read_safetensors(path: str | Path, what: str = "safetensors file") -> tuple[
         raise GenladderError(f"{path}: not a readable safetensors file ({reason})") from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     metadata = metadata if isinstance(metadata, dict) else {}
+    unknown = sorted(set(metadata) - {"genladder", CHECKSUM_KEY})
+    if unknown:  # genladder writes only these keys: another is a foreign file or a damaged header hiding the checksum
+        raise GenladderError(f"{path}: not a genladder file (unexpected metadata {unknown[0][:40]!r}; a damaged "
+                             "header?)")
     stored = metadata.get(CHECKSUM_KEY)
     text = metadata.get("genladder")
     if stored is None and isinstance(text, str):

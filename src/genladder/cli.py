@@ -120,6 +120,13 @@ def _device(text: str) -> str:
     return text
 
 
+def _attention(text: str) -> str:
+    """Feature sizes with self-attention, e.g. 8 or 16,8; the empty string for none (kept as text)."""
+    for part in (part.strip() for part in text.split(",") if part.strip()):
+        _int_in(1, 1024)(part)
+    return text
+
+
 def _threads(text: str) -> int:
     return _int_in(1, max(os.cpu_count() or 1, 1))(text)
 
@@ -168,7 +175,8 @@ def _add_train_parser(subparsers) -> None:
     diffusion = p.add_argument_group("diffusion (ddpm, cddpm)")
     diffusion.add_argument("--widths", type=_widths, help="U-Net channels per level, e.g. 64,128,128")
     diffusion.add_argument("--blocks-per-level", type=_int_in(1, MAX_BLOCKS), help="U-Net residual blocks per level")
-    diffusion.add_argument("--attention", help="feature sizes with self-attention, e.g. 8 (empty string: none)")
+    diffusion.add_argument("--attention", type=_attention,
+                           help="feature sizes with self-attention, e.g. 8 (empty string: none)")
     diffusion.add_argument("--dropout", type=_float_in(0, 0.99), help="dropout inside the U-Net residual blocks")
     diffusion.add_argument("--patch-size", type=_int_in(1, 8), help="U-Net: pixel-unshuffle p×p patches first "
                            "(2: a quarter of the compute; cpu-fast preset)")

@@ -64,7 +64,10 @@ class DataConfig:
                 raise GenladderError(f"--test-share applies to your own images; {self.dataset} has its own test set")
             return
         # Own data: an absolute path, so the run folder rebuilds from any working directory.
-        self.dataset = str(Path(self.dataset).expanduser().resolve())
+        try:
+            self.dataset = str(Path(self.dataset).expanduser().resolve())
+        except (RuntimeError, OSError):  # RuntimeError: a symlink loop (Python < 3.13)
+            raise GenladderError(f"--data {self.dataset}: a symlink loop or an unreadable path") from None
         if self.data_dir is not None:
             raise GenladderError("--data-dir locates the IDX files of " + ", ".join(DATASETS) +
                                  f"; for your own images --data is the path itself ({self.dataset})")

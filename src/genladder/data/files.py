@@ -30,6 +30,7 @@ permutation with its own seed (``SPLIT_SEED``), so the split does not move with 
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import stat
@@ -169,6 +170,13 @@ def read_image(path: Path, header_check=None) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
 
 
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # RuntimeError: a symlink loop (Python < 3.13)
+        raise GenladderError(f"{path}: a symlink loop") from None
+
+
 def _folder_layout(folder: Path) -> tuple[list[Path], tuple[str, ...], list[int]]:
     """(image files, class names, label per file) of a folder; the class folders' names sorted."""
     entries = [p for p in folder.iterdir() if _visible(p)]
@@ -185,16 +193,16 @@ def _folder_layout(folder: Path) -> tuple[list[Path], tuple[str, ...], list[int]
     if not class_folders:
         others = ", ".join(p.name for p in sorted(entries)[:3])
         raise GenladderError(f"{folder}: no images found (looked for {_SUFFIXES_TEXT}; found {others})")
-    root = folder.resolve()
+    root = _resolved(folder)
     files, labels, seen = [], [], {}
     for label, class_folder in enumerate(class_folders):
-        target = class_folder.resolve()
+        target = _resolved(class_folder)
         if target == root or target in root.parents:
             raise GenladderError(f"{class_folder}: class folder is a link to the data folder (or above it); its "
                                  "images would be counted twice")
         members = _image_files(class_folder, recursive=True)
         for member in members:
-            first = seen.setdefault(member.resolve(), member)
+            first = seen.setdefault(_resolved(member), member)
             if first != member:
                 raise GenladderError(f"{member}: the same file as {first} (through a link); each image may appear "
                                      "once")
@@ -351,7 +359,8 @@ def read_own_data(path: str | Path) -> OwnData:
     except FileNotFoundError:
         raise GenladderError(f"{path}: no such file or folder") from None
     except OSError as error:
-        raise GenladderError(f"{path}: cannot read it ({error.strerror})") from None
+        why = "a symlink loop" if error.errno == errno.ELOOP else f"cannot read it ({error.strerror})"
+        raise GenladderError(f"{path}: {why}") from None
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         raise GenladderError(f"{path}: a special file (device or FIFO); --data must be a folder of images or an "
                              ".npz file")
