@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 
-def _int_in(low: int, high: int):
+def int_in(low: int, high: int):
     """An argparse type: a whole number in low..high (no huge values that overflow or exhaust memory later)."""
 
     def parse(text: str) -> int:
@@ -30,7 +30,7 @@ def _int_in(low: int, high: int):
     return parse
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text) if len(text.strip()) <= 30 else None
     except ValueError:
@@ -42,7 +42,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _float_in(low: float, high: float, low_open: bool = False):
+def float_in(low: float, high: float, low_open: bool = False):
     """An argparse type: a finite number in [low, high] (``(low, high]`` with low_open); never nan or inf."""
 
     def parse(text: str) -> float:
@@ -59,7 +59,7 @@ def _float_in(low: float, high: float, low_open: bool = False):
     return parse
 
 
-def _guidance_list(text: str) -> str:
+def guidance_list(text: str) -> str:
     """Comma-separated guidance weights, each finite and in range (kept as text: figures parses it)."""
     parts = [part for part in text.split(",") if part.strip()]
     if not parts:
@@ -67,7 +67,7 @@ def _guidance_list(text: str) -> str:
     if len(parts) > MAX_GUIDANCE_ROWS:
         raise argparse.ArgumentTypeError(f"at most {MAX_GUIDANCE_ROWS} weights, got {len(parts)}")
     for part in parts:
-        _float_in(*GUIDANCE_RANGE)(part.strip())
+        float_in(*GUIDANCE_RANGE)(part.strip())
     return text
 
 
@@ -80,35 +80,35 @@ MAX_BATCH = 65_536
 MAX_LATENT, MAX_WIDTH, MAX_LEVELS, MAX_BLOCKS, MAX_T = 4096, 1024, 6, 8, 10_000
 
 
-def _widths(text: str) -> str:
+def unet_widths(text: str) -> str:
     """U-Net widths such as 64,128,128: each 1..MAX_WIDTH, at most MAX_LEVELS levels (kept as text)."""
     parts = [part.strip() for part in text.split(",")]
     if not text.strip() or len(parts) > MAX_LEVELS:
         raise argparse.ArgumentTypeError(f"expected 1..{MAX_LEVELS} comma-separated widths, got {text[:40]!r}")
     for part in parts:
-        _int_in(1, MAX_WIDTH)(part)
+        int_in(1, MAX_WIDTH)(part)
     return text
 
 
-def _device(text: str) -> str:
+def device_name(text: str) -> str:
     """--device: auto, cpu, cuda, cuda:N or mps; refused here, before a model or data is loaded."""
     if re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?|mps", text) is None:
         raise argparse.ArgumentTypeError(f"unknown device {text[:40]!r}; use auto, cpu, cuda or cuda:N")
     return text
 
 
-def _attention(text: str) -> str:
+def attention_sizes(text: str) -> str:
     """Feature sizes with self-attention, e.g. 8 or 16,8; the empty string for none (kept as text)."""
     for part in (part.strip() for part in text.split(",") if part.strip()):
-        _int_in(1, 1024)(part)
+        int_in(1, 1024)(part)
     return text
 
 
-def _threads(text: str) -> int:
-    return _int_in(1, max(os.cpu_count() or 1, 1))(text)
+def thread_count(text: str) -> int:
+    return int_in(1, max(os.cpu_count() or 1, 1))(text)
 
 
-def _output_file(text: str) -> str:
+def output_file(text: str) -> str:
     """--out: a file in an existing folder, not a folder itself or a special file (checked before any work)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a file name, got ''")
