@@ -73,7 +73,7 @@ def guidance_list(text: str) -> str:
 
 # Upper bounds checked before any work: beyond them a run exhausts memory (or time) instead of failing.
 SEED = (0, 2**32 - 1)  # torch seeds are 64-bit; the data order multiplies the seed, so stay well inside
-GUIDANCE_RANGE = (-1.0, 100.0)  # w = -1 is unconditional; beyond ~10 the samples saturate
+GUIDANCE_RANGE = (0.0, 100.0)  # as SamplerConfig allows; beyond ~10 the samples saturate
 MAX_GUIDANCE_ROWS = 32
 MAX_IMAGES = 100_000  # images one sampling command draws
 MAX_BATCH = 65_536
