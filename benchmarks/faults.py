@@ -447,7 +447,7 @@ CHILD = """
 import json, os, shutil, signal, sys, torch
 torch.set_num_threads(1)
 import genladder.checkpoint as checkpoint, genladder.training.loop as loop
-target, at = sys.argv[2], int(sys.argv[3])
+target, at = sys.argv[2], int(sys.argv[3]) if sys.argv[3].isdigit() else 0
 calls = {"n": 0}
 def counted(real):
     def wrapper(*args, **kwargs):
@@ -460,6 +460,14 @@ if target == "fsync": os.fsync = counted(os.fsync)
 if target == "replace": os.replace = counted(os.replace)
 if target == "rmtree": shutil.rmtree = counted(shutil.rmtree)
 if target == "append": loop.append_metrics = counted(loop.append_metrics)
+if target == "hold":  # hold the run (and its lock) at the first metrics record until the file sys.argv[3] exists
+    import pathlib, time
+    real_append = loop.append_metrics
+    def held(*args):
+        while not pathlib.Path(sys.argv[3]).exists():
+            time.sleep(0.05)
+        real_append(*args)
+    loop.append_metrics = held
 from genladder.runs import run_training
 run_training(json.loads(sys.argv[4]), sys.argv[1], resume=len(sys.argv) > 5, show_progress=False)
 """
@@ -537,23 +545,24 @@ def concurrent_resume_case(work: Path) -> str:
     from genladder.runs import run_training
 
     torch.set_num_threads(1)
-    short, config = _crash_config(steps=4), _crash_config(steps=150)  # long enough to overlap the second
-    for each in (short, config):  # one epoch of 125 steps: few test passes and plots
-        each["data"]["limit"] = 2000
-        each["train"]["checkpoint_every"] = 50
-    run, straight = work / "concurrent", work / "concurrent-straight"
+    short, config = _crash_config(steps=4), _crash_config(steps=8)
+    run, straight, release = work / "concurrent", work / "concurrent-straight", work / "concurrent-release"
     with contextlib.redirect_stderr(io.StringIO()):
         run_training(short, run, show_progress=False)
         run_training(config, straight, show_progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    argv = [sys.executable, "-c", CHILD, run, "none", "0", json.dumps(config), "resume"]
-    first = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    # The first resume holds the run at its first metrics record (lock taken) until `release` exists.
+    first = subprocess.Popen([sys.executable, "-c", CHILD, run, "hold", release, json.dumps(config), "resume"],
+                             env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while (run / "train.lock").read_text().strip() != str(first.pid):  # the first holds the lock: training
+    while (run / "train.lock").read_text().strip() != str(first.pid):
         if first.poll() is not None or time.monotonic() > deadline:
+            first.kill()
             return "silent"
         time.sleep(0.05)
-    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run([sys.executable, "-c", CHILD, run, "none", "0", json.dumps(config), "resume"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    release.write_text("go")
     first_code = first.wait(timeout=300)
     refused = f"is being trained by process {first.pid}" in second.stderr
     if first_code != 0 or not refused:
