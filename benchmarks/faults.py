@@ -554,11 +554,13 @@ def concurrent_resume_case(work: Path) -> str:
     # The first resume holds the run at its first metrics record (lock taken) until `release` exists.
     first = subprocess.Popen([sys.executable, "-c", CHILD, run, "hold", release, json.dumps(config), "resume"],
                              env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while (run / "train.lock").read_text().strip() != str(first.pid):
+    deadline, lock = time.monotonic() + 60, run / "train.lock"
+    while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
         if first.poll() is not None or time.monotonic() > deadline:
+            release.write_text("go")
             first.kill()
-            return "silent"
+            first.wait()
+            return "silent"  # no lock names the first resume: nothing would stop a second writer
         time.sleep(0.05)
     second = subprocess.run([sys.executable, "-c", CHILD, run, "none", "0", json.dumps(config), "resume"], env=env,
                             capture_output=True, text=True, timeout=300)
