@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,10 +107,181 @@ class TestBadFiles:
         with pytest.raises(GenladderError, match="format version 99 is not supported"):
             read_model_file(path)
 
-    def test_pointer_to_missing_checkpoint(self, tmp_path):
+    def test_no_checkpoint_at_all(self, tmp_path):
         (tmp_path / "latest.json").write_text('{"checkpoint": "step_0000009"}')
-        with pytest.raises(GenladderError, match="missing or incomplete"):
+        with pytest.raises(GenladderError, match="holds no complete checkpoint.*--resume"):
             latest_checkpoint(tmp_path)
-        (tmp_path / "latest.json").write_text("{broken")
-        with pytest.raises(GenladderError, match="not valid JSON"):
-            latest_checkpoint(tmp_path)
+
+
+def saved_run(tmp_path, steps=(3, 5)):
+    model, optimizer, description = trained_vae()
+    for step in steps:
+        save_checkpoint(tmp_path, step=step, model=model, description=description, optimizer=optimizer,
+                        trainer_state={"epoch": 0}, keep=5)
+    return model, optimizer
+
+
+class TestPointerFallback:
+    @pytest.mark.parametrize("pointer", [None, "{broken", "[]", '{"checkpoint": 5}', '{"checkpoint": "../../etc"}',
+                                         '{"checkpoint": "step_0000009"}', "dir"])
+    def test_bad_pointer_falls_back_to_newest_complete(self, tmp_path, capsys, pointer):
+        saved_run(tmp_path)
+        latest = tmp_path / "latest.json"
+        latest.unlink()
+        if pointer == "dir":
+            latest.mkdir()
+        elif pointer is not None:
+            latest.write_text(pointer)
+        assert latest_checkpoint(tmp_path).name == "step_0000005"
+        if pointer is not None:
+            assert "using the newest complete checkpoint" in capsys.readouterr().err
+
+    def test_incomplete_and_temporary_folders_are_skipped(self, tmp_path):
+        saved_run(tmp_path)
+        root = tmp_path / "checkpoints"
+        (root / "step_0000005" / "rng.safetensors").unlink()  # tampered: no longer complete
+        (root / "step_0000009.tmp-123").mkdir()  # an interrupted write
+        (tmp_path / "latest.json").unlink()
+        assert latest_checkpoint(tmp_path).name == "step_0000003"
+
+
+class TestChecksum:
+    def test_flipped_bit_is_caught(self, tmp_path):
+        model, _, description = trained_vae()
+        data = bytearray(model_file_bytes(model, description))
+        data[-3] ^= 0x40  # inside the last tensor's bytes
+        path = tmp_path / "model.safetensors"
+        path.write_bytes(bytes(data))
+        with pytest.raises(GenladderError, match="checksum mismatch"):
+            read_model_file(path)
+
+    def test_every_safetensors_file_of_a_checkpoint_is_checked(self, tmp_path):
+        from genladder.checkpoint import CHECKSUM_KEY, DIGEST_FIELD, read_safetensors
+
+        saved_run(tmp_path, steps=(3,))
+        folder = tmp_path / "checkpoints" / "step_0000003"
+        assert DIGEST_FIELD in json.loads(read_safetensors(folder / "model.safetensors")[1]["genladder"])
+        for name in ("optimizer.safetensors", "rng.safetensors"):
+            assert list(read_safetensors(folder / name)[1]) == [CHECKSUM_KEY], name
+        data = bytearray((folder / "optimizer.safetensors").read_bytes())
+        data[-1] ^= 1
+        (folder / "optimizer.safetensors").write_bytes(bytes(data))
+        model, _, _ = trained_vae()
+        with pytest.raises(GenladderError, match="optimizer.safetensors: checksum mismatch"):
+            load_training_state(folder, torch.optim.Adam(model.parameters()))
+
+    def test_damaged_checksum_key_is_not_a_way_around_the_check(self, tmp_path):
+        from genladder.checkpoint import CHECKSUM_KEY, read_safetensors, safetensors_bytes
+
+        data = safetensors_bytes({"w": torch.arange(4.0)})
+        damaged = data.replace(CHECKSUM_KEY.encode(), b"genladdex.sha256")  # one flipped header byte
+        (tmp_path / "rng.safetensors").write_bytes(damaged)
+        with pytest.raises(GenladderError, match="unexpected metadata 'genladdex.sha256'"):
+            read_safetensors(tmp_path / "rng.safetensors")
+
+    def test_file_without_checksum_still_loads(self, tmp_path):
+        from safetensors.torch import save
+
+        model, _, description = trained_vae()
+        meta = {"genladder": json.dumps({"format_version": 1, **description})}
+        path = tmp_path / "model.safetensors"
+        path.write_bytes(save({k: v.contiguous() for k, v in model.state_dict().items()}, metadata=meta))
+        state, _ = read_model_file(path)
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def _hangs_guard(seconds=10):
+    """Turn a blocking read into a test failure instead of a stuck test run."""
+    import signal
+
+    def fail(*_):
+        raise AssertionError("read blocked")
+
+    signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+
+
+class TestHostileFiles:
+    def test_fifo_weight_file_is_refused_without_blocking(self, tmp_path):
+        import os
+        import signal
+
+        path = tmp_path / "model.safetensors"
+        os.mkfifo(path)
+        _hangs_guard()
+        try:
+            with pytest.raises(GenladderError, match="special file"):
+                read_model_file(path)
+        finally:
+            signal.alarm(0)
+
+    def test_sparse_giant_and_device_are_refused_before_reading(self, tmp_path, monkeypatch):
+        import genladder.checkpoint as checkpoint
+
+        path = tmp_path / "model.safetensors"
+        with open(path, "wb") as handle:
+            handle.truncate(100 * 2**30)  # 100 GB, sparse: nothing on disk
+        with pytest.raises(GenladderError, match="bytes, more than"):
+            read_model_file(path)
+        monkeypatch.setattr(checkpoint, "MAX_WEIGHT_BYTES", 2**20)
+        with pytest.raises(GenladderError, match="special file"):
+            read_model_file("/dev/zero")
+
+    @pytest.mark.parametrize("text, message", [
+        ("[]", "expected a JSON object, found list"),
+        ("{}", "'step' must be int"),
+        ('{"step": "38"}', "'step' must be int"),
+        ('{"step": NaN}', "not valid JSON"),
+        ('{"step": 1e999}', "not valid JSON"),
+        ('{"step": ' + "9" * 5000 + "}", "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        ('{"step": 3, "optimizer": []}', "'optimizer' must be dict"),
+        ('{"step": 3, "optimizer": {"param_groups": {}}}', "param_groups' must be list"),
+        (b"\xff\xfe", "not valid JSON"),
+    ])
+    def test_corrupted_trainer_state(self, tmp_path, text, message):
+        saved_run(tmp_path, steps=(3,))
+        folder = tmp_path / "checkpoints" / "step_0000003"
+        path = folder / "trainer_state.json"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        model, _, _ = trained_vae()
+        with pytest.raises(GenladderError, match=message):
+            load_training_state(folder, torch.optim.Adam(model.parameters()))
+
+    def test_json_that_is_a_folder_a_fifo_or_huge(self, tmp_path):
+        import os
+        import signal
+
+        from genladder.checkpoint import read_json
+
+        (tmp_path / "dir.json").mkdir()
+        with pytest.raises(GenladderError, match="found a folder"):
+            read_json(tmp_path / "dir.json")
+        os.mkfifo(tmp_path / "fifo.json")
+        _hangs_guard()
+        try:
+            with pytest.raises(GenladderError, match="special file"):
+                read_json(tmp_path / "fifo.json")
+        finally:
+            signal.alarm(0)
+        with open(tmp_path / "huge.json", "wb") as handle:
+            handle.truncate(2**34)
+        with pytest.raises(GenladderError, match="more than"):
+            read_json(tmp_path / "huge.json")
+        (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+        with pytest.raises(GenladderError, match="symlink loop"):
+            read_json(tmp_path / "loop.json")
+
+
+class TestWriteErrors:
+    def test_disk_full_names_the_file(self):
+        from genladder.checkpoint import write_synced
+
+        with pytest.raises(GenladderError, match="cannot write /dev/full: no space left on device"):
+            write_synced(Path("/dev/full"), b"x" * 10)
+
+    def test_missing_folder_names_the_file(self, tmp_path):
+        from genladder.checkpoint import atomic_write_json
+
+        with pytest.raises(GenladderError, match="cannot write .*nowhere"):
+            atomic_write_json(tmp_path / "nowhere" / "latest.json", {})

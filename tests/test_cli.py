@@ -100,9 +100,36 @@ class TestErrors:
         "argv,message",
         [
             (["train", "gan"], "unknown model 'gan'"),
-            (["train", "vae", "--steps", "-3", "--dry-run"], "--steps must be at least 1"),
-            (["train", "vae", "--epochs", "0", "--dry-run"], "--epochs must be at least 1"),
-            (["train", "vae", "--lr", "0", "--dry-run"], "--lr must be positive"),
+            (["train", "vae", "--steps", "-3", "--dry-run"], "--steps: must be in 1..1000000000, got -3"),
+            (["train", "vae", "--epochs", "0", "--dry-run"], "--epochs: must be in 1..1000000, got 0"),
+            (["train", "vae", "--lr", "0", "--dry-run"], "--lr: must be a finite number in (0, 10]"),
+            # Limits before work (issue 17): overflow, non-finite, out of range, absurd sizes.
+            (["train", "vae", "--seed", "9" * 30, "--dry-run"], "--seed: must be in 0..4294967295"),
+            (["train", "vae", "--seed", "9" * 5000, "--dry-run"], "--seed: expected a whole number"),
+            (["train", "vae", "--kl-weight", "-1", "--dry-run"], "--kl-weight: must be a finite number in [0"),
+            (["train", "vae", "--lr", "nan", "--dry-run"], "--lr: must be a finite number"),
+            (["train", "vae", "--threads", "500", "--dry-run"], "--threads: must be in 1.."),
+            (["train", "vae", "--latent-dim", "100000000", "--dry-run"], "--latent-dim: must be in 1..4096"),
+            (["train", "vae", "--width", "100000", "--dry-run"], "--width: must be in 1..1024"),
+            (["train", "ddpm", "--widths", "64,1000000", "--dry-run"], "--widths: must be in 1..1024"),
+            (["train", "ddpm", "--widths", "", "--dry-run"], "--widths: expected 1..6"),
+            (["train", "ddpm", "--blocks-per-level", "1000", "--dry-run"], "--blocks-per-level: must be in 1..8"),
+            (["train", "ddpm", "--T", "100000000", "--dry-run"], "--T: must be in 1..10000"),
+            (["train", "ddpm", "--attention", "nan", "--dry-run"], "--attention: expected a whole number"),
+            (["train", "vae", "--data", "", "--dry-run"], "--data must name"),
+            (["train", "vae", "--run-dir", "/dev/null"], "is not a folder"),
+            (["sample", "/no/such/run", "--out", "x.png", "--seed", "9" * 30], "--seed: must be in"),
+            (["sample", "/no/such/run", "--out", "x.png", "--guidance", "inf"], "--guidance: must be a finite"),
+            (["sample", "/no/such/run", "--out", "x.png", "--guidance", "1e309"], "--guidance: must be a finite"),
+            (["sample", "/no/such/run", "--out", "/no/such/folder/x.png"], "folder /no/such/folder does not exist"),
+            (["sample", "/no/such/run", "--out", "/tmp"], "/tmp is a folder"),
+            (["sample", "/no/such/run", "--out", "x.png", "--device", "meta"], "unknown device 'meta'"),
+            (["guidance-sweep", "/no/such/run", "--out", "x.png", "--guidance-weights", ""], "got none"),
+            (["guidance-sweep", "/no/such/run", "--out", "x.png", "--guidance-weights", "1,inf"], "finite"),
+            (["interpolate", "/no/such/run", "--out", "x.png", "--steps", "100000"], "--steps: must be in 1..100"),
+            (["interpolate", "/no/such/run", "--out", "x.png", "--seed", "-1"], "--seed: must be in 0.."),
+            (["noising", "--out", "x.png", "--T", "10000000"], "--T: must be in 1..10000"),
+            (["noising", "--out", "x.png", "--seed", "9" * 30], "--seed: must be in"),
             (["train", "vae", "--limit", "0"], "must be at least 1"),
             (["train", "vae", "--preset", "huge", "--dry-run"], "unknown preset 'huge'"),
             (["train", "--dry-run"], "name the model to train"),
@@ -149,7 +176,8 @@ class TestErrors:
         result = subprocess.run([sys.executable, "-m", "genladder", "train", "vae", "--batch-size", "0"],
                                 capture_output=True, text=True, cwd=tmp_path)
         assert result.returncode == 2
-        assert result.stderr == "genladder: error: --batch-size must be at least 1, got 0\n"
+        assert result.stderr == ("genladder: error: argument --batch-size: must be in 1..65536, got 0 "
+                                 "(see 'genladder train --help')\n")
 
 
 def test_every_option_is_documented():

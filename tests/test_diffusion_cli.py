@@ -77,10 +77,11 @@ class TestDiffusionErrors:
         out = tmp_path / "x.png"
         cases = [
             (["sample", diffusion_runs["cddpm"], "--steps", 51, "--out", out], "exceeds the 50 diffusion steps"),
-            (["sample", diffusion_runs["cddpm"], "--steps", 0, "--out", out], "--steps must be at least 1"),
+            (["sample", diffusion_runs["cddpm"], "--steps", 0, "--out", out], "--steps: must be in 1..10000, got 0"),
             (["sample", diffusion_runs["ddpm"], "--guidance", 2, "--out", out], "--guidance needs a conditional"),
             (["sample", diffusion_runs["cddpm"], "--label", 10, "--out", out], "--label must be in 0..9"),
-            (["sample", diffusion_runs["cddpm"], "--guidance", -1, "--out", out], "--guidance must be >= 0"),
+            (["sample", diffusion_runs["cddpm"], "--guidance", -1, "--out", out], "--guidance: must be a finite number "
+             "in [0, 100], got -1"),
             (["guidance-sweep", diffusion_runs["ddpm"], "--out", out], "needs a conditional model"),
             (["trajectory", diffusion_runs["cddpm"], "--frames", 1, "--out", out], "--frames must be at least 2"),
             (["reconstruct", diffusion_runs["ddpm"], "--out", out], "needs an ae, vae or cvae run"),
@@ -94,8 +95,9 @@ class TestDiffusionErrors:
         "extra,message",
         [
             (["--widths", "12,24"], "multiples of norm_groups"),
-            (["--T", "0"], "must be at least 1"),
-            (["--label-dropout", "1.5"], "--label-dropout must be in [0, 1)"),
+            (["--T", "0"], "--T: must be in 1..10000, got 0"),
+            (["--label-dropout", "1.5"], "--label-dropout: must be a finite number in [0, 1], got 1.5"),
+            (["--label-dropout", "1"], "--label-dropout must be in [0, 1)"),
             (["--preset", "huge"], "unknown preset 'huge'"),
         ],
     )

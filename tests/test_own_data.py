@@ -181,6 +181,41 @@ def make_error_case(tmp_path: Path, case: str) -> tuple[Path, str]:
     if case in npz_cases:
         arrays, message = npz_cases[case]
         return save_npz(folder / "data.npz", **arrays), message
+    if case == "npz-label-huge":
+        labels = np.array([0, 1, 0, 10**12])
+        return save_npz(folder / "data.npz", images=images, labels=labels), "go up to 1000000000000"
+    if case == "npy-renamed":
+        np.save(folder / "data.npy", images)
+        (folder / "data.npy").rename(folder / "data.npz")
+        return folder / "data.npz", "a single .npy array, not an .npz archive"
+    if case == "npz-header-bomb":
+        # A 9 TiB 'images' array declared in a header of a few bytes (nothing behind it).
+        import io
+        import zipfile
+
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                      "shape": (9 * 2**20, 1024, 1024)})
+        with zipfile.ZipFile(folder / "data.npz", "w") as archive:
+            archive.writestr("images.npy", header.getvalue())
+        return folder / "data.npz", "bytes of pixels, more than the"
+    if case == "dev-null":
+        return Path("/dev/null"), "/dev/null: a special file"
+    if case == "fifo":
+        import os
+
+        os.mkfifo(folder / "data.npz")
+        return folder / "data.npz", "data.npz: a special file"
+    if case == "class-link-to-root":
+        png("cats/a.png")
+        (folder / "all").symlink_to(folder)
+        return folder, "all: class folder is a link to the data folder"
+    if case == "symlink-loop":
+        (folder / "loop").symlink_to(folder / "loop")
+        return folder / "loop", "loop: a symlink loop"
+    if case == "huge-side":
+        png("a.png", size=(2048, 2048), mode="L")
+        return folder, "a.png: images are 2048×2048; sides up to 1024"
     if case == "npz-corrupt":
         (folder / "data.npz").write_bytes(b"PK\x03\x04 not really a zip")
         return folder / "data.npz", f"{folder / 'data.npz'}: cannot read the .npz file"
@@ -191,7 +226,8 @@ ERROR_CASES = ["missing", "not-npz", "empty-folder", "no-images", "empty-class",
                "corrupt-image", "truncated-image", "mixed-sizes", "not-square", "not-divisible-by-8", "16-bit",
                "transparent", "npz-no-images", "npz-float", "npz-shape", "npz-empty", "npz-size",
                "npz-label-count", "npz-label-dtype", "npz-label-gap", "npz-label-negative", "npz-pickle",
-               "npz-corrupt"]
+               "npz-corrupt", "npz-label-huge", "npy-renamed", "npz-header-bomb", "dev-null", "fifo",
+               "class-link-to-root", "huge-side", "symlink-loop"]
 
 
 class TestErrors:
@@ -204,6 +240,27 @@ class TestErrors:
         assert path.name in str(caught.value)  # the file at fault, or the folder when no one file is
         code, _, err = run_cli(capsys, "train", "vae", "--data", path, "--dry-run")
         assert code == 2 and err.count("\n") == 1 and message in err, err
+
+    def test_total_pixel_budget_is_checked_from_headers(self, tmp_path, monkeypatch):
+        """Pixels are counted from image and .npy headers, so nothing past the budget is decoded."""
+        import genladder.data.files as files
+
+        monkeypatch.setattr(files, "MAX_TOTAL_BYTES", 10_000)
+        folder = tmp_path / "pngs"
+        folder.mkdir()
+        for k in range(4):
+            Image.new("RGB", (32, 32)).save(folder / f"{k}.png")  # 3 kB of pixels each
+        decoded = set()
+        real_load = files.Image.Image.load
+        monkeypatch.setattr(files.Image.Image, "load",
+                            lambda image: decoded.add(getattr(image, "filename", None)) or real_load(image))
+        with pytest.raises(GenladderError, match="more than the 10,000 genladder will load"):
+            read_own_data(folder)
+        assert sorted(Path(name).name for name in decoded if name) == ["0.png", "1.png", "2.png"], \
+            "the fourth image must be refused from its header, before decoding"
+        bomb = save_npz(tmp_path / "zeros.npz", images=np.zeros((40, 16, 16), np.uint8))  # compresses to ~nothing
+        with pytest.raises(GenladderError, match="more than the 10,000"):
+            read_own_data(bomb)
 
     @pytest.mark.parametrize("kind,message", [("cvae", "cvae is class-conditional but"),
                                               ("cddpm", "has no labels; put the images in one sub-folder"),

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from genladder.cli import main
 from genladder.errors import GenladderError
 from genladder.runs import LoadedRun
 from genladder.serve import (
+    BUSY,
+    INTERNAL,
+    NOT_AVAILABLE,
     RunCatalog,
     generate_grid,
     in_page,
@@ -52,7 +56,9 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     assert main([str(a) for a in tiny_train_args("cvae", root / "cvae", MINI_MNIST, "--latent-dim", 16)]) == 0
     assert main([str(a) for a in tiny_diffusion_args("cddpm", root / "cddpm", MINI_MNIST)]) == 0
-    return {"cvae": str(root / "cvae"), "cddpm": str(root / "cddpm")}
+    assert main([str(a) for a in tiny_train_args("vae", root / "vae", MINI_MNIST, "--latent-dim", 4,
+                                                 "--steps", 2)]) == 0
+    return {"cvae": str(root / "cvae"), "cddpm": str(root / "cddpm"), "vae": str(root / "vae")}
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +122,82 @@ class TestFormChecks:
 
 
 class TestHandlers:
-    def test_catalog_checks_runs_at_start_and_loads_typed_paths(self, runs, tmp_path):
+    def test_catalog_checks_runs_at_start_and_confines_typed_paths(self, runs, tmp_path):
         with pytest.raises(GenladderError, match="is not a genladder run folder"):
             RunCatalog([runs["cvae"], str(tmp_path)])
         catalog = RunCatalog([runs["cvae"]], device="cpu")
-        assert catalog.names == [runs["cvae"]] and catalog.get(runs["cddpm"]).kind == "cddpm"
+        assert catalog.names == [runs["cvae"]] and catalog.get(runs["cvae"]).kind == "cvae"
+        assert catalog.get(runs["cvae"] + "/.").kind == "cvae" and len(catalog) == 1  # one run, one entry
+        # Outside the command line's folders (and no --runs-root): one message, whatever is there.
+        for typed in (runs["cddpm"], str(tmp_path), "/no/such/folder", "/etc", "/dev/zero", "x" * 5000):
+            with pytest.raises(GenladderError) as caught:
+                catalog.get(typed)
+            assert str(caught.value) == NOT_AVAILABLE, typed
         with pytest.raises(GenladderError, match="pick a run"):
             catalog.get("  ")
+
+    def test_runs_root_catalogue_is_keyed_by_resolved_path_and_bounded(self, runs, tmp_path, monkeypatch):
+        import genladder.serve as serve
+
+        root = tmp_path / "root"
+        for name in ("a", "b", "c"):
+            shutil.copytree(runs["vae"], root / name)
+        catalog = RunCatalog([runs["cvae"]], device="cpu", runs_root=str(root))
+        spellings = [f"{root}/a", f"{root}/a/", f"{root}/./a", f"/{root}/a", f"{root}/b/../a"]
+        assert len({id(catalog.get(s)) for s in spellings}) == 1 and len(catalog) == 2
+        monkeypatch.setattr(serve, "MAX_TYPED_RUNS", 2)
+        for name in ("a", "b", "c"):
+            assert catalog.get(str(root / name)).kind == "vae"
+        assert len(catalog) == 1 + 2  # the command line's run stays; the oldest typed one was dropped
+        with pytest.raises(GenladderError, match="^that run is not available"):
+            catalog.get(f"{root}/../../etc")
+
+    def test_fifo_in_a_typed_run_does_not_block(self, runs, tmp_path):
+        import signal
+
+        bad = tmp_path / "root" / "fifo-run"
+        shutil.copytree(runs["vae"], bad)
+        checkpoint = next((bad / "checkpoints").iterdir())
+        (checkpoint / "model.safetensors").unlink()
+        os.mkfifo(checkpoint / "model.safetensors")
+        catalog = RunCatalog([runs["vae"]], device="cpu", runs_root=str(tmp_path / "root"))
+
+        def hung(*_):
+            raise AssertionError("reading a FIFO blocked")
+
+        signal.signal(signal.SIGALRM, hung)
+        signal.alarm(10)
+        try:
+            with pytest.raises(GenladderError, match="^that run is not available"):
+                catalog.get(str(bad))
+        finally:
+            signal.alarm(0)
+
+    def test_unexpected_errors_and_overload_give_a_fixed_line(self, monkeypatch):
+        import genladder.serve as serve
+
+        def broken():
+            raise AttributeError("'list' object has no attribute 'get'")
+
+        image, status = in_page(broken, 1)()
+        assert image is None and INTERNAL in status and "attribute" not in status
+        for _ in range(serve.MAX_CONCURRENT):
+            serve._working.acquire()
+        try:
+            image, status = in_page(lambda: (None, "drawn"), 1)()
+            assert BUSY in status
+        finally:
+            for _ in range(serve.MAX_CONCURRENT):
+                serve._working.release()
+        assert "drawn" in in_page(lambda: (None, "drawn"), 1)()[1]
+
+    def test_latent_tab_works_for_an_unconditional_vae(self, runs):
+        catalog = RunCatalog([runs["vae"]], device="cpu")
+        # The hidden digit field keeps its default "0": an unconditional run must ignore it.
+        image, caption = latent_point(catalog, runs["vae"], "0", 0, 1, 1.5, 0)
+        assert image.size[0] == image.size[1] >= 8 * 32  # one digit, drawn large
+        assert "z[0] = +1.5" in caption
+        assert latent_sweep(catalog, runs["vae"], "0", 0, 1).size == tile_grid_size(7, 7)
 
     def test_generate_grid_with_progress(self, catalog, runs):
         fractions = []
@@ -144,7 +219,7 @@ class TestHandlers:
                  ((runs["cddpm"], "12", 20, "dpmpp", 5, 2, 0), "digit must be in 0..9, got 12"),
                  ((runs["cvae"], "all", 0, "dpmpp", 5, 2, 0), "images must be in 1..400, got 0"),
                  ((runs["cvae"], "all", 10, "dpmpp", 5, 2, -1), "seed must be in 0.."),
-                 ((str(tmp_path), "all", 10, "dpmpp", 5, 2, 0), "is not a genladder run folder")]
+                 ((str(tmp_path), "all", 10, "dpmpp", 5, 2, 0), "^that run is not available")]
         for args, expected in cases:
             with pytest.raises(GenladderError, match=expected):
                 generate_grid(catalog, *args)
@@ -189,7 +264,7 @@ class TestServeCommand:
 
     def test_bad_port(self, capsys, runs):
         code, _, err = run_cli(capsys, "serve", runs["cvae"], "--port", 70000)
-        assert code == 2 and "--port must be in 1..65535, got 70000" in err
+        assert code == 2 and "--port: must be in 1..65535, got 70000" in err
 
     def test_port_in_use(self, capsys, runs):
         require(importlib.util.find_spec("gradio") is not None, "gradio")
@@ -314,8 +389,7 @@ def test_page_in_headless_chromium(server, runs, tmp_path):
             generate(expect_image=False)
             expect(page.locator("#gen-status")).to_contain_text("digit must be in 0..9, got 12", timeout=15_000)
             type_into("gen-run", str(tmp_path))
-            expect(page.locator("#gen-status")).to_contain_text(f"{tmp_path} is not a genladder run folder",
-                                                                timeout=15_000)
+            expect(page.locator("#gen-status")).to_contain_text("that run is not available", timeout=15_000)
 
             # Still serving: the cvae draws eight 3s.
             type_into("gen-run", runs["cvae"])
@@ -336,3 +410,32 @@ def test_page_in_headless_chromium(server, runs, tmp_path):
     assert outside == [], f"the page asked for outside resources: {outside}"
     with urllib.request.urlopen(server, timeout=5) as response:
         assert response.status == 200
+
+
+def http_status(url: str, headers: dict | None = None, data: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_http_guard_and_concurrent_requests(server):
+    """Host/Origin checked, uploads off, bodies capped, and 20 requests at once all answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = server.rstrip("/").rsplit(":", 1)[1]
+    config = server + "config"
+    assert http_status(config) == 200
+    assert http_status(config, {"Host": f"localhost:{port}"}) == 200
+    assert http_status(config, {"Host": f"rebound.example:{port}"}) == 403  # DNS rebinding
+    assert http_status(config, {"Origin": "http://evil.example"}) == 403  # a cross-site page
+    assert http_status(config, {"Origin": f"http://127.0.0.1:{port}"}) == 200
+    upload = server + "gradio_api/upload"
+    assert http_status(upload, {"Content-Type": "application/octet-stream"}, b"x" * 100) == 403
+    big = server + "gradio_api/queue/join"
+    assert http_status(big, {"Content-Type": "application/json"}, b"{" + b" " * (2 * 2**20) + b"}") == 413
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(lambda _: http_status(config), range(20)))
+    assert statuses == [200] * 20

@@ -252,3 +252,105 @@ class TestFastPaths:
     def test_unknown_precision_is_refused(self):
         with pytest.raises(GenladderError, match="precision"):
             TrainConfig(precision="fp8")
+
+
+class TestRecovery:
+    """What a kill, a full disk or a second writer leaves behind must neither stop nor corrupt a run."""
+
+    def test_torn_metrics_line_is_dropped_on_resume_and_reported(self, tmp_path, mini_mnist, capsys):
+        run_dir = tmp_path / "r"
+        run_training(vae_config(mini_mnist, steps=5), run_dir, show_progress=False)
+        metrics = run_dir / "metrics.jsonl"
+        with open(metrics, "a") as handle:
+            handle.write('{"split": "train", "step": 6, "lo')  # a kill in the middle of a write
+        config = json.loads((run_dir / "config.json").read_text())
+        config["train"]["steps"] = 10
+        run_training(config, run_dir, resume=True, show_progress=False)
+        assert "dropped 1 unreadable line(s)" in capsys.readouterr().err
+        steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+        assert steps == sorted(steps) and steps[-1] == 10
+
+    def test_second_writer_is_refused_naming_the_holder(self, tmp_path, mini_mnist):
+        from genladder.run_lock import run_lock
+
+        run_dir = tmp_path / "r"
+        run_training(vae_config(mini_mnist, steps=5), run_dir, show_progress=False)
+        config = json.loads((run_dir / "config.json").read_text())
+        config["train"]["steps"] = 10
+        with run_lock(run_dir):  # another process training this run
+            with pytest.raises(GenladderError, match=f"being trained by process {os.getpid()}"):
+                run_training(config, run_dir, resume=True, show_progress=False)
+        assert latest_checkpoint(run_dir).name == "step_0000005"
+        run_training(config, run_dir, resume=True, show_progress=False)  # free again
+        assert latest_checkpoint(run_dir).name == "step_0000010"
+
+    def test_stale_lock_of_a_dead_process_is_taken_over(self, tmp_path, mini_mnist, capsys):
+        run_dir = tmp_path / "r"
+        run_dir.mkdir()
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        (run_dir / "train.lock").write_text(f"{dead.pid}\n")
+        run_training(vae_config(mini_mnist, steps=2), run_dir, show_progress=False)
+        assert f"took over the stale lock of process {dead.pid}" in capsys.readouterr().err
+        assert latest_checkpoint(run_dir).name == "step_0000002"
+
+    def test_run_without_a_checkpoint_restarts_on_resume(self, tmp_path, mini_mnist, capsys):
+        """A run killed before its first checkpoint: --resume starts it again, equal to a fresh run."""
+        straight, dead_end = tmp_path / "straight", tmp_path / "dead"
+        config = vae_config(mini_mnist, steps=6)
+        run_training(config, straight, show_progress=False)
+        dead_end.mkdir()
+        (dead_end / "config.json").write_text(json.dumps(config))
+        (dead_end / "metrics.jsonl").write_text('{"split": "train", "step": 3, "loss": 1.0}\n')
+        with pytest.raises(GenladderError, match="already holds a run"):
+            run_training(config, dead_end, show_progress=False)
+        run_training(config, dead_end, resume=True, show_progress=False)
+        assert "holds no complete checkpoint" in capsys.readouterr().err
+        assert_same_state(straight, dead_end)
+
+    def test_nan_before_the_first_checkpoint_says_so(self, tmp_path, mini_mnist, monkeypatch):
+        import genladder.runs as runs
+
+        real = runs.make_objective
+
+        def poisoned(kind, objective_config, model_config):
+            objective = real(kind, objective_config, model_config)
+
+            def wrapped(model, images, labels, generator=None):
+                loss, metrics = objective(model, images, labels, generator=generator)
+                return loss * float("nan"), {**metrics, "loss": float("nan")}
+
+            return wrapped
+
+        monkeypatch.setattr(runs, "make_objective", poisoned)
+        with pytest.raises(GenladderError, match=r"step 1: .*no checkpoint had been written yet.*--resume"):
+            run_training(vae_config(mini_mnist, steps=20), tmp_path / "r", show_progress=False)
+
+    def test_missing_ema_file_is_an_error_unless_raw_weights_are_asked_for(self, tmp_path, mini_mnist):
+        run_dir = tmp_path / "r"
+        run_training(vae_config(mini_mnist, steps=2, ema_decay=0.9), run_dir, show_progress=False)
+        (latest_checkpoint(run_dir) / "ema.safetensors").unlink()
+        with pytest.raises(GenladderError, match="ema.safetensors is missing.*--weights model"):
+            load(run_dir)
+        assert load(run_dir, weights="model").sample(1).shape == (1, 1, 32, 32)
+
+    @pytest.mark.parametrize("section, key, value, message", [
+        ("train", "batch_size", "16", "TrainConfig.batch_size must be int"),
+        ("train", "lr", None, "TrainConfig.lr must be float"),
+        ("model", "width", [8], "AutoencoderConfig.width must be int"),
+        ("model", "latent_dim", 10**30, "AutoencoderConfig.latent_dim must be int"),
+        ("data", "limit", "all", "DataConfig.limit must be int"),
+    ])
+    def test_wrong_types_in_config_json(self, tmp_path, mini_mnist, section, key, value, message):
+        from genladder.runs import resume_config
+
+        run_dir = tmp_path / "r"
+        run_training(vae_config(mini_mnist, steps=2), run_dir, show_progress=False)
+        config = json.loads((run_dir / "config.json").read_text())
+        config[section][key] = value
+        (run_dir / "config.json").write_text(json.dumps(config))
+        with pytest.raises(GenladderError, match=message):
+            if section == "model":
+                run_training(resume_config(run_dir, {"steps": 4}), run_dir, resume=True, show_progress=False)
+            else:
+                run_training(config, run_dir, resume=True, show_progress=False)

@@ -15,6 +15,25 @@ from dataclasses import asdict
 from pathlib import Path
 
 from genladder import __version__
+from genladder.cli_args import (
+    GUIDANCE_RANGE,
+    MAX_BATCH,
+    MAX_BLOCKS,
+    MAX_IMAGES,
+    MAX_LATENT,
+    MAX_T,
+    MAX_WIDTH,
+    SEED,
+    attention_sizes,
+    device_name,
+    float_in,
+    guidance_list,
+    int_in,
+    output_file,
+    positive_int,
+    thread_count,
+    unet_widths,
+)
 from genladder.errors import GenladderError
 from genladder.models import MODEL_KINDS, check_kind, is_diffusion
 
@@ -35,16 +54,6 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _add_train_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model and write a run folder", argument_default=SUPPRESS,
@@ -61,34 +70,38 @@ def _add_train_parser(subparsers) -> None:
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly where it stopped")
     where.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     model = p.add_argument_group("model")
-    model.add_argument("--latent-dim", type=_positive_int, help="latent size of the AE/VAE/CVAE (tutorial: 64)")
-    model.add_argument("--width", type=_positive_int, help="conv filters of the AE/VAE/CVAE (tutorial: 64)")
+    model.add_argument("--latent-dim", type=int_in(1, MAX_LATENT),
+                       help="latent size of the AE/VAE/CVAE (tutorial: 64)")
+    model.add_argument("--width", type=int_in(1, MAX_WIDTH), help="conv filters of the AE/VAE/CVAE (tutorial: 64)")
     model.add_argument("--likelihood", choices=("gaussian", "bernoulli"),
                        help="decoder likelihood: gaussian = summed L2 (tutorial), bernoulli = BCE in nats")
-    model.add_argument("--kl-weight", type=float, help="weight of the KL term of the VAE/CVAE loss (default 1)")
+    model.add_argument("--kl-weight", type=float_in(0, 1e6),
+                       help="weight of the KL term of the VAE/CVAE loss (default 1)")
     classifier = p.add_argument_group("classifier (the feature network of 'genladder evaluate')")
-    classifier.add_argument("--max-shift", type=int, help="largest random shift in pixels of training digits "
-                            "with --augment shift (default 2)")
+    classifier.add_argument("--max-shift", type=int_in(0, 64), help="largest random shift in pixels of training "
+                            "digits with --augment shift (default 2)")
     classifier.add_argument("--augment", choices=("shift", "handwriting"), help="training-digit augmentation: "
                             "handwriting = random rotation/zoom/shear/shift + elastic distortion (default; preset "
                             "shift: whole-pixel shifts only)")
     diffusion = p.add_argument_group("diffusion (ddpm, cddpm)")
-    diffusion.add_argument("--widths", help="U-Net channels per level, e.g. 64,128,128")
-    diffusion.add_argument("--blocks-per-level", type=_positive_int, help="U-Net residual blocks per level")
-    diffusion.add_argument("--attention", help="feature sizes with self-attention, e.g. 8 (empty string: none)")
-    diffusion.add_argument("--dropout", type=float, help="dropout inside the U-Net residual blocks")
-    diffusion.add_argument("--patch-size", type=_positive_int, help="U-Net: pixel-unshuffle p×p patches first "
+    diffusion.add_argument("--widths", type=unet_widths, help="U-Net channels per level, e.g. 64,128,128")
+    diffusion.add_argument("--blocks-per-level", type=int_in(1, MAX_BLOCKS), help="U-Net residual blocks per level")
+    diffusion.add_argument("--attention", type=attention_sizes,
+                           help="feature sizes with self-attention, e.g. 8 (empty string: none)")
+    diffusion.add_argument("--dropout", type=float_in(0, 0.99), help="dropout inside the U-Net residual blocks")
+    diffusion.add_argument("--patch-size", type=int_in(1, 8), help="U-Net: pixel-unshuffle p×p patches first "
                            "(2: a quarter of the compute; cpu-fast preset)")
     diffusion.add_argument("--schedule", choices=("linear", "cosine"), help="noise schedule of the betas")
-    diffusion.add_argument("--T", type=_positive_int, help="diffusion steps (tutorial 100, default 1000)")
+    diffusion.add_argument("--T", type=int_in(1, MAX_T), help="diffusion steps (tutorial 100, default 1000)")
     diffusion.add_argument("--prediction", choices=("eps", "x0", "v"), help="what the network predicts")
-    diffusion.add_argument("--label-dropout", type=float, help="cddpm: share of labels replaced by the null "
+    diffusion.add_argument("--label-dropout", type=float_in(0, 1), help="cddpm: share of labels replaced by the null "
                            "label in training (default 0.15)")
-    diffusion.add_argument("--ema-decay", type=float, help="decay per step of the weights' EMA used for sampling")
-    diffusion.add_argument("--ema-half-life-images", type=int, help="the EMA's half-life in training images "
-                           "(replaces --ema-decay; the same at any batch size)")
-    diffusion.add_argument("--min-snr-gamma", type=float, help="Min-SNR-gamma loss weighting (Hang et al. 2023; "
-                           "5 in the paper; default off)")
+    diffusion.add_argument("--ema-decay", type=float_in(0, 1), help="decay per step of the weights' EMA used for "
+                           "sampling")
+    diffusion.add_argument("--ema-half-life-images", type=int_in(1, 10**12), help="the EMA's half-life in training "
+                           "images (replaces --ema-decay; the same at any batch size)")
+    diffusion.add_argument("--min-snr-gamma", type=float_in(0, 1e6, low_open=True), help="Min-SNR-gamma loss "
+                           "weighting (Hang et al. 2023; 5 in the paper; default off)")
     data = p.add_argument_group("data")
     data.add_argument("--data", "--dataset", dest="dataset", metavar="DATA",
                       help="mnist (default), fashion-mnist, or your own images: a folder (one sub-folder per class "
@@ -96,107 +109,115 @@ def _add_train_parser(subparsers) -> None:
                       "grey or RGB, never resized (a folder named mnist: ./mnist; --dataset is the old name)")
     data.add_argument("--data-dir", help="mnist/fashion-mnist: folder with the four IDX files (default: "
                       "$GENLADDER_DATA_DIR, then the user cache, then a download)")
-    data.add_argument("--test-share", type=float, help="own images: share held out as the test set, chosen by a "
+    data.add_argument("--test-share", type=float_in(0, 1),
+                      help="own images: share held out as the test set, chosen by a "
                       "fixed permutation (default 0.1)")
-    data.add_argument("--limit", type=_positive_int, help="train on the first N training images only")
-    data.add_argument("--test-limit", type=_positive_int, help="evaluate on the first N test images only")
+    data.add_argument("--limit", type=positive_int, help="train on the first N training images only")
+    data.add_argument("--test-limit", type=positive_int, help="evaluate on the first N test images only")
     data.add_argument("--resize", choices=("pad", "resize"), help="mnist/fashion-mnist 28->32: pad with 2 blank "
                       "pixels (default) or bilinear resize (tutorial)")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, help="passes over the training set (default 5)")
-    opt.add_argument("--steps", type=int, help="total optimiser steps (overrides --epochs)")
-    opt.add_argument("--batch-size", type=int, help="images per step, per process under torchrun "
+    opt.add_argument("--epochs", type=int_in(1, 10**6), help="passes over the training set (default 5)")
+    opt.add_argument("--steps", type=int_in(1, 10**9), help="total optimiser steps (overrides --epochs)")
+    opt.add_argument("--batch-size", type=int_in(1, MAX_BATCH), help="images per step, per process under torchrun "
                      "(default 128)")
-    opt.add_argument("--lr", type=float, help="peak learning rate (default: the preset's; autoencoders 1e-3)")
+    opt.add_argument("--lr", type=float_in(0, 10, low_open=True), help="peak learning rate (default: the preset's; "
+                     "autoencoders 1e-3)")
     opt.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), help="after the warm-up: constant "
                      "(default for the autoencoders), or cosine/linear decay to 0 at the last step")
-    opt.add_argument("--warmup-images", type=int, help="training images of linear learning-rate warm-up "
-                     "(default 0)")
+    opt.add_argument("--warmup-images", type=int_in(0, 10**12), help="training images of linear learning-rate "
+                     "warm-up (default 0)")
     opt.add_argument("--optimizer", choices=("adam", "adamw"), help="adam (default) or adamw")
-    opt.add_argument("--adam-beta2", type=float, help="second-moment decay of Adam/AdamW (default 0.999)")
-    opt.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay (default 0)")
-    opt.add_argument("--seed", type=int, help="seed of weights, data order and noise (default 0)")
-    opt.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
+    opt.add_argument("--adam-beta2", type=float_in(0, 1), help="second-moment decay of Adam/AdamW (default 0.999)")
+    opt.add_argument("--weight-decay", type=float_in(0, 10), help="AdamW's decoupled weight decay (default 0)")
+    opt.add_argument("--seed", type=int_in(*SEED), help="seed of weights, data order and noise (default 0)")
+    opt.add_argument("--grad-clip", type=float_in(0, 1e6, low_open=True),
+                     help="clip the global gradient norm to this value")
     opt.add_argument("--time-budget", type=parse_duration, help="stop cleanly after this much training "
                      "time, e.g. 10m (a final checkpoint is written)")
-    opt.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500; also at "
+    opt.add_argument("--checkpoint-every", type=int_in(1, 10**9),
+                     help="steps between checkpoints (default 500; also at "
                      "every epoch end)")
-    opt.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept on disk (default 2)")
-    opt.add_argument("--log-every", type=int, help="steps between loss records (default 50)")
+    opt.add_argument("--keep-checkpoints", type=int_in(1, 1000), help="newest checkpoints kept on disk (default 2)")
+    opt.add_argument("--log-every", type=int_in(1, 10**9), help="steps between loss records (default 50)")
     run = p.add_argument_group("execution")
-    run.add_argument("--device", help="auto (default), cpu or cuda (under torchrun: GPU LOCAL_RANK)")
+    run.add_argument("--device", type=device_name, help="auto (default), cpu or cuda (under torchrun: GPU LOCAL_RANK)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--compile", action="store_true", help="torch.compile the training step (faster after a "
                      "warm-up of about a minute on CPU)")
     run.add_argument("--precision", choices=("fp32", "bf16"), help="fp32 (default) or bf16 autocast (GPUs, and "
                      "CPUs with AMX; slower on other CPUs)")
-    run.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: one per core; use 1 "
+    run.add_argument("--threads", type=thread_count, help="CPU threads for torch (default: one per core; use 1 "
                      "when another busy process shares the machine)")
 
 
 def _add_figure_parsers(subparsers) -> None:
     p = subparsers.add_parser("sample", help="draw new images from a trained run")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
-    p.add_argument("--n", type=_positive_int, default=64, help="number of images (default 64)")
-    p.add_argument("--label", type=int, help="conditional models: draw only this class")
+    p.add_argument("--n", type=int_in(1, MAX_IMAGES), default=64, help="number of images (default 64)")
+    p.add_argument("--label", type=int_in(0, 10**6), help="conditional models: draw only this class")
     p.add_argument("--grid", action="store_true", help="conditional models: one row per class")
-    p.add_argument("--out", required=True, help="output: .png (a grid) or .npz (images in [-1, 1] and labels)")
+    p.add_argument("--out", required=True, type=output_file,
+                   help="output: .png (a grid) or .npz (images in [-1, 1] and labels)")
     _add_sampling_options(p)
 
     p = subparsers.add_parser("trajectory", help="diffusion: x_t along the denoising chain, one row per sample")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
-    p.add_argument("--n", type=_positive_int, default=8, help="rows (default 8)")
-    p.add_argument("--label", type=int, help="conditional models: this class in every row")
-    p.add_argument("--frames", type=int, default=10, help="columns of x_t before the final image (default 10)")
-    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--n", type=int_in(1, 1000), default=8, help="rows (default 8)")
+    p.add_argument("--label", type=int_in(0, 10**6), help="conditional models: this class in every row")
+    p.add_argument("--frames", type=int_in(1, 1000), default=10,
+                   help="columns of x_t before the final image (default 10)")
+    p.add_argument("--out", required=True, type=output_file, help="output .png")
     _add_sampling_options(p)
 
     p = subparsers.add_parser("guidance-sweep", help="cddpm: rows = guidance weights, columns = digits")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
-    p.add_argument("--guidance-weights", dest="weights_list", default="0,1,2,4",
+    p.add_argument("--guidance-weights", dest="weights_list", default="0,1,2,4", type=guidance_list,
                    help="comma-separated guidance weights w, one row each (default 0,1,2,4)")
-    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--out", required=True, type=output_file, help="output .png")
     _add_sampling_options(p)
 
     p = subparsers.add_parser("reconstruct", help="test digits beside their reconstructions")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
-    p.add_argument("--n", type=_positive_int, default=16, help="number of test digits (default 16)")
+    p.add_argument("--n", type=int_in(1, 10_000), default=16, help="number of test digits (default 16)")
     _add_test_digit_output(p)
 
     p = subparsers.add_parser("interpolate", help="a latent walk between pairs of test digits")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
-    p.add_argument("--pairs", type=_positive_int, default=4, help="rows, one pair of test digits each (default 4)")
-    p.add_argument("--steps", type=_positive_int, default=10, help="images per row, ends included (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="which test digits are paired (default 0)")
+    p.add_argument("--pairs", type=int_in(1, 1000), default=4, help="rows, one pair of test digits each (default 4)")
+    p.add_argument("--steps", type=int_in(1, 100), default=10, help="images per row, ends included (default 10)")
+    p.add_argument("--seed", type=int_in(*SEED), default=0, help="which test digits are paired (default 0)")
     _add_test_digit_output(p)
 
     p = subparsers.add_parser("latent-map", help="2-d VAE: test digits at their codes beside the decoded grid")
     p.add_argument("run_dir", help="a vae run trained with --latent-dim 2")
-    p.add_argument("--n", type=_positive_int, default=10_000, help="test images to place (default 10000, or all "
+    p.add_argument("--n", type=int_in(1, MAX_IMAGES), default=10_000,
+                   help="test images to place (default 10000, or all "
                    "there are)")
-    p.add_argument("--grid", type=int, default=15, help="decoded images per side of the grid (default 15)")
+    p.add_argument("--grid", type=int_in(1, 64), default=15, help="decoded images per side of the grid (default 15)")
     _add_test_digit_output(p)
 
     p = subparsers.add_parser("noising", help="diffusion: test digits under q(x_t | x0) at evenly spaced t")
     p.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="beta schedule "
                    "(default linear)")
-    p.add_argument("--T", type=_positive_int, default=1000, help="diffusion steps (default 1000; tutorial 100)")
-    p.add_argument("--n", type=_positive_int, default=4, help="rows, one test digit each (default 4)")
-    p.add_argument("--frames", type=int, default=8, help="noised columns, evenly spaced up to t = T-1 (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    p.add_argument("--T", type=int_in(1, MAX_T), default=1000, help="diffusion steps (default 1000; tutorial 100)")
+    p.add_argument("--n", type=int_in(1, 1000), default=4, help="rows, one test digit each (default 4)")
+    p.add_argument("--frames", type=int_in(1, 1000), default=8,
+                   help="noised columns, evenly spaced up to t = T-1 (default 8)")
+    p.add_argument("--seed", type=int_in(*SEED), default=0, help="seed of the noise (default 0)")
     p.add_argument("--data", "--dataset", dest="dataset", metavar="DATA", default="mnist",
                    help="mnist (default), fashion-mnist, or a folder of images / an .npz file, as for 'train'")
     p.add_argument("--data-dir", help="mnist/fashion-mnist: folder with the IDX files (default: $GENLADDER_DATA_DIR, "
                    "then the cache)")
-    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--out", required=True, type=output_file, help="output .png")
 
 
 def _add_test_digit_output(p: argparse.ArgumentParser) -> None:
     """--out, --data-dir and --device of the verbs that draw test digits through a model."""
-    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--out", required=True, type=output_file, help="output .png")
     p.add_argument("--data-dir", help="mnist/fashion-mnist runs: folder with the IDX files (default: the run's "
                    "data source)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--device", type=device_name, default="auto", help="auto (default), cpu or cuda")
 
 
 def _interval(text: str) -> tuple[float, float]:
@@ -214,10 +235,12 @@ def _interval(text: str) -> tuple[float, float]:
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp"), default="dpmpp",
                    help="diffusion: ancestral ddpm, ddim, or DPM-Solver++(2M) (default dpmpp)")
-    p.add_argument("--steps", type=int, help="diffusion: solver steps (default 20; ddpm: the full chain)")
-    p.add_argument("--guidance", type=float, default=0.0, help="cddpm: classifier-free guidance weight w "
+    p.add_argument("--steps", type=int_in(1, MAX_T), help="diffusion: solver steps (default 20; ddpm: the full chain)")
+    p.add_argument("--guidance", type=float_in(*GUIDANCE_RANGE), default=0.0,
+                   help="cddpm: classifier-free guidance weight w "
                    "(eps = (1+w) eps_cond - w eps_uncond; default 0)")
-    p.add_argument("--eta", type=float, default=0.0, help="ddim: 0 deterministic, 1 ancestral-like (default 0)")
+    p.add_argument("--eta", type=float_in(0, 1), default=0.0,
+                   help="ddim: 0 deterministic, 1 ancestral-like (default 0)")
     p.add_argument("--variance", choices=("beta", "posterior"), default="beta",
                    help="ddpm: reverse variance beta_t (tutorial) or the posterior's beta-tilde_t")
     p.add_argument("--spacing", choices=("karras", "trailing"), default="karras",
@@ -225,17 +248,18 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                    "(default), or trailing (genladder <= 0.3; its last step jumps from sigma ~ 0.09)")
     p.add_argument("--guidance-interval", type=_interval, help="cddpm: apply guidance only where the noise level "
                    "sigma_t lies in LOW,HIGH (Kynkaanniemi et al. 2024), e.g. 0.3,5; default: every step")
-    p.add_argument("--batch-size", type=int, default=100, help="images per sampler call (default 100, the fastest "
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=100,
+                   help="images per sampler call (default 100, the fastest "
                    "on CPU; more on a GPU)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--seed", type=int_in(*SEED), default=0, help="sampling seed (default 0)")
     p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
                    help="EMA weights when the run has them (auto), or the raw ones")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--device", type=device_name, default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _optional_steps(text: str) -> int | None:
-    return None if text == "all" else _positive_int(text)
+    return None if text == "all" else positive_int(text)
 
 
 def _add_evaluate_parsers(subparsers) -> None:
@@ -245,19 +269,19 @@ def _add_evaluate_parsers(subparsers) -> None:
                               "table and write eval.json into the run folder.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders written by 'genladder train' (with "
                    "several, each is evaluated and the two feature networks' rankings of them are compared)")
-    p.add_argument("--n", type=_positive_int, default=10_000, help="samples to draw (default 10000; 1000 for a quick "
+    p.add_argument("--n", type=positive_int, default=10_000, help="samples to draw (default 10000; 1000 for a quick "
                    "look); the real-data floor uses as many training digits")
     _add_sampling_options(p)
-    p.add_argument("--pr-k", type=_positive_int, default=3, help="neighbours in precision/recall (default 3)")
-    p.add_argument("--iwae-k", type=_positive_int, default=100, help="VAE: importance samples of the IWAE bound "
+    p.add_argument("--pr-k", type=positive_int, default=3, help="neighbours in precision/recall (default 3)")
+    p.add_argument("--iwae-k", type=positive_int, default=100, help="VAE: importance samples of the IWAE bound "
                    "(default 100)")
-    p.add_argument("--iwae-images", type=_positive_int, default=1000, help="VAE: test digits in the IWAE bound "
+    p.add_argument("--iwae-images", type=positive_int, default=1000, help="VAE: test digits in the IWAE bound "
                    "(default 1000)")
-    p.add_argument("--bpd-images", type=_positive_int, default=200, help="diffusion: test digits in the "
+    p.add_argument("--bpd-images", type=positive_int, default=200, help="diffusion: test digits in the "
                    "variational bound (default 200)")
     p.add_argument("--bpd-timesteps", type=_optional_steps, default=50, help="diffusion: KL terms scored per digit, "
                    "stratified over t (default 50; 'all' for the exact sum)")
-    p.add_argument("--memorisation-samples", type=_positive_int, default=2000, help="samples checked against "
+    p.add_argument("--memorisation-samples", type=positive_int, default=2000, help="samples checked against "
                    "their nearest training image (default 2000)")
     p.add_argument("--classifier", help="feature network: a classifier run folder or file (default: the shipped "
                    "MNIST classifier)")
@@ -271,7 +295,7 @@ def _add_evaluate_parsers(subparsers) -> None:
     p.add_argument("run_dir", help="a cddpm run folder")
     p.add_argument("--guidance-weights", dest="weights_list", default="0,0.5,1,2,3,4",
                    help="comma-separated guidance weights w (default 0,0.5,1,2,3,4)")
-    p.add_argument("--n", type=_positive_int, default=10_000, help="samples per weight (default 10000)")
+    p.add_argument("--n", type=positive_int, default=10_000, help="samples per weight (default 10000)")
     p.add_argument("--out", required=True, help="the plot, .png (the table is printed and written beside it as .md "
                    "and .json)")
     _add_sampling_options(p)
@@ -287,8 +311,10 @@ def _add_serve_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="a local web demo of trained runs (needs: pip install 'genladder[demo]')",
                               description="Start a Gradio page on 127.0.0.1 to draw digits from trained runs.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders written by 'genladder train'")
-    p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (default 7860)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--runs-root", help="also serve run folders typed in the page when they lie below this folder "
+                   "(default: only the RUN_DIRs given)")
+    p.add_argument("--port", type=int_in(1, 65535), default=7860, help="port on 127.0.0.1 (default 7860)")
+    p.add_argument("--device", type=device_name, default="auto", help="auto (default), cpu or cuda")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,7 +366,7 @@ def _config_from_args(args: argparse.Namespace) -> dict:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from genladder.runs import default_run_dir, read_run_config, resume_config, run_training
+    from genladder.runs import check_run_dir, default_run_dir, read_run_config, resume_config, run_training
     from genladder.training.distributed import is_main_process
     from genladder.training.loop import TrainConfig
 
@@ -361,6 +387,8 @@ def _train(args: argparse.Namespace) -> int:
             raise GenladderError(f"--{other[0].replace('_', '-')} cannot change when resuming {run_dir}")
         config = resume_config(run_dir, overrides, write=main_process) if not given.get("dry_run") else stored
     else:
+        if given.get("run_dir") is not None:
+            check_run_dir(Path(given["run_dir"]))  # a file or /dev/null: refused before the data is read
         config = _config_from_args(args)
         run_dir = Path(given.get("run_dir") or default_run_dir(config["kind"]))
     if given.get("dry_run"):
@@ -471,13 +499,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from genladder.serve import serve
 
-            serve(args.run_dirs, port=args.port, device=args.device)
+            serve(args.run_dirs, port=args.port, device=args.device, runs_root=args.runs_root)
             return 0
         return _figure(args)
     except GenladderError as error:
         # Under torchrun every process may fail alike; the others say which they are.
         rank = os.environ.get("RANK", "0")
         print(f"genladder{'' if rank == '0' else f' [rank {rank}]'}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk or a refused permission outside the checked writers: still one line
+        from genladder.safe_io import os_error_message
+
+        print(f"genladder: error: {os_error_message(error, doing='use')}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("genladder: error: out of memory; ask for fewer or smaller images (--n, --batch-size) or a smaller model",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") != "0":  # under torchrun the main process speaks for all

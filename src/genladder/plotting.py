@@ -64,6 +64,18 @@ def _save_figure(figure, path: str | Path) -> Path:
     return path
 
 
+def prepare_plotting() -> None:
+    """Import matplotlib (Agg) ahead of the first plot, outside the moments a Ctrl-C is likely."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
+def _plottable(record: dict) -> bool:
+    return all(isinstance(record.get(key), (int, float)) for key in ("images_seen", "loss"))
+
+
 def save_loss_curve(records: list[dict], path: str | Path, title: str = "") -> Path:
     """Plot training loss per log tick and test loss per epoch (from metrics.jsonl records) to a PNG."""
     import matplotlib
@@ -71,8 +83,8 @@ def save_loss_curve(records: list[dict], path: str | Path, title: str = "") -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(r["images_seen"], r["loss"]) for r in records if r.get("split") == "train"]
-    test = [(r["images_seen"], r["loss"]) for r in records if r.get("split") == "test"]
+    train = [(r["images_seen"], r["loss"]) for r in records if r.get("split") == "train" and _plottable(r)]
+    test = [(r["images_seen"], r["loss"]) for r in records if r.get("split") == "test" and _plottable(r)]
     figure, axes = plt.subplots(figsize=(6, 3.6), dpi=100)
     if train:
         axes.plot([s for s, _ in train], [v for _, v in train], label="train (running mean)", linewidth=1)

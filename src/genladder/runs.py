@@ -11,7 +11,11 @@ size, class names, and for your own images their count).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import os
+import re
+import stat
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -19,11 +23,14 @@ from pathlib import Path
 import torch
 
 from genladder.checkpoint import atomic_write_json, latest_checkpoint, read_json, read_model_file
+from genladder.config import check_types
 from genladder.data import DATASETS, ImageSet, load_split, own_split, read_own_data, to_32
 from genladder.data.files import split_sizes
 from genladder.errors import GenladderError
 from genladder.models import build_model, check_kind, is_conditional
+from genladder.run_lock import run_lock
 from genladder.rungs import make_objective, make_preview, to_model_range
+from genladder.safe_io import expect_type, os_error_message
 from genladder.training import distributed
 from genladder.training.loop import TrainConfig, TrainingData, TrainResult, train
 
@@ -44,6 +51,8 @@ class DataConfig:
     test_share: float | None = None  # own data only: share held out as the test set (default 0.1)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise GenladderError("--data must name mnist, fashion-mnist, a folder of images or an .npz file, got ''")
         if self.resize not in RESIZE_METHODS:
             raise GenladderError(f"--resize must be one of {RESIZE_METHODS}, got {self.resize!r}")
         for name in ("limit", "test_limit"):
@@ -55,7 +64,10 @@ class DataConfig:
                 raise GenladderError(f"--test-share applies to your own images; {self.dataset} has its own test set")
             return
         # Own data: an absolute path, so the run folder rebuilds from any working directory.
-        self.dataset = str(Path(self.dataset).expanduser().resolve())
+        try:
+            self.dataset = str(Path(self.dataset).expanduser().resolve())
+        except (RuntimeError, OSError):  # RuntimeError: a symlink loop (Python < 3.13)
+            raise GenladderError(f"--data {self.dataset}: a symlink loop or an unreadable path") from None
         if self.data_dir is not None:
             raise GenladderError("--data-dir locates the IDX files of " + ", ".join(DATASETS) +
                                  f"; for your own images --data is the path itself ({self.dataset})")
@@ -73,7 +85,9 @@ class DataConfig:
     @classmethod
     def from_dict(cls, values: dict) -> DataConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        chosen = {k: v for k, v in values.items() if k in known}
+        check_types(cls, chosen)  # a damaged config.json: one line naming the field, not a TypeError
+        return cls(**chosen)
 
 
 def data_facts(data: DataConfig) -> dict:
@@ -142,6 +156,9 @@ def model_description(config: dict) -> dict:
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # Only devices that hold real numbers: "meta" has no storage and would "succeed" with no images.
+    if re.fullmatch(r"cpu|cuda(:\d{1,3})?|mps", name) is None:
+        raise GenladderError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise GenladderError(f"device {name!r} was asked for but this torch sees no CUDA GPU; use --device cpu")
     try:
@@ -192,7 +209,7 @@ def run_training(
     data_config = DataConfig.from_dict(config["data"])
     if resume:
         check_same_data(config["data"], data_config)
-    with distributed.session(pick_device(device)) as ctx:
+    with distributed.session(pick_device(device)) as ctx, contextlib.ExitStack() as held:
         with ctx.local_main_first():  # one download per machine at most
             data = load_training_data(kind, data_config)
         if not resume:
@@ -200,21 +217,45 @@ def run_training(
             ctx.barrier()  # every process has looked before the main one writes
             if taken:
                 raise GenladderError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it")
-            if ctx.is_main:
+        # One writer per run folder: the main process holds its lock; all stop if it cannot.
+        refused = None
+        if ctx.is_main:
+            try:
+                check_run_dir(run_dir)
                 run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(run_dir / CONFIG, config)
+                held.enter_context(run_lock(run_dir))
+                if not resume and (run_dir / CONFIG).exists():  # another fresh run got here first
+                    raise GenladderError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it")
+            except (GenladderError, OSError) as error:
+                refused = error if isinstance(error, GenladderError) else GenladderError(os_error_message(error))
+        if ctx.any(refused is not None):
+            raise refused or GenladderError(f"the main process could not take the lock of {run_dir}")
+        if not resume and ctx.is_main:
+            atomic_write_json(run_dir / CONFIG, config)
         if ctx.enabled and ctx.is_main:
             batch = train_config.batch_size
             print(f"genladder: {ctx.world_size} processes ({ctx.backend} on {ctx.device.type}), batch {batch} per "
                   f"process, effective batch {batch * ctx.world_size}", file=sys.stderr)
         torch.manual_seed(train_config.seed)
-        model = build_model(kind, config["model"]).to(ctx.device)
+        model = _build_from_config(kind, config["model"], run_dir / CONFIG).to(ctx.device)
         objective = make_objective(kind, config["objective"], config["model"])
         description = model_description(config)
         return train(
             model, objective, data, train_config, run_dir, description,
             preview=_preview_for(config, data), resume=resume, show_progress=show_progress, distributed=ctx,
         )
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse a --run-dir that cannot be a folder: a file, a device such as /dev/null, a FIFO."""
+    try:
+        info = os.stat(run_dir)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise GenladderError(f"--run-dir {run_dir}: {os_error_message(error, run_dir, 'use')}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise GenladderError(f"--run-dir {run_dir} exists and is not a folder; name a new or existing run folder")
 
 
 def read_run_config(run_dir: str | Path) -> dict:
@@ -227,7 +268,20 @@ def read_run_config(run_dir: str | Path) -> dict:
     for key in ("kind", "model", "objective", "data", "train"):
         if key not in config:
             raise GenladderError(f"{run_dir / CONFIG} has no {key!r} entry; is it a genladder run?")
+        expect_type(config[key], str if key == "kind" else dict, f"{run_dir / CONFIG}: '{key}'")
+    check_kind(config["kind"])
     return config
+
+
+def _build_from_config(kind: str, model_config: dict, source: Path) -> torch.nn.Module:
+    """``build_model`` with a wrong-typed or inconsistent stored config as a one-line error naming the file."""
+    try:
+        return build_model(kind, model_config)
+    except GenladderError as error:
+        raise GenladderError(f"{source}: {error}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RuntimeError) as error:
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise GenladderError(f"{source}: the stored model configuration is not valid ({reason})") from None
 
 
 def resume_config(run_dir: str | Path, train_overrides: dict, write: bool = True) -> dict:
@@ -274,16 +328,23 @@ def load_run(run_dir: str | Path, weights: str = "auto", device: str = "auto",
             kept = sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("step_*"))
             raise GenladderError(f"{run_dir} has no complete checkpoint {checkpoint_name!r}; it keeps "
                                  f"{', '.join(kept) or 'none'}")
-    if weights == "auto":
-        weights = "ema" if (checkpoint / "ema.safetensors").exists() else "model"
-    if weights not in ("ema", "model"):
+    if weights not in ("auto", "ema", "model"):
         raise GenladderError(f"weights must be 'auto', 'ema' or 'model', got {weights!r}")
+    # The run's own config says whether it keeps an EMA; a missing EMA file is then damage, not a choice.
+    has_ema = (config["train"].get("ema_decay") is not None or config["train"].get("ema_half_life_images") is not None
+               or (checkpoint / "ema.safetensors").exists())
+    if weights == "auto":
+        weights = "ema" if has_ema else "model"
+    if weights == "ema" and not (checkpoint / "ema.safetensors").exists():
+        why = "the run trains an EMA of its weights" if has_ema else "this run keeps no EMA"
+        raise GenladderError(f"{checkpoint / 'ema.safetensors'} is missing ({why}); pass --weights model to use "
+                             "the raw weights")
     state, description = read_model_file(checkpoint / f"{weights}.safetensors")
     if description.get("kind") != config["kind"]:
         raise GenladderError(
             f"{checkpoint} holds a {description.get('kind')!r} model but {run_dir}/{CONFIG} says {config['kind']!r}"
         )
-    model = build_model(config["kind"], description["model"])
+    model = _build_from_config(config["kind"], description["model"], checkpoint / f"{weights}.safetensors")
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

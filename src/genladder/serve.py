@@ -13,12 +13,16 @@ version check are off, and its fonts and scripts come with the package.
 
 from __future__ import annotations
 
+import collections
 import html
 import math
 import os
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -38,37 +42,97 @@ SWEEP_POINTS = 7  # the sweep is SWEEP_POINTS × SWEEP_POINTS decodings
 LATENT_KINDS = ("vae", "cvae")
 
 
-class RunCatalog:
-    """The runs the demo serves, by name (the path as given), loaded once; typed paths are loaded on demand."""
+NOT_AVAILABLE = ("that run is not available: the demo serves the run folders on its command line, and folders "
+                 "below its --runs-root")
+MAX_TYPED_RUNS = 4  # typed paths kept loaded besides the command line's runs (oldest dropped first)
+MAX_PATH_CHARS = 1024
 
-    def __init__(self, run_dirs: Sequence[str], device: str = "auto") -> None:
+
+class RunCatalog:
+    """The runs the demo serves, loaded once, keyed by their resolved path; typed paths are loaded on demand.
+
+    A typed path is confined: it must resolve to one of the command line's run folders or to a folder
+    below ``runs_root``; anything else, missing or not, gets the same ``NOT_AVAILABLE`` message, so the
+    page tells a visitor nothing about which folders exist. Typed runs are kept in a small LRU
+    (``MAX_TYPED_RUNS``); the command line's are kept for good. Loading happens outside the lock (the
+    files are read with size checks and never block on a FIFO), so one slow load never stalls the others.
+    """
+
+    def __init__(self, run_dirs: Sequence[str], device: str = "auto", runs_root: str | None = None) -> None:
         self.device = device
-        self._runs: dict[str, LoadedRun] = {}
+        self._runs: dict[str, LoadedRun] = {}  # resolved path -> run; command-line runs first
+        self._typed: collections.OrderedDict[str, None] = collections.OrderedDict()  # LRU order of typed keys
         self._digits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._lock = threading.Lock()
-        for run_dir in run_dirs:  # every RUN_DIR is checked before the server starts
-            self.get(str(run_dir))
-        self.names = list(self._runs)
+        self._alias: dict[str, str] = {}  # a name as the command line gave it -> its key
+        self.runs_root = None
+        if runs_root is not None:
+            root = Path(runs_root)
+            if not root.is_dir():
+                raise GenladderError(f"--runs-root {runs_root} is not a folder")
+            self.runs_root = Path(os.path.realpath(root))
+        for run_dir in run_dirs:  # every RUN_DIR is checked before the server starts, with its real error
+            key = os.path.realpath(str(run_dir))
+            self._runs[key] = load_run(str(run_dir), device=device)
+            self._alias[str(run_dir)] = key
+        self.names = list(self._alias)
+        self._pinned = set(self._runs)
+
+    def _key(self, name: str) -> str:
+        """The resolved path a name stands for, or GenladderError(NOT_AVAILABLE) when it is not allowed."""
+        if name in self._alias:
+            return self._alias[name]
+        if len(name) > MAX_PATH_CHARS or "\x00" in name:
+            raise GenladderError(NOT_AVAILABLE)
+        key = os.path.realpath(os.path.expanduser(name))
+        if key in self._pinned:
+            return key
+        if self.runs_root is not None and self.runs_root in Path(key).parents:
+            return key
+        raise GenladderError(NOT_AVAILABLE)
 
     def get(self, name: str | None) -> LoadedRun:
-        name = (name or "").strip()
+        name = (name or "").strip() if isinstance(name, str) or name is None else str(name)
         if not name:
             raise GenladderError("pick a run, or type the path of a run folder")
+        key = self._key(name)
         with self._lock:
-            if name not in self._runs:
-                self._runs[name] = load_run(name, device=self.device)
-            return self._runs[name]
+            if key in self._runs:
+                if key in self._typed:
+                    self._typed.move_to_end(key)
+                return self._runs[key]
+        try:
+            run = load_run(key, device=self.device)  # outside the lock: a slow disk stalls only this request
+        except GenladderError as error:
+            print(f"genladder serve: {name!r} refused: {error}", file=sys.stderr, flush=True)  # for the operator
+            raise GenladderError(NOT_AVAILABLE) from None
+        with self._lock:
+            self._runs.setdefault(key, run)
+            self._typed[key] = None
+            while len(self._typed) > MAX_TYPED_RUNS:
+                dropped, _ = self._typed.popitem(last=False)
+                self._runs.pop(dropped, None)
+                self._digits.pop(dropped, None)
+            return self._runs[key]
 
     def names_of(self, kinds: tuple[str, ...]) -> list[str]:
-        return [name for name in self.names if self._runs[name].kind in kinds]
+        return [name for name in self.names if self._runs[self._alias[name]].kind in kinds]
+
+    def __len__(self) -> int:
+        return len(self._runs)
 
     def test_digits(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The first TEST_DIGITS test images of the run's dataset in [0, 1], with labels (cached)."""
         run = self.get(name)
+        key = self._key(name.strip())
         with self._lock:
-            if name not in self._digits:
-                self._digits[name] = test_digits(run, TEST_DIGITS, None)
-            return self._digits[name]
+            cached = self._digits.get(key)
+        if cached is None:
+            cached = test_digits(run, TEST_DIGITS, None)
+            with self._lock:
+                if key in self._runs:
+                    self._digits[key] = cached
+        return cached
 
 
 # --- form fields -> validated values (one-line errors that name the field) ---
@@ -183,7 +247,8 @@ def latent_directions(catalog: RunCatalog, run_name) -> tuple[list[tuple[str, in
 def _latent_setup(catalog: RunCatalog, run_name, digit, dim_x, dim_y) -> tuple[LoadedRun, torch.Tensor, int, int]:
     run = catalog.get(run_name)
     _check_kind(run, LATENT_KINDS, "the latent sliders")
-    label = parse_digit(digit, run, allow_all=False)
+    # An unconditional VAE ignores the (hidden) digit field, whatever it holds.
+    label = parse_digit(digit, run, allow_all=False) if run.config["model"].get("num_classes", 0) else None
     latent_dim = run.config["model"]["latent_dim"]
     dim_x = whole_number(dim_x, "direction 1", 0, latent_dim - 1)
     dim_y = whole_number(dim_y, "direction 2", 0, latent_dim - 1)
@@ -263,14 +328,36 @@ def message(text: str, error: bool = False) -> str:
     return f'<p class="{css_class}">{"⚠ " if error else ""}{html.escape(text)}</p>'
 
 
+MAX_CONCURRENT = 2  # requests drawing at once (2 cores); the rest are told the demo is busy
+MAX_QUEUE = 16  # requests Gradio holds waiting; past that it answers "queue is full" at once
+BUSY = "the demo is busy with other requests; try again in a moment"
+INTERNAL = "this request failed on the server (details on the server console); try other settings"
+_working = threading.BoundedSemaphore(MAX_CONCURRENT)
+
+
 def in_page(fn: Callable, images: int) -> Callable:
-    """Wrap a handler that returns (image…, caption): a GenladderError becomes a message, the images None."""
+    """Wrap a handler that returns (image…, caption) so that every outcome is a one-line message.
+
+    A GenladderError is shown as it is; out of memory and any other exception get a fixed line (the
+    traceback goes to the server's stderr, never to the visitor); beyond MAX_CONCURRENT requests at
+    once the answer is BUSY at once, instead of a queue that one visitor can fill.
+    """
 
     def handler(*args, **kwargs):
+        if not _working.acquire(blocking=False):
+            return (*([None] * images), message(BUSY, error=True))
         try:
             result = fn(*args, **kwargs)
         except GenladderError as error:
             return (*([None] * images), message(str(error), error=True))
+        except MemoryError:
+            return (*([None] * images), message("not enough memory for this request; ask for fewer images",
+                                                error=True))
+        except Exception:  # noqa: BLE001 - a visitor sees one fixed line; the operator gets the traceback
+            traceback.print_exc(file=sys.stderr)
+            return (*([None] * images), message(INTERNAL, error=True))
+        finally:
+            _working.release()
         if not isinstance(result, tuple):
             result = (result, "")
         return (*result[:-1], message(result[-1]))
@@ -295,19 +382,15 @@ def build_app(catalog: RunCatalog):
     return build_page(import_gradio(), catalog)
 
 
-def serve(run_dirs: Sequence[str], port: int = 7860, device: str = "auto") -> None:
+def serve(run_dirs: Sequence[str], port: int = 7860, device: str = "auto", runs_root: str | None = None) -> None:
     """Load every run (one-line error for a folder that is not a run), then serve the page until Ctrl-C."""
+    from genladder.serve_http import bind, serve_app
+
     if not 1 <= port <= 65535:
         raise GenladderError(f"--port must be in 1..65535, got {port}")
-    catalog = RunCatalog(run_dirs, device=device)
+    catalog = RunCatalog(run_dirs, device=device, runs_root=runs_root)
     app = build_app(catalog)
-    try:
-        app.queue(default_concurrency_limit=1).launch(
-            server_name=HOST, server_port=port, prevent_thread_lock=True, quiet=True, show_error=True,
-            inbrowser=False, share=False,
-        )
-    except OSError as error:
-        reason = str(error).split(".")[0]
-        raise GenladderError(f"cannot serve on {HOST}:{port} ({reason}); pick another --port") from None
+    app.queue(default_concurrency_limit=MAX_CONCURRENT, max_size=MAX_QUEUE)
+    sock = bind(HOST, port)
     print(f"genladder: serving {len(catalog.names)} run(s) at http://{HOST}:{port}/ (Ctrl-C stops)", flush=True)
-    app.block_thread()
+    serve_app(app, sock, port)

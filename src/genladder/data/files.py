@@ -16,6 +16,13 @@ that mixes grey and colour files is read as RGB, the grey ones repeated into thr
 (lossless). An alpha channel is dropped when it is fully opaque; a transparent pixel is an error, since
 any background colour would be a guess. 16-bit and floating-point images are refused.
 
+Limits, checked before pixels are decoded: at most ``MAX_TOTAL_BYTES`` of pixels in all (also
+bounded by the machine's free memory), read from the image headers or the .npy headers inside the
+.npz (so a zip bomb or a header declaring terabytes is refused unread), sides up to ``MAX_SIDE``,
+at most ``MAX_CLASSES`` classes. A class folder that is a link back to the data folder, or two
+paths reaching one file, are errors instead of images counted twice. Only a regular file or a
+folder is read: ``/dev/null`` or a FIFO as ``--data`` is a one-line error.
+
 Unlabelled images get the placeholder label −1, so a class-conditional model fed them by mistake
 fails loudly. ``own_split`` holds out a fixed share of the images as the test set, chosen by a
 permutation with its own seed (``SPLIT_SEED``), so the split does not move with ``--seed``.
@@ -23,7 +30,10 @@ permutation with its own seed (``SPLIT_SEED``), so the split does not move with 
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import stat
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -40,6 +50,9 @@ IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif
 SIZE_MULTIPLE = 8  # the AE stacks and the tutorial U-Net halve the image 3 times (the default U-Net twice)
 SPLIT_SEED = 20240607  # the held-out test images depend on this, never on the training seed
 UNLABELLED = -1
+MAX_TOTAL_BYTES = 8 * 2**30  # pixels of all images together (uint8: one byte per pixel and channel)
+MAX_SIDE = 1024  # a side beyond this is no longer a small-image model (and its U-Net would not fit)
+MAX_CLASSES = 10_000
 
 _SUFFIXES_TEXT = ", ".join(IMAGE_SUFFIXES)
 _GREY_MODES = ("1", "L")
@@ -74,8 +87,26 @@ class OwnData:
         return len(self.class_names)
 
 
+def pixel_budget() -> int:
+    """Bytes of pixels genladder agrees to hold: MAX_TOTAL_BYTES, or half the free memory when less."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return MAX_TOTAL_BYTES
+    return min(MAX_TOTAL_BYTES, max(available // 2, 2**26))
+
+
+def check_pixel_total(total: int, where: str | Path) -> None:
+    budget = pixel_budget()
+    if total > budget:
+        raise GenladderError(f"{where}: the images hold {total:,} bytes of pixels, more than the {budget:,} genladder "
+                             "will load (half the free memory, at most 8 GiB); use fewer or smaller images")
+
+
 def check_image_size(width: int, height: int, where: str | Path) -> None:
     """Require a square image whose side is divisible by 8; one-line error naming ``where``."""
+    if max(width, height) > MAX_SIDE:
+        raise GenladderError(f"{where}: images are {width}×{height}; sides up to {MAX_SIDE} are supported")
     if width != height:
         raise GenladderError(f"{where}: images are {width}×{height} (width×height) but only square images are "
                              "supported; crop or pad them to a square")
@@ -111,10 +142,15 @@ def _drop_alpha(image: Image.Image, path: Path) -> Image.Image:
     return image.convert(_ALPHA_MODES[image.mode])
 
 
-def read_image(path: Path) -> np.ndarray:
-    """One image file as uint8 (C, H, W) with C = 1 (grey) or 3 (colour)."""
+def read_image(path: Path, header_check=None) -> np.ndarray:
+    """One image file as uint8 (C, H, W) with C = 1 (grey) or 3 (colour).
+
+    ``header_check(width, height, bands)``: called with the header's size before any pixel is decoded.
+    """
     try:
         with Image.open(path) as image:
+            if header_check is not None:
+                header_check(image.size[0], image.size[1], len(image.getbands()))
             image.load()
             if image.mode in _GREY_MODES:
                 image = image.convert("L")
@@ -134,6 +170,13 @@ def read_image(path: Path) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
 
 
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # RuntimeError: a symlink loop (Python < 3.13)
+        raise GenladderError(f"{path}: a symlink loop") from None
+
+
 def _folder_layout(folder: Path) -> tuple[list[Path], tuple[str, ...], list[int]]:
     """(image files, class names, label per file) of a folder; the class folders' names sorted."""
     entries = [p for p in folder.iterdir() if _visible(p)]
@@ -150,9 +193,19 @@ def _folder_layout(folder: Path) -> tuple[list[Path], tuple[str, ...], list[int]
     if not class_folders:
         others = ", ".join(p.name for p in sorted(entries)[:3])
         raise GenladderError(f"{folder}: no images found (looked for {_SUFFIXES_TEXT}; found {others})")
-    files, labels = [], []
+    root = _resolved(folder)
+    files, labels, seen = [], [], {}
     for label, class_folder in enumerate(class_folders):
+        target = _resolved(class_folder)
+        if target == root or target in root.parents:
+            raise GenladderError(f"{class_folder}: class folder is a link to the data folder (or above it); its "
+                                 "images would be counted twice")
         members = _image_files(class_folder, recursive=True)
+        for member in members:
+            first = seen.setdefault(_resolved(member), member)
+            if first != member:
+                raise GenladderError(f"{member}: the same file as {first} (through a link); each image may appear "
+                                     "once")
         if not members:
             raise GenladderError(f"{class_folder}: class folder holds no images (looked for {_SUFFIXES_TEXT})")
         files += members
@@ -164,9 +217,19 @@ def read_image_folder(folder: str | Path) -> OwnData:
     """Read every image of a folder (class sub-folders give labels) into memory; see the module docstring."""
     folder = Path(folder)
     files, class_names, labels = _folder_layout(folder)
-    arrays, first = [], None
+    if len(class_names) > MAX_CLASSES:
+        raise GenladderError(f"{folder}: {len(class_names)} class folders; at most {MAX_CLASSES} are supported")
+    arrays, first, total = [], None, 0
+
+    def header_check(width: int, height: int, bands: int) -> None:
+        nonlocal total
+        if max(width, height) > MAX_SIDE:  # the rest of check_image_size runs after decoding, as before
+            raise GenladderError(f"{path}: images are {width}×{height}; sides up to {MAX_SIDE} are supported")
+        total += width * height * max(1, min(bands, 3))
+        check_pixel_total(total, folder)
+
     for path in files:
-        array = read_image(path)
+        array = read_image(path, header_check)
         if first is None:
             first = (path, array.shape)
             check_image_size(array.shape[2], array.shape[1], path)
@@ -182,12 +245,34 @@ def read_image_folder(folder: str | Path) -> OwnData:
 
 
 # -------------------------------------------------------------------------------------------------- npz
+def _check_npz_members(path: Path) -> None:
+    """Refuse an .npz whose arrays would not fit, from the zip directory and the .npy headers alone."""
+    with zipfile.ZipFile(path) as archive:
+        total = 0
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize if dtype.itemsize else 0
+            total += max(declared, info.file_size)
+            check_pixel_total(total, path)
+
+
 def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"PK\x03\x04" and magic != b"PK\x05\x06":
+        what = "a single .npy array" if magic == b"\x93NUM" else "not a zip archive"
+        raise GenladderError(f"{path}: {what}, not an .npz archive; save it with "
+                             "np.savez(path, images=images[, labels=labels])")
     try:
+        _check_npz_members(path)
         with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise GenladderError(f"{path}: holds a single array, not an .npz archive; save it with "
-                                     "np.savez(path, images=images[, labels=labels])")
             names = list(archive.files)
             if "images" not in names:
                 raise GenladderError(f"{path}: has no 'images' array (it holds {', '.join(names) or 'nothing'}); "
@@ -195,7 +280,7 @@ def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             return archive["images"], archive["labels"] if "labels" in names else None
     except GenladderError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, TypeError, KeyError) as exc:
         # ValueError also covers object arrays, which only a pickle could restore (allow_pickle=False).
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise GenladderError(f"{path}: cannot read the .npz file ({reason})") from None
@@ -229,6 +314,9 @@ def _npz_labels(path: Path, labels: np.ndarray, count: int) -> np.ndarray:
         raise GenladderError(f"{path}: 'labels' holds {len(labels)} entries but 'images' holds {count} images")
     if int(labels.min()) < 0:
         raise GenladderError(f"{path}: 'labels' must be 0 or more, found {int(labels.min())}")
+    if int(labels.max()) >= min(count, MAX_CLASSES):  # every class occurs, so there are at most N of them
+        raise GenladderError(f"{path}: 'labels' go up to {int(labels.max())}, but {count} images can hold at most "
+                             f"{min(count, MAX_CLASSES)} classes (at most {MAX_CLASSES}); number them 0 … K−1")
     missing = np.setdiff1d(np.arange(int(labels.max()) + 1), labels)
     if missing.size:
         raise GenladderError(f"{path}: 'labels' go up to {int(labels.max())} but {int(missing[0])} never occurs; "
@@ -266,8 +354,16 @@ def read_own_data(path: str | Path) -> OwnData:
     The tensors returned are shared with the cache: index or copy them, never modify them in place.
     """
     path = Path(path)
-    if not path.exists():
-        raise GenladderError(f"{path}: no such file or folder")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise GenladderError(f"{path}: no such file or folder") from None
+    except OSError as error:
+        why = "a symlink loop" if error.errno == errno.ELOOP else f"cannot read it ({error.strerror})"
+        raise GenladderError(f"{path}: {why}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise GenladderError(f"{path}: a special file (device or FIFO); --data must be a folder of images or an "
+                             ".npz file")
     if path.is_file() and path.suffix.lower() != ".npz":
         raise GenladderError(f"{path}: expected a folder of images or an .npz file, got a {path.suffix or 'plain'} "
                              "file")

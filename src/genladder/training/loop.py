@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -21,15 +22,18 @@ import torch
 from tqdm.auto import tqdm
 
 from genladder.checkpoint import (
+    atomic_write_bytes,
     checkpoint_name,
-    latest_checkpoint,
+    find_checkpoint,
     load_training_state,
-    read_json,
     read_model_file,
+    read_trainer_state,
     save_checkpoint,
 )
+from genladder.config import check_types
 from genladder.errors import GenladderError
-from genladder.plotting import save_grid, save_loss_curve
+from genladder.plotting import prepare_plotting, save_grid, save_loss_curve
+from genladder.safe_io import os_error_message, parse_json, read_bounded_bytes
 from genladder.training.distributed import Distributed, EpochPlan
 
 Objective = Callable[..., tuple[torch.Tensor, dict[str, float]]]
@@ -104,7 +108,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        chosen = {k: v for k, v in values.items() if k in known}
+        check_types(cls, chosen)  # a damaged config.json: one line naming the field, not a TypeError
+        return cls(**chosen)
 
 
 @dataclass
@@ -188,11 +194,45 @@ def ema_with_warmup(decay: float):
     return update
 
 
-def _read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
+MAX_METRICS_BYTES = 2**30  # a record per 50 steps is ~300 bytes: millions of steps before this
+
+
+@dataclass
+class MetricsLog:
+    """The records of ``metrics.jsonl`` that parse, and how many lines did not."""
+
+    records: list[dict]
+    dropped: int
+
+
+def read_metrics(path: Path, up_to_step: int | None = None) -> MetricsLog:
+    """Records of a metrics log; unreadable lines (what a kill or a full disk leaves) are counted, not fatal."""
     if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if up_to_step is None or r["step"] <= up_to_step]
+        return MetricsLog([], 0)
+    records, dropped = [], 0
+    for line in read_bounded_bytes(path, MAX_METRICS_BYTES, "metrics log").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = parse_json(line, path)
+        except GenladderError:
+            record = None
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            dropped += 1
+            continue
+        if up_to_step is None or record["step"] <= up_to_step:
+            records.append(record)
+    return MetricsLog(records, dropped)
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    """One record as one line in one write (a kill tears at most the last line)."""
+    try:
+        with open(path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise GenladderError(os_error_message(error, path)) from None
 
 
 @dataclass
@@ -274,20 +314,32 @@ def train(
 
     step, train_seconds, last_test = 0, 0.0, {}
     metrics_path = run_dir / "metrics.jsonl"
+    checkpoint = find_checkpoint(run_dir, report=ctx.is_main) if resume else None
+    if resume and checkpoint is None:
+        # Killed (or diverged) before its first checkpoint: nothing to continue, so start it again.
+        if ctx.is_main:
+            print(f"genladder: {run_dir} holds no complete checkpoint (it stopped before the first one); "
+                  "starting it again from step 0", file=sys.stderr)
+            if metrics_path.exists():
+                metrics_path.unlink()
+        resume = False
     if resume:
-        checkpoint = latest_checkpoint(run_dir)
-        ctx.check_world_size(read_json(checkpoint / "trainer_state.json").get("world_size", 1), run_dir)
-        model.load_state_dict(read_model_file(checkpoint / "model.safetensors")[0])
+        state = read_trainer_state(checkpoint)
+        ctx.check_world_size(state.get("world_size", 1), run_dir)
+        _load_weights(model, checkpoint / "model.safetensors")
         state = load_training_state(checkpoint, optimizer, rank=ctx.rng_rank,
                                     cuda_device=device if ctx.enabled and device.type == "cuda" else None)
         if ema is not None:
-            ema.module.load_state_dict(read_model_file(checkpoint / "ema.safetensors")[0])
+            _load_weights(ema.module, checkpoint / "ema.safetensors")
             ema.n_averaged.fill_(state.get("ema_updates", 0))
-        step, train_seconds = state["step"], state.get("train_seconds", 0.0)
-        # Forget records written after that checkpoint by the interrupted process.
+        step, train_seconds = state["step"], float(state.get("train_seconds", 0.0))
+        # Forget records written after that checkpoint by the interrupted process, and torn lines.
         if ctx.is_main:
-            kept = _read_metrics(metrics_path, up_to_step=step)
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            log = read_metrics(metrics_path, up_to_step=step)
+            if log.dropped:
+                print(f"genladder: dropped {log.dropped} unreadable line(s) of {metrics_path} (torn by an "
+                      "interrupted write)", file=sys.stderr)
+            atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in log.records).encode())
         if step >= total_steps:
             raise GenladderError(
                 f"{run_dir} already reached step {step} of {total_steps}; pass a larger --steps or --epochs to continue"
@@ -324,9 +376,8 @@ def train(
                                        batch_size=max(config.batch_size, 256))
         record = {"split": "test", "step": current_step, "epoch": epoch,
                   "images_seen": plan.images_seen(current_step), **last_test}
-        with open(metrics_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        save_loss_curve(_read_metrics(metrics_path), run_dir / "loss.png", title=description.get("kind", ""))
+        append_metrics(metrics_path, record)
+        save_loss_curve(read_metrics(metrics_path).records, run_dir / "loss.png", title=description.get("kind", ""))
         if preview is not None:
             generator = torch.Generator(device=device).manual_seed(config.seed)
             with torch.no_grad():
@@ -337,6 +388,8 @@ def train(
             name = f"epoch_{epoch:03d}.png" if current_step % per_epoch == 0 else f"step_{current_step:07d}.png"
             save_grid(images, run_dir / "samples" / name, nrow=_preview_columns(len(images)))
 
+    if ctx.is_main:
+        prepare_plotting()  # import matplotlib now: a Ctrl-C inside its first import surfaced as ImportError
     model.train()
     step_fn = ctx.wrap(step_model, objective)  # objective(step_model, x, labels), under DDP when distributed
     running: dict[str, float] = {}
@@ -359,10 +412,12 @@ def train(
                 loss, metrics = step_fn(x, labels_dev[index])
             metrics = ctx.mean(metrics)  # the same numbers on every process, so all stop on a bad loss
             if not math.isfinite(metrics.get("loss", loss.item())):
-                raise GenladderError(
-                    f"step {step + 1}: the loss became {metrics.get('loss', loss.item())}; training stopped and "
-                    f"the last good checkpoint in {run_dir / 'checkpoints'} was kept (try a lower --lr or --grad-clip)"
-                )
+                kept = find_checkpoint(run_dir, report=False)
+                where = (f"the last good checkpoint, {kept}, was kept" if kept is not None else
+                         f"no checkpoint had been written yet ('genladder train --resume {run_dir}' starts again "
+                         "from step 0)")
+                raise GenladderError(f"step {step + 1}: the loss became {metrics.get('loss', loss.item())}; training "
+                                     f"stopped and {where} (try a lower --lr or --grad-clip)")
             apply_update(optimisation, loss, config.grad_clip)
             step += 1
             for name, value in metrics.items():
@@ -380,8 +435,7 @@ def train(
                           "lr": optimizer.param_groups[0]["lr"],
                           "train_seconds": train_seconds + now - session_start}
                 if ctx.is_main:
-                    with open(metrics_path, "a") as handle:
-                        handle.write(json.dumps(record) + "\n")
+                    append_metrics(metrics_path, record)
                 progress.set_postfix(loss=f"{means['loss']:.4g}", img_s=f"{images_per_s:.0f}")
                 running, running_count, tick_start, tick_images = {}, 0, now, 0
 
@@ -408,6 +462,14 @@ def train(
     if step % per_epoch != 0:  # stopped mid-epoch: still give a test figure and a preview
         end_of_epoch(math.ceil(step / per_epoch), step)
     return TrainResult(run_dir, step, stopped_by_budget, train_seconds, last_test)
+
+
+def _load_weights(module: torch.nn.Module, path: Path) -> None:
+    try:
+        module.load_state_dict(read_model_file(path)[0])
+    except RuntimeError as error:  # size mismatches: the first line names the tensor
+        reason = str(error).splitlines()[0][:200]
+        raise GenladderError(f"{path}: weights do not fit the run's model ({reason})") from None
 
 
 def _preview_columns(count: int) -> int:
