@@ -110,7 +110,7 @@ def diffusion_config(kind: str, preset: str, given: dict, in_channels: int = 1, 
 # the second opinion: another architecture and seed, trained the same way. ``shift`` is the recipe of the
 # first shipped classifier (2-pixel shifts only, constant learning rate), kept to reproduce it.
 CLASSIFIER_PRESETS = ("default", "resnet", "shift")
-_CLASSIFIER_TRAIN = {"epochs": 10, "batch_size": 128, "lr": 2e-3, "ema_decay": 0.999, "optimizer": "adamw",
+_CLASSIFIER_TRAIN = {"epochs": 8, "batch_size": 128, "lr": 2e-3, "ema_decay": 0.999, "optimizer": "adamw",
                      "weight_decay": 1e-4, "lr_schedule": "cosine", "warmup_images": 30_000}
 CLASSIFIER_TRAIN_DEFAULTS = {
     "default": _CLASSIFIER_TRAIN,
