@@ -361,7 +361,9 @@ class TestTrainingOnAFolder:
                                  "--iwae-k", 2, "--iwae-images", 4, "--memorisation-samples", 10, "--json")
         assert code == 0, err
         result = json.loads(out)
-        assert result["samples"]["classifier_fid"] > 0 and len(result["samples"]["class_histogram"]["shares"]) == 2
+        assert set(result["judges"]) == {"primary"}  # an own classifier and no second one: one judge
+        samples = result["judges"]["primary"]["samples"]
+        assert samples["classifier_fid"] > 0 and len(samples["class_histogram"]["shares"]) == 2
 
     def test_named_datasets_still_work(self, capsys):
         for argv in (["--data", "fashion-mnist"], ["--dataset", "fashion-mnist"]):
