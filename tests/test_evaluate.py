@@ -173,6 +173,10 @@ class TestSimpleMetrics:
         assert histogram["smallest"] == pytest.approx(1 / 6)
         assert class_histogram(torch.zeros(10, dtype=torch.long), 10)["kl_from_uniform"] == pytest.approx(math.log(10))
         assert class_histogram(torch.arange(10), 10)["kl_from_uniform"] == pytest.approx(0.0)
+        # H(1/6, 2/6, 3/6) / log 3, the closed form
+        entropy = -sum(p * math.log(p) for p in (1 / 6, 2 / 6, 3 / 6)) / math.log(3)
+        assert histogram["entropy"] == pytest.approx(entropy)
+        assert class_histogram(torch.zeros(10, dtype=torch.long), 10)["entropy"] == pytest.approx(0.0)
 
     def test_strict_accuracy_needs_probability_at_least_0_9(self):
         requested = torch.tensor([0, 0, 1, 1])
@@ -445,7 +449,9 @@ class TestEvaluateCommand:
         assert bound["posterior"] > bound["floor"]["posterior"] > 0  # no network beats the perfect denoiser
         samples = result["judges"]["primary"]["samples"]
         assert "conditional_accuracy" not in samples
-        assert sum(samples["class_histogram"]["shares"]) == pytest.approx(1.0)
+        histogram = samples["class_histogram"]
+        counts = [share * 40 for share in histogram["shares"]]  # n = 40 samples, each read as one digit
+        assert counts == pytest.approx([round(c) for c in counts]) and histogram["smallest"] == min(histogram["shares"])
         assert main(["evaluate", str(evaluated_runs / "classifier"), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["test_accuracy"]["overall"] > 0.5
 

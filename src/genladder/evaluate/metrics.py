@@ -244,13 +244,16 @@ def class_histogram(predicted: torch.Tensor, num_classes: int) -> dict:
     """Mode coverage of unconditional samples: the share read as each class, and two summaries.
 
     ``kl_from_uniform`` is KL(histogram ‖ uniform) in nats (0 when every class is equally frequent,
-    log(num_classes) when one class takes everything); ``smallest`` is the rarest class's share.
+    log(num_classes) when one class takes everything); ``entropy`` is the histogram's entropy over its
+    maximum, H/log(num_classes) = 1 − KL/log(num_classes) (1 for equal shares, 0 for one class); ``smallest``
+    is the rarest class's share.
     """
     counts = torch.bincount(predicted.long(), minlength=num_classes)[:num_classes].double()
     shares = counts / counts.sum().clamp(min=1)
     nonzero = shares[shares > 0]
-    kl = float((nonzero * (nonzero * num_classes).log()).sum())
-    return {"shares": shares.tolist(), "kl_from_uniform": kl, "smallest": float(shares.min())}
+    entropy = float(-(nonzero * nonzero.log()).sum())
+    return {"shares": shares.tolist(), "kl_from_uniform": math.log(num_classes) - entropy,
+            "entropy": entropy / math.log(num_classes) if num_classes > 1 else 1.0, "smallest": float(shares.min())}
 
 
 def reconstruction_error(originals: torch.Tensor, reconstructions: torch.Tensor) -> dict:

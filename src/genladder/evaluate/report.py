@@ -186,6 +186,8 @@ def _judge_lines(role: str, judge: dict) -> list[str]:
     else:
         histogram = samples["class_histogram"]
         lines.append(f"    {'class shares %':<22}" + " ".join(f"{s * 100:.1f}" for s in histogram["shares"]))
+        if "entropy" in histogram:  # eval.json files before genladder 0.3 lack it
+            lines.append(f"    {'class entropy':<22}{histogram['entropy']:.4f} of 1 (equal shares)")
     return lines
 
 

@@ -291,10 +291,17 @@ class UNet(nn.Module):
             if labels is not None:
                 x = x + self.label_embeddings[i](labels)[:, :, None, None]  # (B, w, 1, 1)
             skips.append(x)
-        x = self.mid(skips[-1])
-        for decoder, skip in zip(self.decoders, reversed(skips), strict=True):  # not xs.reverse()
+        return self.final(self._decode_tutorial(self.mid(skips[-1]), skips))
+
+    def _decode_tutorial(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """The tutorial's decoder over the encoder outputs ``skips`` (shallowest first), read deepest first.
+
+        The tutorial reversed the caller's list in place (``xs.reverse()``), so a second reader of the list
+        saw it backwards; here the list is only read.
+        """
+        for decoder, skip in zip(self.decoders, reversed(skips), strict=True):
             x = decoder(torch.cat([skip, x], dim=1))  # (B, w_skip + w_h, H, W) → (B, w, 2H, 2W)
-        return self.final(x)
+        return x
 
     def _forward_default(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         emb = self.time_mlp(sinusoidal_embedding(t, self.config.widths[0]).to(x.dtype))  # (B, 4·w0)
