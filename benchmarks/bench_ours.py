@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from genladder.errors import GenladderError
 from genladder.models import build_model, is_diffusion
+from genladder.noise import image_generators
 from genladder.rungs import make_objective, to_model_range
 from genladder.sampling import SamplerConfig, generate
 from genladder.training.distributed import EpochPlan
@@ -156,15 +157,14 @@ def sample_fn(kind: str, run_config: dict, model: torch.nn.Module, sampling: Sam
               device: torch.device, steps: int | None = None):
     """A callable drawing ``n`` images the way ``genladder sample`` does (``steps`` overrides the row's)."""
     labels = class_labels(n, device) if kind in ("cvae", "cddpm") else None
-    generator = torch.Generator(device=device).manual_seed(0)
     if sampling.sampler == "prior":
-        return lambda: model.sample(n, labels=labels, generator=generator)
+        return lambda: model.sample(n, labels=labels, generator=image_generators(0, n, device=device))
     config = SamplerConfig(sampler=sampling.sampler, steps=steps if steps is not None else sampling.steps,
                            guidance=sampling.guidance, batch_size=n)
 
     def draw():
         with torch.inference_mode():
-            return generate(model, run_config, n, config, labels=labels, generator=generator)
+            return generate(model, run_config, n, config, labels=labels, seed=0)
 
     return draw
 

@@ -14,6 +14,7 @@ import torch
 from genladder.checkpoint import atomic_write_bytes
 from genladder.data import to_unit
 from genladder.errors import GenladderError
+from genladder.noise import image_generators
 from genladder.plotting import save_grid, save_image_table, save_latent_map
 from genladder.rungs import decode_image, encode_mean, grid_labels
 from genladder.runs import DataConfig, LoadedRun, load_data_split, load_run
@@ -110,11 +111,11 @@ def sampler_config(args: argparse.Namespace):
                          guidance_interval=args.guidance_interval)
 
 
-def _diffusion_images(run: LoadedRun, labels, n: int, args, generator, callback=None) -> torch.Tensor:
-    """Images in [0, 1] from a diffusion run, with the sampler options of ``args``."""
+def _diffusion_images(run: LoadedRun, labels, n: int, args, callback=None) -> torch.Tensor:
+    """Images in [0, 1] from a diffusion run, with the sampler options and seed of ``args``."""
     from genladder.sampling import generate
 
-    images = generate(run.model, run.config, n, sampler_config(args), labels=labels, generator=generator,
+    images = generate(run.model, run.config, n, sampler_config(args), labels=labels, seed=args.seed,
                       progress=not args.no_progress, callback=callback)
     return (images + 1) / 2
 
@@ -139,13 +140,13 @@ def draw_samples(run: LoadedRun, n: int, *, label: int | None = None, grid: bool
 
     labels = sample_labels(run, n, label, grid)
     n = len(labels) if labels is not None else n
-    generator = torch.Generator(device=next(run.model.parameters()).device).manual_seed(seed)
     if run.kind in AUTOENCODERS:
         if sampler is not None and sampler.guidance:
             raise GenladderError("--guidance applies to diffusion models (cddpm) only")
-        images = run.model.sample(n, labels=labels, generator=generator)
+        generators = image_generators(seed, n, device=next(run.model.parameters()).device)
+        images = run.model.sample(n, labels=labels, generator=generators)
     else:
-        images = generate(run.model, run.config, n, sampler or SamplerConfig(), labels=labels, generator=generator,
+        images = generate(run.model, run.config, n, sampler or SamplerConfig(), labels=labels, seed=seed,
                           progress=progress, callback=callback)
         images = (images + 1) / 2
     columns = None
@@ -192,8 +193,7 @@ def trajectory_command(args: argparse.Namespace) -> Path:
         if i in keep:
             frames.append(((x_t.clamp(-1, 1) + 1) / 2).cpu())
 
-    generator = torch.Generator(device=next(run.model.parameters()).device).manual_seed(args.seed)
-    final = _diffusion_images(run, labels, args.n, args, generator, callback=record).cpu()
+    final = _diffusion_images(run, labels, args.n, args, callback=record).cpu()
     columns = torch.stack([*frames, final], dim=1)  # (n, frames + 1, C, H, W)
     return save_grid(columns.flatten(0, 1), out, nrow=len(frames) + 1)
 
@@ -223,8 +223,7 @@ def guidance_sweep_command(args: argparse.Namespace) -> Path:
     rows = []
     for w in weights:
         args.guidance = w
-        generator = torch.Generator(device=next(run.model.parameters()).device).manual_seed(args.seed)
-        rows.append(_diffusion_images(run, labels, num_classes, args, generator))
+        rows.append(_diffusion_images(run, labels, num_classes, args))
     return save_grid(torch.cat(rows), out, nrow=num_classes)
 
 

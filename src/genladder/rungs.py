@@ -14,6 +14,7 @@ from genladder.data import to_signed, to_unit
 from genladder.data.augment import AugmentConfig
 from genladder.errors import GenladderError
 from genladder.models import is_conditional, is_diffusion
+from genladder.noise import image_generators
 from genladder.objectives import autoencoder_loss, classifier_loss, vae_loss
 
 
@@ -86,11 +87,11 @@ def make_preview(kind: str, count: int, test_images: torch.Tensor, sample_fn=Non
         return preview
     if kind in ("vae", "cvae"):
 
-        def preview(model, generator):
+        def preview(model, seed):
             device = next(model.parameters()).device
             labels = grid_labels(count, model.num_classes, device) if model.num_classes else None
             n = len(labels) if labels is not None else count
-            return model.sample(n, labels=labels, generator=generator)
+            return model.sample(n, labels=labels, generator=image_generators(seed, n, device=device))
 
         return preview
     if sample_fn is None:

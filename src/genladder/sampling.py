@@ -26,6 +26,7 @@ from genladder.diffusion import (
     unconditional,
 )
 from genladder.errors import GenladderError
+from genladder.noise import image_generators, standard_normal
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 
@@ -117,11 +118,16 @@ def generate(
     n: int,
     sampler: SamplerConfig,
     labels: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
+    first_index: int = 0,
     progress: bool = False,
     callback=None,
 ) -> torch.Tensor:
-    """Draw n images in [−1, 1], shape (n, C, H, W), from a trained diffusion network (eval mode)."""
+    """Draw n images in [−1, 1], shape (n, C, H, W), from a trained diffusion network (eval mode).
+
+    Image i (counted from ``first_index``, for a request split into parts) draws all its noise from its own
+    generator seeded from (``seed``, i) (genladder.noise): the same seed gives the same images at any batch size.
+    """
     check_sampling(config, sampler, labels)
     device = next(model.parameters()).device
     model_config = config["model"]
@@ -133,7 +139,8 @@ def generate(
     for start in range(0, n, sampler.batch_size):
         count = min(sampler.batch_size, n - start)
         batch_labels = labels[start : start + count].to(device) if labels is not None else None
-        x_T = torch.randn((count, *shape), generator=generator, device=device)
+        generators = image_generators(seed, count, first_index + start, device)
+        x_T = standard_normal((count, *shape), generators, device)
         eps_fn = eps_function(model, config, schedule, batch_labels, sampler.guidance, sampler.guidance_interval)
 
         def tick(i, t, x_t, x0_hat, count=count):
@@ -141,7 +148,7 @@ def generate(
             if callback is not None:
                 callback(i, t, x_t, x0_hat)
 
-        outputs.append(run_sampler(eps_fn, schedule, x_T, sampler, generator, callback=tick).clamp(-1, 1))
+        outputs.append(run_sampler(eps_fn, schedule, x_T, sampler, generators, callback=tick).clamp(-1, 1))
     bar.close()
     return torch.cat(outputs)
 
@@ -153,10 +160,10 @@ def preview_sampler(kind: str, config: dict, count: int):
     guidance = 2.0 if kind == "cddpm" else 0.0
     sampler = SamplerConfig(sampler="dpmpp", steps=min(20, config["objective"]["schedule"]["T"]), guidance=guidance)
 
-    def preview(model, generator):
+    def preview(model, seed):
         device = next(model.parameters()).device
         labels = grid_labels(count, config["model"]["num_classes"], device) if kind == "cddpm" else None
-        images = generate(model, config, count, sampler, labels=labels, generator=generator)
+        images = generate(model, config, count, sampler, labels=labels, seed=seed)
         return (images + 1) / 2
 
     return preview

@@ -34,17 +34,18 @@ Notation: ᾱ_t = alpha_bar[t]; ᾱ_prev = ᾱ at the next timestep visited (1 a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
 from genladder.diffusion.schedule import NoiseSchedule
 from genladder.errors import GenladderError
+from genladder.noise import Generators, standard_normal
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
-Generator = torch.Generator | Sequence[torch.Generator] | None
+Generator = Generators  # one generator, or one per image (genladder.noise)
 VARIANCES = ("beta", "posterior")
 SPACINGS = ("karras", "trailing")
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5 and table 1
@@ -108,14 +109,7 @@ def sampler_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "karra
 
 def noise_like(x: torch.Tensor, generator: Generator) -> torch.Tensor:
     """Standard-normal noise shaped like x; a list of generators draws sample b from generator b."""
-    if generator is None:
-        return torch.randn_like(x)
-    if isinstance(generator, torch.Generator):
-        return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
-    if len(generator) != x.shape[0]:
-        raise GenladderError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
-    return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype).to(x.device)
-                        for g in generator])  # (B, C, H, W)
+    return standard_normal(tuple(x.shape), generator, x.device, x.dtype)
 
 
 def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:

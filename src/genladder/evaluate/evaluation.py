@@ -38,6 +38,7 @@ from genladder.evaluate.features import (
     load_feature_network,
 )
 from genladder.evaluate.likelihood import ddpm_bits_per_dim, iwae_negative_log_likelihood, vae_negative_elbo
+from genladder.noise import image_generators
 from genladder.evaluate.metrics import (
     MIN_MANIFOLD_SAMPLES,
     class_histogram,
@@ -114,7 +115,6 @@ def _real_data(config: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
 def _sample(run: LoadedRun, evaluation: EvaluationConfig, labels: torch.Tensor | None, progress: bool):
     """n images in [0, 1] from the run's model, and the seconds it took."""
     device = next(run.model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(evaluation.seed)
     start = time.perf_counter()
     batch_size = evaluation.sampling.batch_size
     if run.kind in ("vae", "cvae"):
@@ -123,11 +123,12 @@ def _sample(run: LoadedRun, evaluation: EvaluationConfig, labels: torch.Tensor |
             for s in range(0, evaluation.n, batch_size):
                 count = min(batch_size, evaluation.n - s)
                 part_labels = labels[s : s + count] if labels is not None else None
-                parts.append(run.model.sample(count, labels=part_labels, generator=generator).cpu())
+                generators = image_generators(evaluation.seed, count, s, device)  # one seed per image
+                parts.append(run.model.sample(count, labels=part_labels, generator=generators).cpu())
         images = torch.cat(parts)
     else:
         images = ((generate(run.model, run.config, evaluation.n, evaluation.sampling, labels=labels,
-                            generator=generator, progress=progress) + 1) / 2).cpu()
+                            seed=evaluation.seed, progress=progress) + 1) / 2).cpu()
     return images, time.perf_counter() - start
 
 

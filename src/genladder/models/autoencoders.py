@@ -27,6 +27,7 @@ from torch import nn
 
 from genladder.config import config_from_dict
 from genladder.errors import GenladderError
+from genladder.noise import Generators, standard_normal
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 AUTOENCODER_KINDS = ("ae", "vae", "cvae")
@@ -213,7 +214,7 @@ class AutoEncoder(_ConvAutoencoderBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
-    def sample(self, n: int, labels: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: Generators = None) -> torch.Tensor:
         raise GenladderError(
             "an AutoEncoder has no prior over its codes, so it cannot sample new images "
             "(that is why the VAE exists); use 'reconstruct' or 'interpolate', or train a vae"
@@ -269,12 +270,15 @@ class VAE(_ConvAutoencoderBase):
         return self.decode(self.encode(x, labels).mu, labels)
 
     @torch.no_grad()
-    def sample(self, n: int, labels: torch.Tensor | None = None, generator=None) -> torch.Tensor:
-        """Draw n images in [0, 1] from the prior: z ~ N(0, I), x = decoder mean. (n, C, H, W)."""
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: Generators = None) -> torch.Tensor:
+        """Draw n images in [0, 1] from the prior: z ~ N(0, I), x = decoder mean. (n, C, H, W).
+
+        ``generator``: one torch.Generator, or n of them (image b's z from generator b; genladder.noise).
+        """
         device = next(self.parameters()).device
         if labels is not None:
             labels = labels.to(device)
-        z = torch.randn((n, self.config.latent_dim), generator=generator, device=device)
+        z = standard_normal((n, self.config.latent_dim), generator, device)
         return self.output_to_image(self.decode(z, labels))
 
 

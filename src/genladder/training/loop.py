@@ -40,7 +40,7 @@ Objective = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 PRECISIONS = ("fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("adam", "adamw")
-PreviewFn = Callable[[torch.nn.Module, torch.Generator], torch.Tensor]
+PreviewFn = Callable[[torch.nn.Module, int], torch.Tensor]  # (model in eval mode, seed) -> images
 
 
 @dataclass
@@ -379,10 +379,9 @@ def train(
         append_metrics(metrics_path, record)
         save_loss_curve(read_metrics(metrics_path).records, run_dir / "loss.png", title=description.get("kind", ""))
         if preview is not None:
-            generator = torch.Generator(device=device).manual_seed(config.seed)
             with torch.no_grad():
                 eval_model.eval()
-                images = preview(eval_model, generator)
+                images = preview(eval_model, config.seed)
                 eval_model.train()
             (run_dir / "samples").mkdir(exist_ok=True)
             name = f"epoch_{epoch:03d}.png" if current_step % per_epoch == 0 else f"step_{current_step:07d}.png"
