@@ -44,6 +44,18 @@ class TestEndToEnd:
             assert config["kind"] == kind and config["train"]["steps"] == 12
             assert (run_dir / "loss.png").exists() and list((run_dir / "samples").glob("*.png"))
 
+    def test_log_in_a_file_is_plain_lines_and_resume_says_so(self, tmp_path, capsys, mini_mnist):
+        run_dir = tmp_path / "ae"
+        code, out, err = run_cli(capsys, *tiny_train_args("ae", run_dir, mini_mnist, "--log-every", 4))
+        assert code == 0 and "\r" not in err
+        steps = [line.split()[1] for line in err.splitlines() if line.startswith("step ")]
+        assert steps == ["4/12", "8/12", "12/12"]
+        assert "test set: loss" in out and "_" not in out.splitlines()[0].split("test set:")[1]
+        code, out, err = run_cli(capsys, "train", "--resume", run_dir, "--steps", 16, "--log-format", "json")
+        assert code == 0 and err.startswith(f"genladder: resuming {run_dir} (ae, ")
+        records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        assert [r["step"] for r in records] == [16] and records[0]["total_steps"] == 16
+
     def test_sample_grid_for_cvae(self, trained_runs, tmp_path, capsys):
         out = tmp_path / "grid.png"
         code, stdout, _ = run_cli(capsys, "sample", trained_runs["cvae"], "--grid", "--n", 100, "--out", out)

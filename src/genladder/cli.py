@@ -36,8 +36,13 @@ from genladder.cli_args import (
 )
 from genladder.errors import GenladderError
 from genladder.models import MODEL_KINDS, check_kind, is_diffusion
+from genladder.training.progress import LOG_FORMATS
 
 SUPPRESS = argparse.SUPPRESS
+# How the last line of 'train' names the test-set figures of the objectives (genladder.objectives and
+# genladder.diffusion.objective); a name not listed is shown with its underscores as spaces.
+TEST_FIGURE_NAMES = {"loss_sum_px": "loss summed over pixels", "label_drop_frac": "share of labels dropped",
+                     "neg_elbo": "−ELBO (nats)", "kl": "KL (nats)"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,7 +147,9 @@ def _add_train_parser(subparsers) -> None:
     opt.add_argument("--log-every", type=int_in(1, 10**9), help="steps between loss records (default 50)")
     run = p.add_argument_group("execution")
     run.add_argument("--device", type=device_name, help="auto (default), cpu or cuda (under torchrun: GPU LOCAL_RANK)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar: plain lines (--log-format lines)")
+    run.add_argument("--log-format", choices=LOG_FORMATS, help="progress on stderr: auto (default: the bar on a "
+                     "terminal, plain lines otherwise), bar, lines, or json (one object per record)")
     run.add_argument("--compile", action="store_true", help="torch.compile the training step (faster after a "
                      "warm-up of about a minute on CPU)")
     run.add_argument("--precision", choices=("fp32", "bf16"), help="fp32 (default) or bf16 autocast (GPUs, and "
@@ -381,7 +388,7 @@ def _train(args: argparse.Namespace) -> int:
             raise GenladderError(f"{run_dir} is a {stored['kind']} run, not {given['kind']}")
         train_fields = set(TrainConfig.__dataclass_fields__)
         overrides = {k: v for k, v in given.items() if k in train_fields}
-        execution = {"command", "kind", "resume", "device", "no_progress", "dry_run", "threads"}
+        execution = {"command", "kind", "resume", "device", "no_progress", "log_format", "dry_run", "threads"}
         other = sorted(set(given) - train_fields - execution)
         if other:
             raise GenladderError(f"--{other[0].replace('_', '-')} cannot change when resuming {run_dir}")
@@ -400,14 +407,19 @@ def _train(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(given["threads"])
     if main_process:
-        print(f"genladder: training {config['kind']} ({config['preset']} preset) in {run_dir}", file=sys.stderr)
+        if "resume" in given:
+            print(f"genladder: resuming {run_dir} ({config['kind']}, {config['preset']} preset)", file=sys.stderr)
+        else:
+            print(f"genladder: training {config['kind']} ({config['preset']} preset) in {run_dir}", file=sys.stderr)
+    log_format = "lines" if given.get("no_progress") else given.get("log_format", "auto")
     result = run_training(config, run_dir, resume="resume" in given, device=given.get("device", "auto"),
-                          show_progress=not given.get("no_progress", False))
+                          log_format=log_format)
     if not main_process:
         return 0
-    test = ", ".join(f"{k} {v:.4g}" for k, v in result.last_test.items())
+    test = ", ".join(f"{TEST_FIGURE_NAMES.get(k, k.replace('_', ' '))} {v:.4g}" for k, v in result.last_test.items())
     how = "time budget reached" if result.stopped_by_budget else "done"
-    print(f"genladder: {how} at step {result.step} after {result.train_seconds:.0f} s; test {test}")
+    print(f"genladder: {how} at step {result.step} after {result.train_seconds:.0f} s of training in all; "
+          f"test set: {test}")
     print(f"genladder: run folder {run_dir} (samples in {run_dir / 'samples'}, loss curve {run_dir / 'loss.png'})")
     return 0
 

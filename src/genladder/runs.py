@@ -196,7 +196,8 @@ def _preview_for(config: dict, data: TrainingData):
 
 
 def run_training(
-    config: dict, run_dir: str | Path, *, resume: bool = False, device: str = "auto", show_progress: bool = True
+    config: dict, run_dir: str | Path, *, resume: bool = False, device: str = "auto", show_progress: bool = True,
+    log_format: str = "auto",
 ) -> TrainResult:
     """Train (or resume) the run described by ``config`` in ``run_dir``.
 
@@ -243,6 +244,7 @@ def run_training(
         return train(
             model, objective, data, train_config, run_dir, description,
             preview=_preview_for(config, data), resume=resume, show_progress=show_progress, distributed=ctx,
+            log_format=log_format,
         )
 
 

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from genladder.checkpoint import (
     atomic_write_bytes,
@@ -35,6 +34,7 @@ from genladder.errors import GenladderError
 from genladder.plotting import prepare_plotting, save_grid, save_loss_curve
 from genladder.safe_io import os_error_message, parse_json, read_bounded_bytes
 from genladder.training.distributed import Distributed, EpochPlan
+from genladder.training.progress import ProgressReport
 
 Objective = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 PRECISIONS = ("fp32", "bf16")
@@ -292,13 +292,15 @@ def train(
     resume: bool = False,
     show_progress: bool = True,
     distributed: Distributed | None = None,
+    log_format: str = "auto",
 ) -> TrainResult:
     """Train ``model`` with Adam on ``objective``; write metrics, figures and checkpoints to ``run_dir``.
 
     ``description`` goes into every model file's metadata (it is what rebuilds the model).
     With ``resume=True`` the newest checkpoint of ``run_dir`` is loaded and training continues
     exactly where it stopped (same data order, optimizer moments and random numbers).
-    ``distributed``: this process's place under torchrun (default: the lone process).
+    ``distributed``: this process's place under torchrun (default: the lone process). ``log_format``: how
+    progress is shown on stderr (genladder.training.progress; nothing when ``show_progress`` is False).
     """
     run_dir = Path(run_dir)
     device = next(model.parameters()).device
@@ -396,8 +398,7 @@ def train(
     session_start = time.perf_counter()
     stopped_by_budget = False
     permutation, permutation_epoch = None, -1
-    progress = tqdm(total=total_steps, initial=step, disable=not (show_progress and ctx.is_main), unit="step",
-                    dynamic_ncols=True)
+    progress = ProgressReport(log_format, step, total_steps, enabled=show_progress and ctx.is_main)
     try:
         while step < total_steps:
             epoch, position = divmod(step, per_epoch)
@@ -423,7 +424,7 @@ def train(
                 running[name] = running.get(name, 0.0) + value
             running_count += 1
             tick_images += plan.images_in_step(position)
-            progress.update(1)
+            progress.step()
 
             now = time.perf_counter()
             if step % config.log_every == 0 or step == total_steps or step % per_epoch == 0:
@@ -435,7 +436,7 @@ def train(
                           "train_seconds": train_seconds + now - session_start}
                 if ctx.is_main:
                     append_metrics(metrics_path, record)
-                progress.set_postfix(loss=f"{means['loss']:.4g}", img_s=f"{images_per_s:.0f}")
+                progress.record(record)
                 running, running_count, tick_start, tick_images = {}, 0, now, 0
 
             budget_hit = config.time_budget is not None and ctx.any(
