@@ -149,6 +149,11 @@ class TestErrors:
             (["train", "--resume", "/no/such/run"], "does not exist"),
             (["sample", "/no/such/run", "--out", "x.png"], "does not exist"),
             (["frobnicate"], "invalid choice"),
+            (["sample", "/no/such/run", "--out", "x.png", "--lable", "3"],
+             "unknown option '--lable' for 'sample'; did you mean --label? (see 'genladder sample --help')"),
+            (["sample", "/no/such/run", "--out", "x.png", "extra"], "unexpected argument 'extra' for 'sample'"),
+            (["guidance-sweep", "/no/such/run", "--out", "x.png", "--guidance", "5"],
+             "unknown option '--guidance' for 'guidance-sweep'"),
         ],
     )
     def test_bad_arguments(self, capsys, argv, message):
@@ -168,6 +173,11 @@ class TestErrors:
             (["latent-map", trained_runs["vae"], "--out", tmp_path / "x.png"], "this VAE has 64 dimensions"),
             (["latent-map", trained_runs["cvae"], "--out", tmp_path / "x.png"], "'latent-map' needs a vae run"),
             (["noising", "--T", 10, "--frames", 11, "--out", tmp_path / "x.png"], "--frames must be in 1..T=10"),
+            # options the run would ignore are refused, not dropped
+            (["sample", trained_runs["vae"], "--sampler", "ddim", "--steps", 3, "--out", tmp_path / "x.png"],
+             "--sampler applies to diffusion runs (ddpm, cddpm); this run is a vae"),
+            (["sample", trained_runs["cvae"], "--grid", "--n", 15, "--out", tmp_path / "x.png"],
+             "--n must be a multiple of 10, got 15"),
         ]
         for argv, message in cases:
             code, _, err = run_cli(capsys, *argv)

@@ -85,6 +85,9 @@ class TestDiffusionErrors:
             (["guidance-sweep", diffusion_runs["ddpm"], "--out", out], "needs a conditional model"),
             (["trajectory", diffusion_runs["cddpm"], "--frames", 1, "--out", out], "--frames must be at least 2"),
             (["reconstruct", diffusion_runs["ddpm"], "--out", out], "needs an ae, vae or cvae run"),
+            (["sample", diffusion_runs["cddpm"], "--eta", 1, "--out", out], "--eta applies to the ddim sampler only"),
+            (["sample", diffusion_runs["cddpm"], "--sampler", "ddim", "--variance", "posterior", "--out", out],
+             "--variance applies to the ddpm sampler only"),
         ]
         for argv, message in cases:
             code, _, err = run_cli(capsys, *argv, "--no-progress") if argv[0] != "reconstruct" else run_cli(

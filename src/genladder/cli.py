@@ -46,6 +46,12 @@ TEST_FIGURE_NAMES = {"loss_sum_px": "loss summed over pixels", "label_drop_frac"
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        # No prefix matching: '--epoch 3' silently meaning --epochs, or '--guidance' meaning --guidance-weights,
+        # is a guess; an unknown option gets the closest real one as a suggestion instead (see _parse).
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, no usage dump
         raise GenladderError(f"{message} (see 'genladder {self.prog.split()[-1]} --help')"
                              if " " in self.prog else f"{message} (see 'genladder --help')")
@@ -161,9 +167,10 @@ def _add_train_parser(subparsers) -> None:
 def _add_figure_parsers(subparsers) -> None:
     p = subparsers.add_parser("sample", help="draw new images from a trained run")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
-    p.add_argument("--n", type=int_in(1, MAX_IMAGES), default=64, help="number of images (default 64)")
+    p.add_argument("--n", type=int_in(1, MAX_IMAGES), help="number of images (default 64; with --grid 10 per class)")
     p.add_argument("--label", type=int_in(0, 10**6), help="conditional models: draw only this class")
-    p.add_argument("--grid", action="store_true", help="conditional models: one row per class")
+    p.add_argument("--grid", action="store_true", help="conditional models: one row per class (--n a multiple of "
+                   "the number of classes)")
     p.add_argument("--out", required=True, type=output_file,
                    help="output: .png (a grid) or .npz (images in [-1, 1] and labels)")
     _add_sampling_options(p)
@@ -182,7 +189,7 @@ def _add_figure_parsers(subparsers) -> None:
     p.add_argument("--guidance-weights", dest="weights_list", default="0,1,2,4", type=guidance_list,
                    help="comma-separated guidance weights w, one row each (default 0,1,2,4)")
     p.add_argument("--out", required=True, type=output_file, help="output .png")
-    _add_sampling_options(p)
+    _add_sampling_options(p, guidance=False)
 
     p = subparsers.add_parser("reconstruct", help="test digits beside their reconstructions")
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
@@ -239,18 +246,21 @@ def _interval(text: str) -> tuple[float, float]:
     return low, high
 
 
-def _add_sampling_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp"), default="dpmpp",
+def _add_sampling_options(p: argparse.ArgumentParser, guidance: bool = True) -> None:
+    # The diffusion options default to None ("not given": genladder.figures.sampler_config fills SamplerConfig's
+    # defaults), so that one a run or sampler would ignore can be refused.
+    p.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp"),
                    help="diffusion: ancestral ddpm, ddim, or DPM-Solver++(2M) (default dpmpp)")
     p.add_argument("--steps", type=int_in(1, MAX_T), help="diffusion: solver steps (default 20; ddpm: the full chain)")
-    p.add_argument("--guidance", type=float_in(*GUIDANCE_RANGE), default=0.0,
-                   help="cddpm: classifier-free guidance weight w "
-                   "(eps = (1+w) eps_cond - w eps_uncond; default 0)")
-    p.add_argument("--eta", type=float_in(0, 1), default=0.0,
+    if guidance:
+        p.add_argument("--guidance", type=float_in(*GUIDANCE_RANGE),
+                       help="cddpm: classifier-free guidance weight w "
+                       "(eps = (1+w) eps_cond - w eps_uncond; default 0)")
+    p.add_argument("--eta", type=float_in(0, 1),
                    help="ddim: 0 deterministic, 1 ancestral-like (default 0)")
-    p.add_argument("--variance", choices=("beta", "posterior"), default="beta",
-                   help="ddpm: reverse variance beta_t (tutorial) or the posterior's beta-tilde_t")
-    p.add_argument("--spacing", choices=("karras", "trailing"), default="karras",
+    p.add_argument("--variance", choices=("beta", "posterior"),
+                   help="ddpm: reverse variance beta_t (tutorial, the default) or the posterior's beta-tilde_t")
+    p.add_argument("--spacing", choices=("karras", "trailing"),
                    help="diffusion: timesteps at Karras et al.'s noise levels down to the smallest trained one "
                    "(default), or trailing (genladder <= 0.3; its last step jumps from sigma ~ 0.09)")
     p.add_argument("--guidance-interval", type=_interval, help="cddpm: apply guidance only where the noise level "
@@ -305,7 +315,7 @@ def _add_evaluate_parsers(subparsers) -> None:
     p.add_argument("--n", type=positive_int, default=10_000, help="samples per weight (default 10000)")
     p.add_argument("--out", required=True, help="the plot, .png (the table is printed and written beside it as .md "
                    "and .json)")
-    _add_sampling_options(p)
+    _add_sampling_options(p, guidance=False)
     p.add_argument("--classifier", help=argparse.SUPPRESS)
     p.add_argument("--second-classifier", help=argparse.SUPPRESS)
 
@@ -406,14 +416,15 @@ def _train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(given["threads"])
-    if main_process:
+    def announce() -> None:
         if "resume" in given:
             print(f"genladder: resuming {run_dir} ({config['kind']}, {config['preset']} preset)", file=sys.stderr)
         else:
             print(f"genladder: training {config['kind']} ({config['preset']} preset) in {run_dir}", file=sys.stderr)
+
     log_format = "lines" if given.get("no_progress") else given.get("log_format", "auto")
     result = run_training(config, run_dir, resume="resume" in given, device=given.get("device", "auto"),
-                          log_format=log_format)
+                          log_format=log_format, on_start=announce)
     if not main_process:
         return 0
     test = ", ".join(f"{TEST_FIGURE_NAMES.get(k, k.replace('_', ' '))} {v:.4g}" for k, v in result.last_test.items())
@@ -493,13 +504,39 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, but an unknown option is named with the closest option of its sub-command and that
+    sub-command's help (argparse reports it from the top-level parser, which knows neither)."""
+    import difflib
+
+    args, unknown = parser.parse_known_args(argv)
+    if not unknown:
+        return args
+    verb = args.command
+    subparser = next(action for action in parser._subparsers._group_actions
+                     if isinstance(action, argparse._SubParsersAction)).choices[verb]
+    options = [o for action in subparser._actions for o in action.option_strings if o.startswith("--")]
+    first = unknown[0].split("=")[0]
+    close = difflib.get_close_matches(first, options, n=1, cutoff=0.6) if first.startswith("-") else []
+    hint = f"; did you mean {close[0]}?" if close else ""
+    what = "unknown option" if first.startswith("-") else "unexpected argument"
+    raise GenladderError(f"{what} {first!r} for '{verb}'{hint} (see 'genladder {verb} --help')")
+
+
+def _interrupted_run_dir(args: argparse.Namespace | None) -> str | None:
+    """The run folder a Ctrl-C'd 'train' was writing, for the message that says how to resume it."""
+    if args is None or getattr(args, "command", None) != "train":
+        return None
+    return getattr(args, "resume", None) or getattr(args, "run_dir", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genladder`` console script; returns the exit code."""
     from genladder.runtime import tune_allocator
 
     tune_allocator()  # faster CPU steps: see genladder.runtime
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), sys.argv[1:] if argv is None else [str(a) for a in argv])
         if args.command == "train":
             return _train(args)
         if args.command == "evaluate":
@@ -531,8 +568,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") != "0":  # under torchrun the main process speaks for all
             return 130
-        print("genladder: interrupted; a training run continues from its newest checkpoint with --resume RUN_DIR "
-              "(one process saves one on Ctrl-C)", file=sys.stderr)
+        run_dir = _interrupted_run_dir(locals().get("args"))
+        if run_dir is not None:
+            print(f"genladder: interrupted; continue from the newest checkpoint with 'genladder train --resume "
+                  f"{run_dir}' (one process saves one on Ctrl-C)", file=sys.stderr)
+        else:
+            print("genladder: interrupted", file=sys.stderr)
         return 130
 
 

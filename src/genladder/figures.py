@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,9 @@ def sample_labels(run: LoadedRun, n: int, label: int | None, grid: bool) -> torc
             raise GenladderError(f"--label must be in 0..{num_classes - 1}, got {label}")
         return torch.full((n,), label, dtype=torch.long)
     if grid:
-        return grid_labels(num_classes * max(1, n // num_classes), num_classes)
+        if n % num_classes:
+            raise GenladderError(f"--grid draws one row per class: --n must be a multiple of {num_classes}, got {n}")
+        return grid_labels(n, num_classes)
     return torch.arange(n) % num_classes
 
 
@@ -102,20 +104,43 @@ def latent_activity(run: LoadedRun, x: torch.Tensor, labels: torch.Tensor) -> to
     return _encode(run, x, labels).var(dim=0)
 
 
+# The sampling options of the CLI that only a diffusion run reads, and the one sampler each solver option
+# belongs to. Their command-line default is None ("not given"), so a given one that would be ignored is refused.
+DIFFUSION_SAMPLING_OPTIONS = ("sampler", "steps", "guidance", "eta", "variance", "spacing", "guidance_interval")
+SOLVER_OPTIONS = {"eta": "ddim", "variance": "ddpm"}
+
+
 def sampler_config(args: argparse.Namespace):
+    """The SamplerConfig of the sampling options of ``args``; options not given take SamplerConfig's defaults."""
     from genladder.sampling import SamplerConfig
 
-    steps = args.steps if args.steps is not None else (None if args.sampler == "ddpm" else 20)
-    return SamplerConfig(sampler=args.sampler, steps=steps, guidance=args.guidance, eta=args.eta,
-                         variance=args.variance, spacing=args.spacing, batch_size=args.batch_size,
-                         guidance_interval=args.guidance_interval)
+    given = {name: getattr(args, name, None) for name in DIFFUSION_SAMPLING_OPTIONS}
+    given = {name: value for name, value in given.items() if value is not None}
+    if "steps" not in given and given.get("sampler") == "ddpm":
+        given["steps"] = None  # ancestral sampling's default: the full chain
+    return SamplerConfig(**given, batch_size=args.batch_size)
 
 
-def _diffusion_images(run: LoadedRun, labels, n: int, args, callback=None) -> torch.Tensor:
-    """Images in [0, 1] from a diffusion run, with the sampler options and seed of ``args``."""
+def refuse_ignored_sampling_options(args: argparse.Namespace, kind: str) -> None:
+    """One-line error for a sampling option the run (or the chosen sampler) would ignore."""
+    given = [name for name in DIFFUSION_SAMPLING_OPTIONS if getattr(args, name, None) is not None]
+    if kind not in DIFFUSION:
+        if given:
+            raise GenladderError(f"--{given[0].replace('_', '-')} applies to diffusion runs (ddpm, cddpm); this run "
+                                 f"is a {kind}, which samples its prior in one step")
+        return
+    sampler = getattr(args, "sampler", None) or "dpmpp"
+    for option, owner in SOLVER_OPTIONS.items():
+        if option in given and sampler != owner:
+            raise GenladderError(f"--{option} applies to the {owner} sampler only; add --sampler {owner}")
+
+
+def _diffusion_images(run: LoadedRun, labels, n: int, args, callback=None, sampler=None) -> torch.Tensor:
+    """Images in [0, 1] from a diffusion run, with ``sampler`` (default: the sampling options of ``args``)."""
     from genladder.sampling import generate
 
-    images = generate(run.model, run.config, n, sampler_config(args), labels=labels, seed=args.seed,
+    sampler = sampler if sampler is not None else sampler_config(args)
+    images = generate(run.model, run.config, n, sampler, labels=labels, seed=args.seed,
                       progress=not args.no_progress, callback=callback)
     return (images + 1) / 2
 
@@ -160,7 +185,11 @@ def draw_samples(run: LoadedRun, n: int, *, label: int | None = None, grid: bool
 def sample_command(args: argparse.Namespace) -> Path:
     out = _check_out(args.out, (".png", ".npz"))
     run = load_run(args.run_dir, weights=args.weights, device=args.device)
-    samples = draw_samples(run, args.n, label=args.label, grid=args.grid, sampler=sampler_config(args),
+    refuse_ignored_sampling_options(args, run.kind)
+    n = args.n
+    if n is None:  # 64 images, or a grid of ten per class
+        n = 10 * run.config["model"].get("num_classes", 0) if args.grid else 64
+    samples = draw_samples(run, n, label=args.label, grid=args.grid, sampler=sampler_config(args),
                            seed=args.seed, progress=not args.no_progress)
     if out.suffix.lower() == ".npz":
         return save_npz(out, samples.images * 2 - 1, samples.labels)
@@ -222,8 +251,7 @@ def guidance_sweep_command(args: argparse.Namespace) -> Path:
     labels = torch.arange(num_classes)
     rows = []
     for w in weights:
-        args.guidance = w
-        rows.append(_diffusion_images(run, labels, num_classes, args))
+        rows.append(_diffusion_images(run, labels, num_classes, args, sampler=replace(sampler_config(args), guidance=w)))
     return save_grid(torch.cat(rows), out, nrow=num_classes)
 
 

@@ -17,6 +17,7 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -197,9 +198,12 @@ def _preview_for(config: dict, data: TrainingData):
 
 def run_training(
     config: dict, run_dir: str | Path, *, resume: bool = False, device: str = "auto", show_progress: bool = True,
-    log_format: str = "auto",
+    log_format: str = "auto", on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train (or resume) the run described by ``config`` in ``run_dir``.
+
+    ``on_start`` is called once the data is loaded and the run folder is taken, just before the first step
+    (the CLI's "training …" line, so that a refused run does not first announce itself).
 
     Under torchrun this is one of several processes training together (``genladder.training.distributed``);
     only the main process writes to ``run_dir``.
@@ -237,6 +241,8 @@ def run_training(
             batch = train_config.batch_size
             print(f"genladder: {ctx.world_size} processes ({ctx.backend} on {ctx.device.type}), batch {batch} per "
                   f"process, effective batch {batch * ctx.world_size}", file=sys.stderr)
+        if on_start is not None and ctx.is_main:
+            on_start()
         torch.manual_seed(train_config.seed)
         model = _build_from_config(kind, config["model"], run_dir / CONFIG).to(ctx.device)
         objective = make_objective(kind, config["objective"], config["model"])
