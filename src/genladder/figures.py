@@ -249,9 +249,8 @@ def guidance_sweep_command(args: argparse.Namespace) -> Path:
         raise GenladderError("'guidance-sweep' needs a conditional model (cddpm); this run is unconditional")
     weights = parse_weights(args.weights_list)
     labels = torch.arange(num_classes)
-    rows = []
-    for w in weights:
-        rows.append(_diffusion_images(run, labels, num_classes, args, sampler=replace(sampler_config(args), guidance=w)))
+    sampler = sampler_config(args)
+    rows = [_diffusion_images(run, labels, num_classes, args, sampler=replace(sampler, guidance=w)) for w in weights]
     return save_grid(torch.cat(rows), out, nrow=num_classes)
 
 

@@ -38,7 +38,6 @@ from genladder.evaluate.features import (
     load_feature_network,
 )
 from genladder.evaluate.likelihood import ddpm_bits_per_dim, iwae_negative_log_likelihood, vae_negative_elbo
-from genladder.noise import image_generators
 from genladder.evaluate.metrics import (
     MIN_MANIFOLD_SAMPLES,
     class_histogram,
@@ -51,6 +50,7 @@ from genladder.evaluate.metrics import (
     precision_recall,
     reconstruction_error,
 )
+from genladder.noise import image_generators
 from genladder.rungs import decode_image, encode_mean
 from genladder.runs import LoadedRun, load_run
 from genladder.sampling import SamplerConfig, generate
