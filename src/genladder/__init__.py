@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.4.0"
 
 
 def load(run_dir, weights: str = "auto", device: str = "auto"):
