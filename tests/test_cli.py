@@ -91,11 +91,11 @@ class TestEndToEnd:
         assert json.loads((run_dir / "latest.json").read_text())["step"] == 16
 
     def test_python_api_load(self, trained_runs):
-        model = genladder.load(trained_runs["cvae"])
-        assert not model.training
+        pipe = genladder.load(trained_runs["cvae"])
+        assert not pipe.model.training
         import torch
 
-        assert model.sample(3, labels=torch.tensor([0, 1, 2])).shape == (3, 1, 32, 32)
+        assert pipe.sample(3, labels=torch.tensor([0, 1, 2])).shape == (3, 1, 32, 32)
 
     def test_dry_run_precedence(self, capsys):
         code, out, _ = run_cli(capsys, "train", "vae", "--latent-dim", 8, "--lr", 0.01, "--dry-run")

@@ -14,7 +14,6 @@ import torch
 from genladder.checkpoint import atomic_write_bytes
 from genladder.data import to_unit
 from genladder.errors import GenladderError
-from genladder.noise import image_generators
 from genladder.plotting import save_grid, save_image_table, save_latent_map
 from genladder.rungs import decode_image, encode_mean, grid_labels
 from genladder.runs import DataConfig, LoadedRun, load_data_split, load_run
@@ -161,19 +160,11 @@ def draw_samples(run: LoadedRun, n: int, *, label: int | None = None, grid: bool
 
     ``callback(i, t, x_t, x0_hat)`` is called after every solver step of a diffusion run.
     """
-    from genladder.sampling import SamplerConfig, generate
+    from genladder.pipeline import sample_images
 
     labels = sample_labels(run, n, label, grid)
     n = len(labels) if labels is not None else n
-    if run.kind in AUTOENCODERS:
-        if sampler is not None and sampler.guidance:
-            raise GenladderError("--guidance applies to diffusion models (cddpm) only")
-        generators = image_generators(seed, n, device=next(run.model.parameters()).device)
-        images = run.model.sample(n, labels=labels, generator=generators)
-    else:
-        images = generate(run.model, run.config, n, sampler or SamplerConfig(), labels=labels, seed=seed,
-                          progress=progress, callback=callback)
-        images = (images + 1) / 2
+    images = sample_images(run, n, labels, sampler, seed=seed, progress=progress, callback=callback)
     columns = None
     if labels is not None and label is None:
         # A grid has one class per row (labels 0,0,…,1,1,…); cycling labels (0,1,…,9,0,…) one per column.

@@ -244,7 +244,7 @@ def run_training(
         if on_start is not None and ctx.is_main:
             on_start()
         torch.manual_seed(train_config.seed)
-        model = _build_from_config(kind, config["model"], run_dir / CONFIG).to(ctx.device)
+        model = build_model_checked(kind, config["model"], run_dir / CONFIG).to(ctx.device)
         objective = make_objective(kind, config["objective"], config["model"])
         description = model_description(config)
         return train(
@@ -281,7 +281,7 @@ def read_run_config(run_dir: str | Path) -> dict:
     return config
 
 
-def _build_from_config(kind: str, model_config: dict, source: Path) -> torch.nn.Module:
+def build_model_checked(kind: str, model_config: dict, source: Path) -> torch.nn.Module:
     """``build_model`` with a wrong-typed or inconsistent stored config as a one-line error naming the file."""
     try:
         return build_model(kind, model_config)
@@ -352,7 +352,7 @@ def load_run(run_dir: str | Path, weights: str = "auto", device: str = "auto",
         raise GenladderError(
             f"{checkpoint} holds a {description.get('kind')!r} model but {run_dir}/{CONFIG} says {config['kind']!r}"
         )
-    model = _build_from_config(config["kind"], description["model"], checkpoint / f"{weights}.safetensors")
+    model = build_model_checked(config["kind"], description["model"], checkpoint / f"{weights}.safetensors")
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -363,5 +363,5 @@ def load_run(run_dir: str | Path, weights: str = "auto", device: str = "auto",
 
 
 def load(run_dir: str | Path, weights: str = "auto", device: str = "auto") -> torch.nn.Module:
-    """``genladder.load(run_dir)``: the trained model of a run folder, ready to use (eval mode)."""
+    """The trained network of a run folder, ready to use (eval mode); ``genladder.load`` wraps it in a Pipeline."""
     return load_run(run_dir, weights=weights, device=device).model
