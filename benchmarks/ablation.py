@@ -22,6 +22,7 @@ from pathlib import Path
 from genladder.checkpoint import atomic_write_bytes
 from genladder.evaluate import EvaluationConfig, evaluate_run
 from genladder.evaluate.curves import curve_row
+from genladder.evaluate.evaluation import RealDigitCache
 from genladder.sampling import SamplerConfig
 
 # name -> extra `genladder train` flags (one change from the preset each)
@@ -105,10 +106,11 @@ def main() -> int:
     rows = [(name, runs[name][0], runs[name][1], {}) for name in training]
     rows += [(name, runs["baseline (cpu-fast)"][0], runs["baseline (cpu-fast)"][1], SAMPLING_VARIANTS[name])
              for name in wanted if name in SAMPLING_VARIANTS]
+    cache = RealDigitCache()  # the real digits are embedded once for every row
     for name, run_dir, command, sampling in rows:
         print(f"evaluating {name}", file=sys.stderr, flush=True)
         config = replace(evaluation, sampling=replace(evaluation.sampling, **sampling))
-        result = evaluate_run(run_dir, config, progress=False, quiet=True, write=False)
+        result = evaluate_run(run_dir, config, progress=False, quiet=True, write=False, cache=cache)
         row = curve_row(result)
         p, s = row["primary"], row["second"]
         speed = result["training"]["images_per_s"]

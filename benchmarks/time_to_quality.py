@@ -21,6 +21,7 @@ from pathlib import Path
 from genladder.checkpoint import read_json
 from genladder.evaluate import EvaluationConfig, evaluate_run
 from genladder.evaluate.curves import curve_row, write_curve
+from genladder.evaluate.evaluation import RealDigitCache
 from genladder.sampling import SamplerConfig
 
 
@@ -48,12 +49,12 @@ def main() -> int:
     checkpoints = sorted((run_dir / "checkpoints").glob("step_*"))
     evaluation = EvaluationConfig(n=args.n, samples_only=True, sampling=SamplerConfig(
         sampler=args.sampler, steps=args.steps, guidance=args.guidance))
-    values, rows = [], []
+    values, rows, cache = [], [], RealDigitCache()  # the real digits are embedded once for every checkpoint
     for checkpoint in checkpoints:
         state = read_json(checkpoint / "trainer_state.json")
         print(f"genladder: {checkpoint.name}, {state['images_seen']:,} images", file=sys.stderr, flush=True)
         result = evaluate_run(run_dir, replace(evaluation, checkpoint=checkpoint.name), progress=False, quiet=True,
-                              write=False)
+                              write=False, cache=cache)
         row = curve_row(result)
         row["images"], row["minutes"], row["step"] = state["images_seen"], state["train_seconds"] / 60, state["step"]
         values.append(state["images_seen"])

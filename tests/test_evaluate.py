@@ -18,6 +18,8 @@ from genladder.errors import GenladderError
 from genladder.evaluate import (
     SECOND_CLASSIFIER,
     SHIPPED_CLASSIFIER,
+    EvaluationConfig,
+    RealDigitCache,
     class_histogram,
     classifier_fid,
     conditional_accuracy,
@@ -25,6 +27,7 @@ from genladder.evaluate import (
     density_coverage,
     discretized_gaussian_log_likelihood,
     embed,
+    evaluate_run,
     frechet_distance,
     iwae_negative_log_likelihood,
     kernel_inception_distance,
@@ -38,6 +41,7 @@ from genladder.evaluate import (
 )
 from genladder.evaluate.likelihood import oracle_eps_function
 from genladder.models import VAE, VAEEncoding
+from genladder.sampling import SamplerConfig
 from tests.conftest import MINI_MNIST
 from tests.test_cli import run_cli
 
@@ -465,6 +469,22 @@ class TestEvaluateCommand:
         assert lines[0].startswith("| run | model | parameters |") and "| FID |" in lines[0]
         assert "cvae (default)" in lines[2] and "ddpm (small)" in lines[3]
         assert "evaluated at different n" in table.read_text()  # 100 (or 50) vs 40: FIDs not comparable
+
+    def test_a_shared_cache_embeds_the_real_digits_once(self, evaluated_runs, monkeypatch):
+        import genladder.evaluate.evaluation as evaluation_module
+
+        calls = []
+        real_embed = evaluation_module.embed
+        monkeypatch.setattr(evaluation_module, "embed", lambda net, images: calls.append(len(images)) or
+                            real_embed(net, images))
+        config = EvaluationConfig(n=30, samples_only=True, sampling=SamplerConfig(steps=3))
+        cache = RealDigitCache()
+        first = evaluate_run(evaluated_runs / "cvae", config, progress=False, quiet=True, write=False, cache=cache)
+        assert sorted(calls) == [30, 30, 30, 30, 1000, 1000]  # per judge: samples, floor, the extract's test set
+        calls.clear()
+        second = evaluate_run(evaluated_runs / "cvae", config, progress=False, quiet=True, write=False, cache=cache)
+        assert calls == [30, 30]  # only the samples, once per judge
+        assert first["judges"] == second["judges"]  # and the figures are those of an uncached evaluation
 
     def test_report_flags_an_evaluation_older_than_the_newest_checkpoint(self, evaluated_runs, tmp_path):
         import shutil

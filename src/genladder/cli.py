@@ -462,11 +462,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     import json
 
     from genladder.evaluate import EVAL_FILE, evaluate_run, ranking_disagreements, terminal_table
+    from genladder.evaluate.evaluation import RealDigitCache
 
     config = _evaluation_config(args)
-    results = []
+    results, cache = [], RealDigitCache()  # several runs: the real digits are embedded once
     for run_dir in args.run_dirs:
-        result = evaluate_run(run_dir, config, progress=not args.no_progress, quiet=args.json)
+        result = evaluate_run(run_dir, config, progress=not args.no_progress, quiet=args.json, cache=cache)
         results.append(result)
         if args.json:
             print(json.dumps(result, indent=2, sort_keys=True))

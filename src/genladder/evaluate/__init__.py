@@ -10,7 +10,13 @@ The metric functions (``classifier_fid``, ``precision_recall``, ``iwae_negative_
 ``ddpm_bits_per_dim`` …) are plain functions over tensors and can be used on their own.
 """
 
-from genladder.evaluate.evaluation import EVAL_FILE, EvaluationConfig, evaluate_run, read_evaluation
+from genladder.evaluate.evaluation import (
+    EVAL_FILE,
+    EvaluationConfig,
+    RealDigitCache,
+    evaluate_run,
+    read_evaluation,
+)
 from genladder.evaluate.features import (
     SECOND_CLASSIFIER,
     SHIPPED_CLASSIFIER,
@@ -41,7 +47,8 @@ from genladder.evaluate.metrics import (
 from genladder.evaluate.report import markdown_table, ranking_disagreements, terminal_table
 
 __all__ = [
-    "EVAL_FILE", "EvaluationConfig", "FeatureNetwork", "SECOND_CLASSIFIER", "SHIPPED_CLASSIFIER", "class_histogram",
+    "EVAL_FILE", "EvaluationConfig", "FeatureNetwork", "RealDigitCache", "SECOND_CLASSIFIER", "SHIPPED_CLASSIFIER",
+    "class_histogram",
     "classifier_fid", "conditional_accuracy", "ddpm_bits_per_dim", "density_coverage", "kernel_inception_distance",
     "discretized_gaussian_log_likelihood", "embed", "evaluate_run",
     "feature_statistics", "frechet_distance", "iwae_negative_log_likelihood", "load_feature_network",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from genladder.checkpoint import atomic_write_bytes, atomic_write_json
 from genladder.errors import GenladderError
-from genladder.evaluate.evaluation import EvaluationConfig, evaluate_run
+from genladder.evaluate.evaluation import EvaluationConfig, RealDigitCache, evaluate_run
 from genladder.evaluate.report import ROLES, excess, ranking_disagreements
 from genladder.plotting import save_metric_panels
 
@@ -88,11 +88,11 @@ def guidance_curve(run_dir: str | Path, weights: list[float], evaluation: Evalua
     """Evaluate a cddpm run's samples at each guidance weight; print and write the table, the plot and the JSON."""
     if not str(out).endswith(".png"):
         raise GenladderError(f"--out must name a .png file, got {str(out)!r}")
-    results = []
+    results, cache = [], RealDigitCache()  # the real digits are embedded once for all weights
     for w in weights:
         print(f"genladder: guidance w = {w:g}", file=sys.stderr, flush=True)
         config = replace(evaluation, sampling=replace(evaluation.sampling, guidance=w), samples_only=True)
-        result = evaluate_run(run_dir, config, progress=progress, quiet=False, write=False)
+        result = evaluate_run(run_dir, config, progress=progress, quiet=False, write=False, cache=cache)
         if result["kind"] != "cddpm":
             raise GenladderError(f"guidance-curve needs a cddpm run; {run_dir} is a {result['kind']} run")
         results.append(result)

@@ -33,6 +33,7 @@ from genladder.errors import GenladderError
 from genladder.evaluate.features import (
     SECOND_CLASSIFIER,
     SHIPPED_CLASSIFIER,
+    Embedding,
     FeatureNetwork,
     embed,
     load_feature_network,
@@ -254,10 +255,30 @@ def classifier_accuracy(classifier: torch.nn.Module, images: torch.Tensor, label
     return conditional_accuracy(predicted, labels, classifier.num_classes)
 
 
+@dataclass
+class RealDigitCache:
+    """Embeddings of real digits (the test set, the floor's training digits) kept across the evaluations of one
+    process — the points of a guidance curve or a time-to-quality curve, several runs — so that each feature
+    network embeds them once, and the metrics' neighbour radii of the reference (keyed by its tensor) are
+    reused. Keyed by network file, which digits, and the run's data description."""
+
+    embeddings: dict[tuple, Embedding] = field(default_factory=dict)
+
+    def embed(self, network, images: torch.Tensor, key: tuple) -> Embedding:
+        full_key = (str(network.path), *key)
+        if full_key not in self.embeddings:
+            self.embeddings[full_key] = embed(network, images)
+        return self.embeddings[full_key]
+
+
 def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None, *, progress: bool = True,
-                 quiet: bool = False, write: bool = True) -> dict:
-    """Measure everything that applies to the run in ``run_dir``; write ``eval.json`` there (``write``)."""
+                 quiet: bool = False, write: bool = True, cache: RealDigitCache | None = None) -> dict:
+    """Measure everything that applies to the run in ``run_dir``; write ``eval.json`` there (``write``).
+
+    ``cache``: share the real digits' embeddings with other evaluations of this process (RealDigitCache).
+    """
     evaluation = evaluation or EvaluationConfig()
+    cache = cache if cache is not None else RealDigitCache()
     run_dir = Path(run_dir)
     run = load_run(run_dir, weights=evaluation.weights, device=evaluation.device,
                    checkpoint_name=evaluation.checkpoint)
@@ -305,8 +326,10 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
         for role, network in networks.items():
             _log(f"{role} feature network ({network.classifier.config.arch}): FID, KID, precision/recall, "
                  f"density/coverage of the samples and of {floor_count} training digits (the floor)", quiet)
-            reference = embed(network, to_unit(test_images))
-            real = embed(network, to_unit(train_images[chosen]))
+            data_key = json.dumps(config["data"], sort_keys=True)
+            reference = cache.embed(network, to_unit(test_images), ("test", data_key))
+            real = cache.embed(network, to_unit(train_images[chosen]), ("floor", data_key, evaluation.seed,
+                                                                          floor_count))
             result["judges"][role] = {
                 "network": {"path": str(network.path), "arch": network.classifier.config.arch, **network.info},
                 "samples": quality(embed(network, samples), reference, labels, num_classes, evaluation),
