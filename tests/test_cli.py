@@ -103,6 +103,44 @@ class TestEndToEnd:
         assert code == 0 and config["model"]["latent_dim"] == 8 and config["train"]["lr"] == 0.01
         assert config["model"]["width"] == 64  # unset options keep the preset's value
 
+    def test_config_file_round_trip_and_flags_win(self, tmp_path, capsys, mini_mnist):
+        code, out, _ = run_cli(capsys, "train", "vae", "--latent-dim", 8, "--data-dir", mini_mnist, "--limit", 256,
+                               "--test-limit", 64, "--dry-run")
+        written = tmp_path / "vae.json"
+        written.write_text(out)
+        code, again, _ = run_cli(capsys, "train", "--config", written, "--dry-run")
+        assert code == 0 and json.loads(again) == json.loads(out)  # what --dry-run prints reads back unchanged
+        code, changed, _ = run_cli(capsys, "train", "--config", written, "--lr", 0.01, "--kl-weight", 0.5,
+                                   "--latent-dim", 4, "--dry-run")
+        config = json.loads(changed)
+        assert config["train"]["lr"] == 0.01 and config["objective"]["kl_weight"] == 0.5
+        assert config["model"]["latent_dim"] == 4 and config["model"]["width"] == json.loads(out)["model"]["width"]
+        toml = tmp_path / "vae.toml"
+        toml.write_text('kind = "vae"\npreset = "default"\n[model]\n' + "".join(
+            f"{k} = {json.dumps(v)}\n" for k, v in config["model"].items()) + "[objective]\nkl_weight = 0.5\n"
+            f"[data]\ndataset = \"mnist\"\ndata_dir = \"{mini_mnist}\"\nlimit = 256\ntest_limit = 64\n"
+            "[train]\nsteps = 4\nbatch_size = 32\n")
+        code, out, err = run_cli(capsys, "train", "--config", toml, "--run-dir", tmp_path / "run", "--no-progress")
+        stored = json.loads((tmp_path / "run" / "config.json").read_text())
+        assert code == 0 and stored["train"]["steps"] == 4 and stored["model"]["latent_dim"] == 4, err
+
+    @pytest.mark.parametrize("content, extra, message", [
+        ('{"kind": "vae"}', [], "has no 'model' entry"),
+        ('{"kind": "vae", "model": {}, "objective": {}, "data": {}, "train": {"lrr": 1}}', [],
+         "unknown train setting 'lrr'"),
+        ('{"kind": "vae", "colour": 1}', [], "unknown entry 'colour'"),
+        ("[1, 2]", [], "expected a JSON object, found list"),
+        ('{"kind": "ddpm", "model": {}, "objective": {}, "data": {}, "train": {}}', ["--preset", "small"],
+         "--preset and --config do not mix"),
+        ('{"kind": "ddpm", "model": {}, "objective": {}, "data": {}, "train": {}}', ["vae"],
+         "describes a ddpm run, not vae"),
+    ])
+    def test_bad_config_files(self, tmp_path, capsys, content, extra, message):
+        path = tmp_path / "c.json"
+        path.write_text(content)
+        code, _, err = run_cli(capsys, "train", *extra, "--config", path, "--dry-run")
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
     def test_duration(self):
         assert parse_duration("10m") == 600 and parse_duration("90") == 90 and parse_duration("1.5h") == 5400
 

@@ -80,6 +80,8 @@ def _add_train_parser(subparsers) -> None:
     where.add_argument("--run-dir", help="where to write the run (default: runs/<kind>-<timestamp>/)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly where it stopped")
     where.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    where.add_argument("--config", metavar="FILE", help="start from this run description (.json as --dry-run prints "
+                       "and config.json holds, or .toml) instead of a preset; flags given as well still win")
     model = p.add_argument_group("model")
     model.add_argument("--latent-dim", type=int_in(1, MAX_LATENT),
                        help="latent size of the AE/VAE/CVAE (tutorial: 64)")
@@ -380,6 +382,21 @@ def _config_from_args(args: argparse.Namespace) -> dict:
             "data": {**asdict(data), **facts}, "train": asdict(train), "genladder_version": __version__}
 
 
+def _config_from_file(given: dict) -> dict:
+    """``train --config FILE``: the file's run description with the explicitly given flags written over it."""
+    from genladder.runs import config_with_flags, read_config_file
+
+    config = read_config_file(given["config"])
+    if given.get("kind") not in (None, config["kind"]):
+        raise GenladderError(f"{given['config']} describes a {config['kind']} run, not {given['kind']}")
+    if "preset" in given:
+        raise GenladderError("--preset and --config do not mix: the file holds a preset already resolved; change its "
+                             "values, or give the flags that differ")
+    execution = {"command", "kind", "config", "run_dir", "device", "no_progress", "log_format", "dry_run", "threads"}
+    return {**config_with_flags(config, {k: v for k, v in given.items() if k not in execution}),
+            "genladder_version": __version__}
+
+
 def _train(args: argparse.Namespace) -> int:
     import json
 
@@ -406,7 +423,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         if given.get("run_dir") is not None:
             check_run_dir(Path(given["run_dir"]))  # a file or /dev/null: refused before the data is read
-        config = _config_from_args(args)
+        config = _config_from_file(given) if "config" in given else _config_from_args(args)
         run_dir = Path(given.get("run_dir") or default_run_dir(config["kind"]))
     if given.get("dry_run"):
         if main_process:

@@ -60,7 +60,7 @@ def _schedule_config(preset: str) -> ScheduleConfig:
     return ScheduleConfig.preset(preset)
 
 
-def _parse_ints(text: str | list | tuple, flag: str) -> tuple[int, ...]:
+def parse_ints(text: str | list | tuple, flag: str) -> tuple[int, ...]:
     if isinstance(text, (list, tuple)):
         return tuple(int(v) for v in text)
     try:
@@ -80,9 +80,9 @@ def diffusion_config(kind: str, preset: str, given: dict, in_channels: int = 1, 
     num_classes = num_classes if kind == "cddpm" else 0
     unet = _unet_config(preset, num_classes, in_channels, image_size).to_dict()
     if "widths" in given:
-        unet["widths"] = list(_parse_ints(given["widths"], "--widths"))
+        unet["widths"] = list(parse_ints(given["widths"], "--widths"))
     if "attention" in given:
-        unet["attention_resolutions"] = list(_parse_ints(given["attention"], "--attention"))
+        unet["attention_resolutions"] = list(parse_ints(given["attention"], "--attention"))
     for flag in ("blocks_per_level", "dropout", "patch_size"):
         if flag in given:
             unet[flag] = given[flag]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import os
 import re
 import stat
@@ -29,9 +30,10 @@ from genladder.data import DATASETS, ImageSet, load_split, own_split, read_own_d
 from genladder.data.files import split_sizes
 from genladder.errors import GenladderError
 from genladder.models import build_model, check_kind, is_conditional
+from genladder.presets import parse_ints
 from genladder.run_lock import run_lock
 from genladder.rungs import make_objective, make_preview, to_model_range
-from genladder.safe_io import expect_type, os_error_message
+from genladder.safe_io import expect_type, os_error_message, read_bounded_bytes
 from genladder.training import distributed
 from genladder.training.loop import TrainConfig, TrainingData, TrainResult, train
 
@@ -307,6 +309,90 @@ def resume_config(run_dir: str | Path, train_overrides: dict, write: bool = True
     config["train"] = asdict(TrainConfig.from_dict({**config["train"], **train_overrides}))
     if write:
         atomic_write_json(Path(run_dir) / CONFIG, config)
+    return config
+
+
+# Where a command-line flag lands in a run description (config.json), for the flags that are not named after
+# their field: with --config FILE, explicit flags are written over the file's values at these places. Flags of
+# the "train" and "data" sections are named after their fields and land there.
+FLAG_PATHS = {
+    "latent_dim": ("model", "latent_dim"), "width": ("model", "width"), "likelihood": ("model", "likelihood"),
+    "widths": ("model", "widths"), "blocks_per_level": ("model", "blocks_per_level"),
+    "attention": ("model", "attention_resolutions"), "dropout": ("model", "dropout"),
+    "patch_size": ("model", "patch_size"), "kl_weight": ("objective", "kl_weight"),
+    "max_shift": ("objective", "max_shift"), "augment": ("objective", "augment"),
+    "label_dropout": ("objective", "label_dropout"), "min_snr_gamma": ("objective", "min_snr_gamma"),
+    "schedule": ("objective", "schedule", "kind"), "T": ("objective", "schedule", "T"),
+    "prediction": ("objective", "schedule", "prediction"),
+}
+RUN_SECTIONS = ("kind", "preset", "model", "objective", "data", "train", "genladder_version")
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A run description from a JSON file (what ``train --dry-run`` prints and ``config.json`` holds) or TOML."""
+    path = Path(path)
+    if not path.is_file():
+        raise GenladderError(f"config file {path} does not exist")
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            raise GenladderError(f"{path}: reading TOML needs Python 3.11 or later; write the config as JSON") from None
+        try:
+            config = tomllib.loads(read_bounded_bytes(path, 2**20, "config file").decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise GenladderError(f"{path} is not valid TOML ({error})") from None
+    else:
+        config = read_json(path)
+    expect_type(config, dict, f"config file {path}")
+    unknown = sorted(set(config) - set(RUN_SECTIONS))
+    if unknown:
+        raise GenladderError(f"{path}: unknown entry {unknown[0]!r}; a run description has {', '.join(RUN_SECTIONS)}")
+    for key in ("kind", "model", "objective", "data", "train"):
+        if key not in config:
+            raise GenladderError(f"{path} has no {key!r} entry; write it with 'genladder train … --dry-run'")
+        expect_type(config[key], str if key == "kind" else dict, f"{path}: '{key}'")
+    check_kind(config["kind"])
+    for section, known in (("train", TrainConfig), ("data", DataConfig)):
+        extra = sorted(set(config[section]) - {f.name for f in fields(known)} - {"channels", "image_size",
+                                                                                  "class_names", "images"})
+        if extra:
+            raise GenladderError(f"{path}: unknown {section} setting {extra[0]!r}")
+    return config
+
+
+def config_with_flags(config: dict, given: dict) -> dict:
+    """``config`` (a run description) with the explicitly given flags written over it, validated.
+
+    Train and data flags replace their fields; model and objective flags land where ``FLAG_PATHS`` says. The
+    data's facts (channels, size, classes) are worked out again, and must still fit the model.
+    """
+    config = json.loads(json.dumps(config))  # a deep copy
+    train_fields, data_fields = {f.name for f in fields(TrainConfig)}, {f.name for f in fields(DataConfig)}
+    for name, value in given.items():
+        if name in FLAG_PATHS:
+            *parents, leaf = FLAG_PATHS[name]
+            place = config
+            for key in parents:
+                place = place.setdefault(key, {})
+            if name in ("widths", "attention"):  # the CLI passes these as validated "32,64" text
+                value = list(parse_ints(value, "--" + name))
+            place[leaf] = value
+        elif name in train_fields:
+            config["train"][name] = value
+        elif name in data_fields:
+            config["data"][name] = value
+    data = DataConfig.from_dict(config["data"])
+    facts = data_facts(data)
+    config["data"] = {**asdict(data), **facts}
+    shape = model_shape(config["kind"], facts, data.dataset)
+    model = config["model"]
+    for key, value in shape.items():
+        if key in model and model[key] != value:
+            raise GenladderError(f"the model is built for {key} = {model[key]} but the data gives {value}")
+    config["train"] = asdict(TrainConfig.from_dict(config["train"]))
+    with torch.device("meta"):  # builds the network without memory: a bad combination is one line, now
+        build_model_checked(config["kind"], model, Path("the config"))
     return config
 
 
