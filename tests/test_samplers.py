@@ -335,3 +335,28 @@ class TestKarrasSpacing:
             a, b = self._output_map(sampler, schedule, 20, spacing, eps_fn)
             error[spacing] = math.hypot(b - mu, abs(a) - s)
         assert error["karras"] < error["trailing"] / 2.5, error
+
+
+class TestSolverTable:
+    CORE = {"eps_fn", "schedule", "x_T", "steps", "spacing", "generator", "callback", "clip_x0"}
+
+    @pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp"])
+    def test_one_signature_plus_the_options_listed(self, name):
+        import inspect
+
+        from genladder.diffusion.samplers import SOLVERS
+
+        solver = SOLVERS[name]
+        params = set(inspect.signature(solver.fn).parameters)
+        assert params == self.CORE | set(solver.options)
+
+    def test_every_solver_runs_from_the_same_call(self):
+        from genladder.diffusion.samplers import SOLVERS
+
+        x_T = noise(4, 0)
+        for name, solver in SOLVERS.items():
+            options = {"variance": "posterior", "eta": 1.0}
+            out = solver.fn(gaussian_eps_fn(LINEAR, 0.5, 0.2), LINEAR, x_T, steps=10, spacing="karras",
+                            generator=torch.Generator().manual_seed(0), callback=None, clip_x0=True,
+                            **{k: options[k] for k in solver.options})
+            assert out.shape == x_T.shape and torch.isfinite(out).all(), name

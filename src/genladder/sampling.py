@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genladder.diffusion import (
+    SOLVERS,
     SPACINGS,
     NoiseSchedule,
     ScheduleConfig,
@@ -20,15 +21,12 @@ from genladder.diffusion import (
     classifier_free_guidance,
     conditional,
     guidance_interval,
-    sample_ddim,
-    sample_ddpm,
-    sample_dpmpp_2m,
     unconditional,
 )
 from genladder.errors import GenladderError
 from genladder.noise import image_generators, standard_normal
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
+SAMPLERS = tuple(SOLVERS)  # "ddpm", "ddim", "dpmpp"
 
 
 @dataclass
@@ -96,19 +94,11 @@ def eps_function(model: torch.nn.Module, config: dict, schedule: NoiseSchedule, 
 
 
 def run_sampler(eps_fn, schedule, x_T: torch.Tensor, sampler: SamplerConfig, generator, callback=None):
-    """Dispatch to one of the three samplers."""
-    if sampler.sampler == "ddpm":
-        return sample_ddpm(eps_fn, schedule, x_T, generator=generator, variance=sampler.variance,
-                           steps=sampler.steps, callback=callback, spacing=_ancestral_spacing(sampler))
-    if sampler.sampler == "ddim":
-        return sample_ddim(eps_fn, schedule, x_T, steps=sampler.steps, eta=sampler.eta, generator=generator,
-                           callback=callback, spacing=sampler.spacing)
-    return sample_dpmpp_2m(eps_fn, schedule, x_T, steps=sampler.steps, callback=callback, spacing=sampler.spacing)
-
-
-def _ancestral_spacing(sampler: SamplerConfig) -> str:
-    # The full ancestral chain visits every t whatever the spacing; "trailing" keeps it exactly Ho et al.'s.
-    return "trailing" if sampler.steps is None else sampler.spacing
+    """Run the sampler ``sampler`` names (genladder.diffusion.samplers.SOLVERS) with the options it reads."""
+    solver = SOLVERS[sampler.sampler]
+    options = {name: getattr(sampler, name) for name in solver.options}
+    return solver.fn(eps_fn, schedule, x_T, steps=sampler.steps, spacing=sampler.spacing, generator=generator,
+                     callback=callback, **options)
 
 
 @torch.no_grad()

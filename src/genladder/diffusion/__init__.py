@@ -10,6 +10,7 @@ Typical use::
 from genladder.diffusion.guidance import classifier_free_guidance, conditional, guidance_interval, unconditional
 from genladder.diffusion.objective import DiffusionObjective, as_eps_fn
 from genladder.diffusion.samplers import (
+    SOLVERS,
     SPACINGS,
     ddim_step,
     ddpm_step,
@@ -31,6 +32,7 @@ from genladder.diffusion.schedule import (
 __all__ = [
     "PREDICTION_TYPES",
     "SCHEDULE_KINDS",
+    "SOLVERS",
     "SPACINGS",
     "DiffusionObjective",
     "NoiseSchedule",

@@ -184,18 +184,22 @@ def _t_batch(t: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)  # (B,)
 
 
-def sample_ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, generator: Generator = None,
-                variance: str = "beta", steps: int | None = None, clip_x0: bool = True,
-                callback: Callback | None = None, spacing: str = "trailing") -> torch.Tensor:
+def sample_ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int | None = None,
+                spacing: str = "trailing", generator: Generator = None, callback: Callback | None = None,
+                clip_x0: bool = True, variance: str = "beta") -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020, Alg. 2) from x_T (B, C, H, W) → x0 (B, C, H, W).
 
-    ``steps=None`` runs all T steps; fewer steps stride the chain (β'_t = 1 − ᾱ_t/ᾱ_prev,
-    Nichol & Dhariwal 2021, sec. 4). ``variance``: "beta" (σ² = β) or "posterior" (σ² = β̃).
+    ``steps=None`` runs all T steps (every t, whatever the spacing: exactly Ho et al.'s chain); fewer steps
+    stride the chain (β'_t = 1 − ᾱ_t/ᾱ_prev, Nichol & Dhariwal 2021, sec. 4). ``variance``: "beta" (σ² = β)
+    or "posterior" (σ² = β̃).
     """
     _check(x_T)
     if variance not in VARIANCES:
         raise GenladderError(f"variance must be one of {VARIANCES}, got {variance!r}")
-    timesteps = sampler_timesteps(schedule, schedule.T if steps is None else steps, spacing)
+    if steps is None:
+        timesteps = spaced_timesteps(schedule.T, schedule.T)
+    else:
+        timesteps = sampler_timesteps(schedule, steps, spacing)
     with torch.inference_mode():
         x = x_T
         for i, t in enumerate(timesteps):
@@ -209,9 +213,9 @@ def sample_ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, ge
     return x
 
 
-def sample_ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int, eta: float = 0.0,
-                generator: Generator = None, clip_x0: bool = True, callback: Callback | None = None,
-                spacing: str = "trailing") -> torch.Tensor:
+def sample_ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int,
+                spacing: str = "trailing", generator: Generator = None, callback: Callback | None = None,
+                clip_x0: bool = True, eta: float = 0.0) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12) from x_T (B, C, H, W) → x0 (B, C, H, W).
 
     η = 0 is deterministic given x_T; η = 1 with steps = T is ancestral sampling with σ² = β̃.
@@ -234,9 +238,11 @@ def sample_ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, st
 
 
 def sample_dpmpp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int,
-                    clip_x0: bool = True, callback: Callback | None = None,
-                    spacing: str = "trailing") -> torch.Tensor:
+                    spacing: str = "trailing", generator: Generator = None, callback: Callback | None = None,
+                    clip_x0: bool = True) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2): deterministic multistep, data prediction.
+
+    ``generator`` is accepted for the common signature and unused: the solver draws no noise after x_T.
 
     α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t). The first step and the last (into σ = 0, where
     λ = ∞, Alg. 2's r_i would be 0) are first order. Matches diffusers' DPMSolverMultistepScheduler
@@ -271,3 +277,19 @@ def sample_dpmpp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *
             x = (sigma_t / sigma_s) * x - (alpha_t * math.expm1(-h)) * D
             x0_older, h_older = x0_hat, h
     return x
+
+
+class Solver(NamedTuple):
+    """A sampler of the common signature ``fn(eps_fn, schedule, x_T, *, steps, spacing, generator, callback,
+    clip_x0, **options)`` and the names of the options only it reads."""
+
+    fn: Callable[..., torch.Tensor]
+    options: tuple[str, ...]
+
+
+# The samplers by name; a caller picks one here and passes the options it lists (genladder.sampling).
+SOLVERS = {
+    "ddpm": Solver(sample_ddpm, ("variance",)),
+    "ddim": Solver(sample_ddim, ("eta",)),
+    "dpmpp": Solver(sample_dpmpp_2m, ()),
+}
