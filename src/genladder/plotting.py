@@ -163,6 +163,7 @@ def loss_curve_figure(records: list[dict], title: str = ""):
     # leaves the axis with no labelled tick.
     if values and min(values) > 0 and max(values) > 10 * min(values):
         axes.set_yscale("log")
+    axes.margins(y=0.1)  # room for the markers of the highest and lowest points
     seen = [s for s, _ in train + test]
     if seen:
         axes.set_xlim(0, max(seen) * 1.05 if max(seen) > 0 else 1)  # from the start of training
