@@ -58,14 +58,31 @@ class TestDiffusionCommands:
         a, b, c = (np.load(p)["images"] for p in paths)
         assert np.array_equal(a, b) and not np.array_equal(a, c)
 
-    def test_figures(self, diffusion_runs, tmp_path, capsys):
+    def test_figures_are_labelled(self, diffusion_runs, tmp_path, capsys, monkeypatch):
+        from genladder import figures
+
+        labels = []
+        drawn = figures.save_labelled_grid
+
+        def spy(images, path, nrow, row_labels=None, column_labels=None):
+            labels.append((row_labels, column_labels))
+            return drawn(images, path, nrow, row_labels=row_labels, column_labels=column_labels)
+
+        monkeypatch.setattr(figures, "save_labelled_grid", spy)
         trajectory, sweep = tmp_path / "t.png", tmp_path / "g.png"
+        # --batch-size 2 < --n 3: the chain runs twice, and each frame gathers both batches
         assert run_cli(capsys, "trajectory", diffusion_runs["ddpm"], "--n", 3, "--frames", 5, "--steps", 10,
-                       "--out", trajectory, "--no-progress")[0] == 0
-        assert Image.open(trajectory).size == (2 * (6 * 34 + 2), 2 * (3 * 34 + 2))
-        assert run_cli(capsys, "guidance-sweep", diffusion_runs["cddpm"], "--guidance-weights", "0,3",
+                       "--sampler", "ddim", "--spacing", "trailing", "--batch-size", 2, "--out", trajectory,
+                       "--no-progress")[0] == 0
+        # T = 50, 10 trailing steps visit t = 49, 44, …, 4; frames at step indices 0, 2, 4, 7, 9
+        assert labels.pop() == (None, ["t=49", "t=39", "t=29", "t=14", "t=4", "x0"])
+        width, height = Image.open(trajectory).size  # the bare grid is 2·(6·34 + 2) by 2·(3·34 + 2)
+        assert width == 2 * (6 * 34 + 2) and height > 2 * (3 * 34 + 2)  # the t labels sit above the columns
+        assert run_cli(capsys, "guidance-sweep", diffusion_runs["cddpm"], "--guidance-weights", "0,0.5,3",
                        "--steps", 5, "--out", sweep, "--no-progress")[0] == 0
-        assert Image.open(sweep).size == (2 * (10 * 34 + 2), 2 * (2 * 34 + 2))
+        assert labels.pop() == (["w=0", "w=0.5", "w=3"], [str(digit) for digit in range(10)])
+        width, height = Image.open(sweep).size
+        assert width > 2 * (10 * 34 + 2) and height > 2 * (3 * 34 + 2)  # w left of the rows, digits above
 
     def test_resume(self, diffusion_runs, capsys):
         code, out, _ = run_cli(capsys, "train", "--resume", diffusion_runs["ddpm"], "--steps", 6, "--no-progress")

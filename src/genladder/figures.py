@@ -14,7 +14,7 @@ import torch
 from genladder.checkpoint import atomic_write_bytes
 from genladder.data import to_unit
 from genladder.errors import GenladderError
-from genladder.plotting import save_grid, save_image_table, save_latent_map
+from genladder.plotting import save_grid, save_image_table, save_labelled_grid, save_latent_map
 from genladder.rungs import decode_image, encode_mean, grid_labels
 from genladder.runs import DataConfig, LoadedRun, load_data_split, load_run
 
@@ -200,22 +200,30 @@ def save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None) -> P
 
 @torch.no_grad()
 def trajectory_command(args: argparse.Namespace) -> Path:
-    """The denoising trajectory: x_t at ``--frames`` points of the chain, one row per sample."""
+    """The denoising trajectory: x_t at ``--frames`` points of the chain, one row per sample, t above each column."""
     out, run = _open_run(args, "trajectory", DIFFUSION)
     if args.frames < 2:
         raise GenladderError(f"--frames must be at least 2, got {args.frames}")
     labels = sample_labels(run, args.n, args.label, False)
     steps = sampler_config(args).steps or run.config["objective"]["schedule"]["T"]
-    keep = {round(i * (steps - 1) / (args.frames - 1)) for i in range(args.frames)}
-    frames: list[torch.Tensor] = []
+    keep = sorted({round(i * (steps - 1) / (args.frames - 1)) for i in range(args.frames)})
+    # step index -> (its timestep t, x_t of every batch): the sampler runs once per batch of --batch-size images
+    frames: dict[int, tuple[int, list[torch.Tensor]]] = {}
 
     def record(i, t, x_t, x0_hat):
         if i in keep:
-            frames.append(((x_t.clamp(-1, 1) + 1) / 2).cpu())
+            frames.setdefault(i, (int(t), []))[1].append(((x_t.clamp(-1, 1) + 1) / 2).cpu())
 
     final = _diffusion_images(run, labels, args.n, args, callback=record).cpu()
-    columns = torch.stack([*frames, final], dim=1)  # (n, frames + 1, C, H, W)
-    return save_grid(columns.flatten(0, 1), out, nrow=len(frames) + 1)
+    columns = torch.stack([*(torch.cat(frames[i][1]) for i in keep), final], dim=1)  # (n, frames + 1, C, H, W)
+    titles = trajectory_titles([frames[i][0] for i in keep])
+    return save_labelled_grid(columns.flatten(0, 1), out, nrow=len(keep) + 1, column_labels=titles)
+
+
+def trajectory_titles(timesteps: list[int]) -> list[str]:
+    """Column labels of a trajectory: the code's timestep t (counted from 0, as the noising figure) of each
+    frame, then the final image x0."""
+    return [f"t={t}" for t in timesteps] + ["x0"]
 
 
 def parse_weights(text: str) -> list[float]:
@@ -242,7 +250,13 @@ def guidance_sweep_command(args: argparse.Namespace) -> Path:
     labels = torch.arange(num_classes)
     sampler = sampler_config(args)
     rows = [_diffusion_images(run, labels, num_classes, args, sampler=replace(sampler, guidance=w)) for w in weights]
-    return save_grid(torch.cat(rows), out, nrow=num_classes)
+    return save_labelled_grid(torch.cat(rows), out, nrow=num_classes, row_labels=sweep_titles(weights),
+                              column_labels=[str(c) for c in range(num_classes)])
+
+
+def sweep_titles(weights: list[float]) -> list[str]:
+    """Row labels of a guidance sweep: 'w=0', 'w=0.5', … (no trailing '.0')."""
+    return [f"w={w:g}" for w in weights]
 
 
 @torch.no_grad()

@@ -39,14 +39,69 @@ def grid_image(images: torch.Tensor, nrow: int | None = None, scale: int = 2) ->
     return image
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 2) -> Path:
-    """Save images (N, C, H, W) in [0, 1] as a PNG grid, upscaled ``scale``× with nearest pixels."""
-    image = grid_image(images, nrow, scale)
+def _label_font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font when Pillow has FreeType
+    except TypeError:
+        return ImageFont.load_default()  # older Pillow: its small bitmap font
+
+
+def labelled_grid_image(images: torch.Tensor, nrow: int, row_labels: list[str] | None = None,
+                        column_labels: list[str] | None = None, scale: int = 2) -> Image.Image:
+    """``grid_image`` with a label left of each row and above each column, on a white margin.
+
+    Drawn with PIL rather than as a matplotlib table so that the cells keep their exact pixels and a grid of
+    hundreds of rows stays one cheap image.
+    """
+    from PIL import ImageDraw
+
+    row_labels, column_labels = row_labels or [], column_labels or []
+    rows = math.ceil(len(images) / nrow)
+    if row_labels and len(row_labels) != rows:
+        raise ValueError(f"{len(row_labels)} row labels for {rows} rows")
+    if column_labels and len(column_labels) != nrow:
+        raise ValueError(f"{len(column_labels)} column labels for {nrow} columns")
+    grid = grid_image(images, nrow, scale)
+    font, gap = _label_font(7 * scale), 3 * scale
+    box = {text: font.getbbox(text) for text in [*row_labels, *column_labels]}  # text: (left, top, right, bottom)
+    left = max(box[text][2] for text in row_labels) + 2 * gap if row_labels else 0
+    top = max(box[text][3] for text in column_labels) + 2 * gap if column_labels else 0
+    canvas = Image.new(grid.mode, (grid.width + left, grid.height + top), "white")
+    canvas.paste(grid, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    padding, (height, width) = 2, images.shape[-2:]  # grid_array's padding and the cell size
+
+    def centre(index: int, extent: int) -> int:  # pixel centre of cell ``index`` along one axis of the grid
+        return scale * (padding + index * (extent + padding) + extent // 2)
+
+    for row, text in enumerate(row_labels):  # right-aligned before the row, centred on it
+        _, y0, x1, y1 = box[text]
+        draw.text((left - gap - x1, top + centre(row, height) - (y0 + y1) // 2), text, fill="black", font=font)
+    for column, text in enumerate(column_labels):  # centred above the column
+        x0, _, x1, y1 = box[text]
+        draw.text((left + centre(column, width) - (x0 + x1) // 2, top - gap - y1), text, fill="black", font=font)
+    return canvas
+
+
+def _save_png(image: Image.Image, path: str | Path) -> Path:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     path = Path(path)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def save_labelled_grid(images: torch.Tensor, path: str | Path, nrow: int, row_labels: list[str] | None = None,
+                       column_labels: list[str] | None = None, scale: int = 2) -> Path:
+    """Save ``labelled_grid_image`` as a PNG."""
+    return _save_png(labelled_grid_image(images, nrow, row_labels, column_labels, scale), path)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 2) -> Path:
+    """Save images (N, C, H, W) in [0, 1] as a PNG grid, upscaled ``scale``× with nearest pixels."""
+    return _save_png(grid_image(images, nrow, scale), path)
 
 
 def _save_figure(figure, path: str | Path) -> Path:
@@ -76,8 +131,18 @@ def _plottable(record: dict) -> bool:
     return all(isinstance(record.get(key), (int, float)) for key in ("images_seen", "loss"))
 
 
+# Below this many points a curve gets a marker on every point: a line between two points (or a lone point,
+# which draws nothing at all) does not show how many measurements there were.
+FEW_POINTS = 20
+
+
 def save_loss_curve(records: list[dict], path: str | Path, title: str = "") -> Path:
     """Plot training loss per log tick and test loss per epoch (from metrics.jsonl records) to a PNG."""
+    return _save_figure(loss_curve_figure(records, title), path)
+
+
+def loss_curve_figure(records: list[dict], title: str = ""):
+    """The matplotlib figure of ``save_loss_curve`` (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,18 +152,27 @@ def save_loss_curve(records: list[dict], path: str | Path, title: str = "") -> P
     test = [(r["images_seen"], r["loss"]) for r in records if r.get("split") == "test" and _plottable(r)]
     figure, axes = plt.subplots(figsize=(6, 3.6), dpi=100)
     if train:
-        axes.plot([s for s, _ in train], [v for _, v in train], label="train (running mean)", linewidth=1)
+        axes.plot([s for s, _ in train], [v for _, v in train], label="train (running mean)", linewidth=1,
+                  marker="." if len(train) < FEW_POINTS else None, markersize=6)
     if test:
         axes.plot([s for s, _ in test], [v for _, v in test], "o-", label="test", linewidth=1.5)
     axes.set_xlabel("images seen")
     axes.set_ylabel("loss")
-    if train and min(v for _, v in train) > 0:
+    values = [v for _, v in train + test]
+    # A log axis only when the loss spans more than a factor of 10: over a narrower range (a short run) it
+    # leaves the axis with no labelled tick.
+    if values and min(values) > 0 and max(values) > 10 * min(values):
         axes.set_yscale("log")
+    axes.margins(y=0.1)  # room for the markers of the highest and lowest points
+    seen = [s for s, _ in train + test]
+    if seen:
+        axes.set_xlim(0, max(seen) * 1.05 if max(seen) > 0 else 1)  # from the start of training
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend()
+    if train or test:
+        axes.legend()
     figure.tight_layout()
-    return _save_figure(figure, path)
+    return figure
 
 
 def save_latent_map(z: torch.Tensor, labels: torch.Tensor, manifold: torch.Tensor, axis: torch.Tensor,
