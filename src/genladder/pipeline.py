@@ -21,7 +21,7 @@ from genladder.checkpoint import read_model_file
 from genladder.errors import GenladderError
 from genladder.noise import image_generators
 from genladder.rungs import decode_image, encode_mean
-from genladder.runs import LoadedRun, build_model_checked, load_run, pick_device
+from genladder.runs import LoadedRun, build_model_checked, load_run, pick_device, ready_for_inference
 from genladder.sampling import SamplerConfig, generate
 
 AUTOENCODERS = ("ae", "vae", "cvae")
@@ -177,7 +177,7 @@ def load(path: str | Path, weights: str = "auto", device: str = "auto") -> Pipel
         except RuntimeError as error:
             first = str(error).splitlines()[0]
             raise GenladderError(f"{path}: weights do not fit the {description['kind']} model ({first})") from None
-        model.to(pick_device(device)).eval()
+        ready_for_inference(model, pick_device(device))
         kept = "ema" if path.stem == "ema" else "model"
         return Pipeline(LoadedRun(description["kind"], model, description, path.parent, kept))
     return Pipeline(load_run(path, weights=weights, device=device))

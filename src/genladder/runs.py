@@ -444,8 +444,19 @@ def load_run(run_dir: str | Path, weights: str = "auto", device: str = "auto",
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise GenladderError(f"{checkpoint}: weights do not fit the {config['kind']} model ({first})") from None
-    model.to(pick_device(device)).eval()
+    ready_for_inference(model, pick_device(device))
     return LoadedRun(config["kind"], model, config, checkpoint, weights)
+
+
+def ready_for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device``, in eval mode, its 4-d weights in channels-last (NHWC) memory format.
+
+    oneDNN's CPU convolutions run NHWC tensors without reordering them at every layer: guided sampling of the
+    cpu-fast U-Net ran about 2× faster in NHWC than in NCHW here (``benchmarks/sampling_speed.py``, figures in
+    docs/performance.md). The training step does the same (TrainConfig.channels_last). Inputs follow the
+    weights' format, so the samplers need no change.
+    """
+    return model.to(device=device, memory_format=torch.channels_last).eval()
 
 
 def load(run_dir: str | Path, weights: str = "auto", device: str = "auto") -> torch.nn.Module:
