@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import torch
 
 from genladder.errors import GenladderError
-from genladder.models import AutoencoderConfig, is_diffusion
+from genladder.models import AutoencoderConfig
 from genladder.presets import DIFFUSION_PRESETS, diffusion_config
+from genladder.rungs import is_diffusion
 from genladder.training.loop import TrainConfig
 
 

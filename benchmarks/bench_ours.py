@@ -13,9 +13,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from genladder.errors import GenladderError
-from genladder.models import build_model, is_diffusion
 from genladder.noise import image_generators
-from genladder.rungs import make_objective, to_model_range
+from genladder.rungs import build_model, is_diffusion, make_objective, to_model_range
 from genladder.sampling import SamplerConfig, generate
 from genladder.training.distributed import EpochPlan
 from genladder.training.loop import Optimisation, TrainConfig, apply_update, build_optimisation, epoch_permutation

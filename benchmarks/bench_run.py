@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from genladder.data import to_signed
-from genladder.models import is_diffusion
+from genladder.rungs import is_diffusion
 
 from bench_cases import Case, Sampling, Settings, Variant, case_config, compile_in_process, samplings
 from bench_machine import OtherLoad, PeakMemory, median_seconds

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from genladder.errors import GenladderError
-from genladder.models import AutoencoderConfig, build_model
+from genladder.models import AutoencoderConfig
 from genladder.objectives import gaussian_kl, reconstruction_nll, vae_loss
+from genladder.rungs import build_model
 
 
 def make(kind, preset="tutorial", **overrides):

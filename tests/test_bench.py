@@ -81,8 +81,7 @@ class TestTrainStepIsTheLoops:
     def test_same_weights_as_loop_train(self, bench, kind, train_overrides, tmp_path):
         """Three bench steps = three steps of genladder.training.loop.train (data order, RNG, autocast, clip,
         Adam, EMA)."""
-        from genladder.models import build_model
-        from genladder.rungs import make_objective, to_model_range
+        from genladder.rungs import build_model, make_objective, to_model_range
         from genladder.training.loop import TrainConfig, TrainingData, train
 
         from bench_cases import case_config
@@ -113,7 +112,7 @@ class TestPeer:
     @pytest.mark.parametrize("preset,tolerance", [("small", 0), ("cpu-fast", 0), ("default", 1e-4)])
     def test_diffusers_unet_matches_our_size(self, bench, preset, tolerance):
         pytest.importorskip("diffusers")
-        from genladder.models import build_model
+        from genladder.rungs import build_model
 
         from bench_cases import Case, case_config
         from bench_peer import build_peer

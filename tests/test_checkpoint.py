@@ -16,8 +16,9 @@ from genladder.checkpoint import (
     save_checkpoint,
 )
 from genladder.errors import GenladderError
-from genladder.models import AutoencoderConfig, build_model
+from genladder.models import AutoencoderConfig
 from genladder.objectives import vae_loss
+from genladder.rungs import build_model
 
 
 def trained_vae():

@@ -17,7 +17,8 @@ from genladder.errors import GenladderError
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 LEARNING = ("README", "ae", "vae", "cvae", "ddpm", "guided-ddpm", "samplers", "ladder")  # the learning path
-REFERENCE = ("usage", "results", "performance", "scaling", "reliability", "tutorial-changes", "development")
+REFERENCE = ("usage", "results", "performance", "scaling", "reliability", "tutorial-changes", "development",
+             "architecture")
 PAGES = LEARNING + REFERENCE
 # Pictures of the reference pages that scripts/docs_figures.py does not draw, with what made them.
 NOT_REDRAWN = {

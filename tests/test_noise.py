@@ -7,9 +7,10 @@ import torch
 
 from genladder.diffusion import ScheduleConfig
 from genladder.errors import GenladderError
-from genladder.models import AutoencoderConfig, build_model
+from genladder.models import AutoencoderConfig
 from genladder.models.unet import UNet, UNetConfig
 from genladder.noise import MAX_SEED, image_generators, image_seed, standard_normal
+from genladder.rungs import build_model
 from genladder.sampling import SamplerConfig, generate
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from genladder.cli import main
 from genladder.data.files import SPLIT_SEED, own_split, read_own_data
 from genladder.errors import GenladderError
-from genladder.models import build_model
+from genladder.rungs import build_model
 from tests.test_cli import run_cli
 
 CLASSES = ("blue_cols", "red_rows")  # sorted: label 0 = blue columns, label 1 = red rows

@@ -90,6 +90,12 @@ class TestLoad:
         torch.testing.assert_close(from_file.sample(labels=[4], steps=3, seed=1),
                                    from_folder.sample(labels=[4], steps=3, seed=1))
 
+    def test_loaded_networks_are_channels_last(self, runs):
+        # NHWC convolutions are about twice as fast on CPU (benchmarks/sampling_speed.py)
+        for kind in ("cddpm", "cvae"):
+            convs = [p for p in genladder.load(runs[kind]).model.parameters() if p.dim() == 4]
+            assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+
     def test_to_moves_the_network(self, runs):
         pipe = genladder.load(runs["ae"]).to("cpu")
         assert pipe.device.type == "cpu" and "Pipeline(ae" in repr(pipe)

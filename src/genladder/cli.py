@@ -35,7 +35,7 @@ from genladder.cli_args import (
     unet_widths,
 )
 from genladder.errors import GenladderError
-from genladder.models import MODEL_KINDS, check_kind, is_diffusion
+from genladder.rungs import MODEL_KINDS, check_kind, rung
 from genladder.training.progress import LOG_FORMATS
 
 SUPPRESS = argparse.SUPPRESS
@@ -360,11 +360,12 @@ def _config_from_args(args: argparse.Namespace) -> dict:
     data = DataConfig.from_dict(given)
     facts = data_facts(data)
     shape = model_shape(kind, facts, data.dataset)  # channels, size and classes come from the data
-    if is_diffusion(kind):
+    spec = rung(kind)
+    if spec.diffusion:
         from genladder.presets import diffusion_config
 
         model, objective, train_defaults = diffusion_config(kind, preset, given, **shape)
-    elif kind == "classifier":
+    elif not spec.generative:
         from genladder.presets import classifier_config
 
         model, objective, train_defaults = classifier_config(preset, given, **shape)
@@ -373,7 +374,7 @@ def _config_from_args(args: argparse.Namespace) -> dict:
 
         overrides = {k: given[k] for k in ("latent_dim", "width", "likelihood") if k in given}
         model = AutoencoderConfig.preset(kind, preset, **shape, **overrides).to_dict()
-        objective = {"kl_weight": given.get("kl_weight", 1.0)} if kind != "ae" else {}
+        objective = {"kl_weight": given.get("kl_weight", 1.0)} if spec.variational else {}
         train_defaults = {}
     if "epochs" in given and "steps" not in given:  # an explicit --epochs beats a preset's step budget
         train_defaults.pop("steps", None)

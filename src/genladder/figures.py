@@ -15,7 +15,7 @@ from genladder.checkpoint import atomic_write_bytes
 from genladder.data import to_unit
 from genladder.errors import GenladderError
 from genladder.plotting import save_grid, save_image_table, save_labelled_grid, save_latent_map
-from genladder.rungs import decode_image, encode_mean, grid_labels
+from genladder.rungs import decode_image, encode_mean, grid_labels, kinds, rung
 from genladder.runs import DataConfig, LoadedRun, load_data_split, load_run
 
 
@@ -77,7 +77,7 @@ def _either(kinds: tuple[str, ...]) -> str:
     return f"{article} {', '.join(kinds[:-1])} or {kinds[-1]}"
 
 
-AUTOENCODERS, DIFFUSION = ("ae", "vae", "cvae"), ("ddpm", "cddpm")
+AUTOENCODERS, DIFFUSION = kinds(codes=True), kinds(diffusion=True)  # from the rung table
 
 
 def _encode(run: LoadedRun, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -278,7 +278,7 @@ def interpolate_command(args: argparse.Namespace) -> Path:
         raise GenladderError(f"--steps must be at least 2 (the two ends), got {args.steps}")
     x, labels = test_digits(run, 1000, args.data_dir, minimum=2 * args.pairs)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed)).to(x.device)
-    if run.kind == "cvae":  # a CVAE decodes under one label: pair each image with another of its class
+    if rung(run.kind).conditional:  # a CVAE decodes under one label: pair each image with another of its class
         partnered = order[torch.bincount(labels)[labels[order]] >= 2]  # images whose class has another
         if len(partnered) < args.pairs:
             raise GenladderError(f"the test set has {len(partnered)} images with a partner of their class, fewer "

@@ -20,11 +20,10 @@ import torch
 from genladder.checkpoint import read_model_file
 from genladder.errors import GenladderError
 from genladder.noise import image_generators
-from genladder.rungs import decode_image, encode_mean
+from genladder.rungs import decode_image, encode_mean, kinds, rung
 from genladder.runs import LoadedRun, build_model_checked, load_run, pick_device, ready_for_inference
 from genladder.sampling import SamplerConfig, generate
 
-AUTOENCODERS = ("ae", "vae", "cvae")
 DEFAULT_COUNT = 64  # images drawn when neither n nor labels say how many
 Labels = int | Sequence[int] | torch.Tensor | None
 
@@ -37,11 +36,18 @@ def sample_images(run: LoadedRun, n: int, labels: torch.Tensor | None, sampler: 
     Image i draws its noise from its own generator seeded from (``seed``, i) (genladder.noise). ``sampler`` is
     read by the diffusion rungs only; ``callback(i, t, x_t, x0_hat)`` after every solver step.
     """
-    if run.kind in AUTOENCODERS:
+    if not rung(run.kind).diffusion:
         if sampler is not None and sampler.guidance:
             raise GenladderError("--guidance applies to diffusion models (cddpm) only")
-        generators = image_generators(seed, n, device=next(run.model.parameters()).device)
-        return run.model.sample(n, labels=labels, generator=generators)
+        device = next(run.model.parameters()).device
+        batch_size = sampler.batch_size if sampler is not None else SamplerConfig().batch_size
+        parts = []
+        for start in range(0, n, batch_size):  # batches bound the decoder's memory; the seeds are per image
+            count = min(batch_size, n - start)
+            part_labels = labels[start : start + count] if labels is not None else None
+            parts.append(run.model.sample(count, labels=part_labels,
+                                          generator=image_generators(seed, count, start, device)))
+        return torch.cat(parts)
     images = generate(run.model, run.config, n, sampler or SamplerConfig(), labels=labels, seed=seed,
                       progress=progress, callback=callback)
     return (images + 1) / 2
@@ -58,6 +64,7 @@ class Pipeline:
         self.run = run
 
     kind = property(lambda self: self.run.kind)
+    rung = property(lambda self: rung(self.run.kind))  # what this rung can do (genladder.rungs)
     model = property(lambda self: self.run.model)
     config = property(lambda self: self.run.config)
     checkpoint = property(lambda self: self.run.checkpoint)
@@ -88,7 +95,7 @@ class Pipeline:
         """
         chosen = {"guidance": guidance, "sampler": sampler, "steps": steps, "eta": eta, "variance": variance,
                   "spacing": spacing, "guidance_interval": guidance_interval}
-        if self.kind in AUTOENCODERS:
+        if not self.rung.diffusion:
             defaults = {f.name: f.default for f in fields(SamplerConfig)} | {"steps": 20}
             changed = [name for name, value in chosen.items() if value != defaults[name]]
             if changed:
@@ -104,7 +111,7 @@ class Pipeline:
         """Images in [0, 1], (B, C, H, W), to their codes: z for an AE, the posterior mean for a VAE/CVAE
         (``pipe.model.encode`` gives a VAE's full posterior, mean and log-variance)."""
         images = self._images(images, "encode")
-        _, label_tensor = self._labels(len(images), labels, required=self.kind == "cvae")
+        _, label_tensor = self._labels(len(images), labels, required=self.rung.conditional)
         with torch.no_grad():
             return encode_mean(self.kind, self.model, images.to(self.device), label_tensor)
 
@@ -113,13 +120,14 @@ class Pipeline:
         self._needs_codes("decode")
         if not isinstance(codes, torch.Tensor) or not codes.is_floating_point():
             raise GenladderError("decode takes a floating-point tensor of codes (B, …)")
-        _, label_tensor = self._labels(len(codes), labels, required=self.kind == "cvae")
+        _, label_tensor = self._labels(len(codes), labels, required=self.rung.conditional)
         with torch.no_grad():
             return decode_image(self.kind, self.model, codes.to(self.device), label_tensor)
 
     def _needs_codes(self, verb: str) -> None:
-        if self.kind not in AUTOENCODERS:
-            raise GenladderError(f"{verb} needs an ae, vae or cvae; a {self.kind} has no codes")
+        if not self.rung.codes:
+            names = kinds(codes=True)
+            raise GenladderError(f"{verb} needs an {', '.join(names[:-1])} or {names[-1]}; a {self.kind} has no codes")
 
     def _images(self, images: torch.Tensor, verb: str) -> torch.Tensor:
         self._needs_codes(verb)

@@ -28,6 +28,7 @@ from dataclasses import replace
 from genladder.diffusion import ScheduleConfig
 from genladder.errors import GenladderError
 from genladder.models.unet import UNetConfig
+from genladder.rungs import rung
 
 DIFFUSION_PRESETS = ("tutorial", "default", "small", "cpu-fast")
 
@@ -77,7 +78,8 @@ def diffusion_config(kind: str, preset: str, given: dict, in_channels: int = 1, 
     """
     if preset not in DIFFUSION_PRESETS:
         raise GenladderError(f"unknown preset {preset!r} for {kind}; choose one of {', '.join(DIFFUSION_PRESETS)}")
-    num_classes = num_classes if kind == "cddpm" else 0
+    conditional = rung(kind).conditional
+    num_classes = num_classes if conditional else 0
     unet = _unet_config(preset, num_classes, in_channels, image_size).to_dict()
     if "widths" in given:
         unet["widths"] = list(parse_ints(given["widths"], "--widths"))
@@ -96,7 +98,7 @@ def diffusion_config(kind: str, preset: str, given: dict, in_channels: int = 1, 
     objective = {"schedule": schedule}
     if "min_snr_gamma" in given:
         objective["min_snr_gamma"] = given["min_snr_gamma"]
-    if kind == "cddpm":
+    if conditional:
         label_dropout = given.get("label_dropout", 0.12 if preset == "cpu-fast" else 0.15)
         if not 0 <= label_dropout < 1:
             raise GenladderError(f"--label-dropout must be in [0, 1), got {label_dropout}")

@@ -1,21 +1,143 @@
-"""What differs between the rungs, in one place: value range, objective, and the per-epoch preview.
+"""The rungs of the ladder, in one table: what each one is and can do, its network and its objective.
 
-Everything else (data, loop, checkpoints, CLI) is shared and never asks which rung it serves.
+Every other module asks a rung's capabilities (``rung(kind).samples``, ``.codes``, ``.conditional``, …) and
+never compares kind names; adding a rung is one ``Rung`` entry here (and its network and objective modules).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
+from torch import nn
 
 from genladder.data import to_signed, to_unit
 from genladder.data.augment import AugmentConfig
 from genladder.errors import GenladderError
-from genladder.models import is_conditional, is_diffusion
+from genladder.models import AUTOENCODER_CLASSES, AutoencoderConfig, ClassifierConfig, DigitClassifier
 from genladder.noise import image_generators
 from genladder.objectives import autoencoder_loss, classifier_loss, vae_loss
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One rung: its family and what it can do. The flags are what callers branch on."""
+
+    name: str
+    family: str  # "autoencoder", "diffusion" or "classifier" (the evaluation's feature network)
+    conditional: bool  # the generator takes a class label (cvae, cddpm): labels to sample, guidance for diffusion
+    samples: bool  # draws new images (a prior or a reverse process); the AE and the classifier do not
+    codes: bool  # encode/decode to a latent code (the autoencoders)
+    variational: bool  # a posterior q(z | x): ELBO and IWAE likelihood bounds (vae, cvae)
+    build: Callable[[dict], nn.Module]  # the network from its stored config
+    objective: Callable[[dict, dict], Callable]  # (objective config, model config) -> the training objective
+    unconditional_twin: str | None = None  # the same rung without labels, for data that has none
+
+    @property
+    def diffusion(self) -> bool:
+        return self.family == "diffusion"
+
+    @property
+    def guided(self) -> bool:
+        """Classifier-free guidance applies (a conditional diffusion network with a null label)."""
+        return self.diffusion and self.conditional
+
+    @property
+    def labelled(self) -> bool:
+        """Training reads the labels: a conditional generator, or the classifier that predicts them."""
+        return self.conditional or self.family == "classifier"
+
+    @property
+    def generative(self) -> bool:
+        return self.family != "classifier"
+
+
+def _build_autoencoder(kind: str, model_config: dict) -> nn.Module:
+    config = AutoencoderConfig.from_dict(model_config)
+    if config.kind != kind:
+        raise GenladderError(f"model config says {config.kind!r} but the run says {kind!r}")
+    return AUTOENCODER_CLASSES[kind](config)
+
+
+def _build_unet(model_config: dict) -> nn.Module:
+    from genladder.models.unet import UNet, UNetConfig
+
+    return UNet(UNetConfig.from_dict(model_config))
+
+
+def _classifier_objective(objective_config: dict, model_config: dict):
+    augment = objective_config.get("augment", "shift")  # run folders from before 'handwriting' shifted only
+    augment_config = AugmentConfig.from_dict(objective_config.get("augment_config", {}))
+    return partial(classifier_loss, max_shift=objective_config.get("max_shift", 2), augment=augment,
+                   augment_config=augment_config)
+
+
+def _vae_objective(objective_config: dict, model_config: dict):
+    return partial(vae_loss, kl_weight=objective_config.get("kl_weight", 1.0))
+
+
+def _diffusion_objective(objective_config: dict, model_config: dict):
+    from genladder.diffusion import DiffusionObjective, ScheduleConfig
+
+    schedule_config = ScheduleConfig.from_dict(objective_config["schedule"])
+    num_classes = model_config.get("num_classes") or None
+    return DiffusionObjective(
+        schedule=schedule_config.build(),
+        prediction=schedule_config.prediction,
+        label_dropout=objective_config.get("label_dropout", 0.15) if num_classes else 0.0,
+        num_classes=num_classes,
+        min_snr_gamma=objective_config.get("min_snr_gamma"),
+    )
+
+
+RUNGS: dict[str, Rung] = {r.name: r for r in (
+    Rung("ae", "autoencoder", conditional=False, samples=False, codes=True, variational=False,
+         build=partial(_build_autoencoder, "ae"), objective=lambda objective, model: autoencoder_loss),
+    Rung("vae", "autoencoder", conditional=False, samples=True, codes=True, variational=True,
+         build=partial(_build_autoencoder, "vae"), objective=_vae_objective),
+    Rung("cvae", "autoencoder", conditional=True, samples=True, codes=True, variational=True,
+         build=partial(_build_autoencoder, "cvae"), objective=_vae_objective, unconditional_twin="vae"),
+    Rung("ddpm", "diffusion", conditional=False, samples=True, codes=False, variational=False,
+         build=_build_unet, objective=_diffusion_objective),
+    Rung("cddpm", "diffusion", conditional=True, samples=True, codes=False, variational=False,
+         build=_build_unet, objective=_diffusion_objective, unconditional_twin="ddpm"),
+    # trains the feature network of genladder.evaluate with the same loop and run folders
+    Rung("classifier", "classifier", conditional=False, samples=False, codes=False, variational=False,
+         build=lambda config: DigitClassifier(ClassifierConfig.from_dict(config)), objective=_classifier_objective),
+)}
+MODEL_KINDS = tuple(RUNGS)
+GENERATIVE_KINDS = tuple(name for name, r in RUNGS.items() if r.generative)
+
+
+def kinds(**capabilities: bool) -> tuple[str, ...]:
+    """The rungs with these capabilities, e.g. ``kinds(codes=True)`` -> ("ae", "vae", "cvae")."""
+    return tuple(name for name, r in RUNGS.items() if all(getattr(r, k) == v for k, v in capabilities.items()))
+
+
+def check_kind(kind: str) -> str:
+    if kind not in RUNGS:
+        raise GenladderError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    return kind
+
+
+def rung(kind: str) -> Rung:
+    """The table entry of ``kind`` (a one-line error for an unknown one)."""
+    return RUNGS[check_kind(kind)]
+
+
+def is_diffusion(kind: str) -> bool:
+    return rung(kind).diffusion
+
+
+def is_conditional(kind: str) -> bool:
+    return rung(kind).conditional
+
+
+def build_model(kind: str, model_config: dict) -> nn.Module:
+    """Rebuild a network from its kind and JSON config (as stored in config.json and model files)."""
+    return rung(kind).build(model_config)
 
 
 def to_model_range(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -30,38 +152,22 @@ def from_model_range(kind: str, images: torch.Tensor) -> torch.Tensor:
 
 def encode_mean(kind: str, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     """Deterministic code of each image in [0, 1]: z for an AE, the posterior mean for a VAE/CVAE."""
-    if kind == "ae":
+    spec = rung(kind)
+    if not spec.variational:
         return model.encode(x)
-    return model.encode(x, labels if kind == "cvae" else None).mu
+    return model.encode(x, labels if spec.conditional else None).mu
 
 
 def decode_image(kind: str, model: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     """Codes -> the images they decode to, in [0, 1] (AE, VAE, CVAE)."""
-    output = model.decode(z) if kind == "ae" else model.decode(z, labels if kind == "cvae" else None)
+    spec = rung(kind)
+    output = model.decode(z) if not spec.variational else model.decode(z, labels if spec.conditional else None)
     return model.output_to_image(output)
 
 
 def make_objective(kind: str, objective_config: dict, model_config: dict):
     """The objective ``(model, images, labels, generator=None) -> (loss, metrics)`` of a rung."""
-    if kind == "ae":
-        return autoencoder_loss
-    if kind == "classifier":
-        augment = objective_config.get("augment", "shift")  # run folders from before 'handwriting' shifted only
-        augment_config = AugmentConfig.from_dict(objective_config.get("augment_config", {}))
-        return partial(classifier_loss, max_shift=objective_config.get("max_shift", 2), augment=augment,
-                       augment_config=augment_config)
-    if kind in ("vae", "cvae"):
-        return partial(vae_loss, kl_weight=objective_config.get("kl_weight", 1.0))
-    from genladder.diffusion import DiffusionObjective, ScheduleConfig
-
-    schedule_config = ScheduleConfig.from_dict(objective_config["schedule"])
-    return DiffusionObjective(
-        schedule=schedule_config.build(),
-        prediction=schedule_config.prediction,
-        label_dropout=objective_config.get("label_dropout", 0.15) if is_conditional(kind) else 0.0,
-        num_classes=model_config.get("num_classes") or None,
-        min_snr_gamma=objective_config.get("min_snr_gamma"),
-    )
+    return rung(kind).objective(objective_config, model_config)
 
 
 def grid_labels(count: int, num_classes: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -71,7 +177,8 @@ def grid_labels(count: int, num_classes: int, device: torch.device | str = "cpu"
 
 def make_preview(kind: str, count: int, test_images: torch.Tensor, sample_fn=None):
     """The per-epoch figure: reconstructions for the AE, prior samples for the others ([0, 1] images)."""
-    if kind == "ae":
+    spec = rung(kind)
+    if spec.codes and not spec.samples:
         # Rows of up to 8 test images, each followed by their reconstructions (a small own test set gives fewer).
         shown = min(max(2, count // 2), len(test_images))
         per_row = min(8, shown)
@@ -85,7 +192,7 @@ def make_preview(kind: str, count: int, test_images: torch.Tensor, sample_fn=Non
             return rows.reshape(-1, *x.shape[1:])  # (2·n, C, H, W)
 
         return preview
-    if kind in ("vae", "cvae"):
+    if spec.codes and spec.samples:
 
         def preview(model, seed):
             device = next(model.parameters()).device

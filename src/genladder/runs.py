@@ -29,10 +29,9 @@ from genladder.config import check_types
 from genladder.data import DATASETS, ImageSet, load_split, own_split, read_own_data, to_32
 from genladder.data.files import split_sizes
 from genladder.errors import GenladderError
-from genladder.models import build_model, check_kind, is_conditional
 from genladder.presets import parse_ints
 from genladder.run_lock import run_lock
-from genladder.rungs import make_objective, make_preview, to_model_range
+from genladder.rungs import build_model, check_kind, make_objective, make_preview, rung, to_model_range
 from genladder.safe_io import expect_type, os_error_message, read_bounded_bytes
 from genladder.training import distributed
 from genladder.training.loop import TrainConfig, TrainingData, TrainResult, train
@@ -111,10 +110,11 @@ def data_facts(data: DataConfig) -> dict:
 def model_shape(kind: str, facts: dict, source: str) -> dict:
     """``in_channels``, ``image_size`` and ``num_classes`` of a rung's network for this data."""
     num_classes = len(facts["class_names"])
-    uses_labels = is_conditional(kind) or kind == "classifier"
+    spec = rung(kind)
+    uses_labels = spec.labelled
     if uses_labels and num_classes < 2:
-        what = {"cvae": "is class-conditional", "cddpm": "is class-conditional", "classifier": "learns labels"}[kind]
-        instead = {"cvae": ", or train vae", "cddpm": ", or train ddpm"}.get(kind, "")
+        what = "is class-conditional" if spec.conditional else "learns labels"
+        instead = f", or train {spec.unconditional_twin}" if spec.unconditional_twin else ""
         found = f"only one class ({facts['class_names'][0]})" if num_classes else "no labels"
         raise GenladderError(f"{kind} {what} but {source} has {found}; put the images in one "
                              f"sub-folder per class (or 'labels' in the .npz){instead}")
@@ -185,13 +185,14 @@ def load_training_data(kind: str, data: DataConfig) -> TrainingData:
 
 def _preview_for(config: dict, data: TrainingData):
     kind = config["kind"]
-    if kind == "classifier":  # nothing to draw; its test error is in metrics.jsonl
+    spec = rung(kind)
+    if not spec.generative:  # the classifier: nothing to draw; its test error is in metrics.jsonl
         return None
     # Conditional: ten samples of each of the first (at most) ten classes, one row per class.
     num_classes = config["model"].get("num_classes", 0)
-    count = 10 * min(num_classes, 10) if is_conditional(kind) else config["train"].get("preview_count", 64)
+    count = 10 * min(num_classes, 10) if spec.conditional else config["train"].get("preview_count", 64)
     sample_fn = None
-    if kind in ("ddpm", "cddpm"):
+    if spec.diffusion:
         from genladder.sampling import preview_sampler
 
         sample_fn = preview_sampler(kind, config, count)

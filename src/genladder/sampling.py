@@ -145,14 +145,15 @@ def generate(
 
 def preview_sampler(kind: str, config: dict, count: int):
     """The per-epoch grid of a diffusion run: 20 DPM-Solver++ steps (seconds, not minutes), mild guidance."""
-    from genladder.rungs import grid_labels
+    from genladder.rungs import grid_labels, rung
 
-    guidance = 2.0 if kind == "cddpm" else 0.0
+    guided = rung(kind).guided
+    guidance = 2.0 if guided else 0.0
     sampler = SamplerConfig(sampler="dpmpp", steps=min(20, config["objective"]["schedule"]["T"]), guidance=guidance)
 
     def preview(model, seed):
         device = next(model.parameters()).device
-        labels = grid_labels(count, config["model"]["num_classes"], device) if kind == "cddpm" else None
+        labels = grid_labels(count, config["model"]["num_classes"], device) if guided else None
         images = generate(model, config, count, sampler, labels=labels, seed=seed)
         return (images + 1) / 2
 

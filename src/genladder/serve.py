@@ -30,7 +30,7 @@ from PIL import Image
 from genladder.errors import GenladderError
 from genladder.figures import AUTOENCODERS, DIFFUSION, draw_samples, latent_activity, latent_line, test_digits
 from genladder.plotting import grid_image
-from genladder.rungs import decode_image, encode_mean
+from genladder.rungs import decode_image, encode_mean, kinds, rung
 from genladder.runs import LoadedRun, load_run
 from genladder.sampling import SAMPLERS, SamplerConfig
 
@@ -39,7 +39,7 @@ MAX_IMAGES = 400  # the sampler batch, so a grid is one sampler call and one pro
 TEST_DIGITS = 1000  # the first test digits, for latent activity and interpolation
 SLIDER_RANGE = 3.0  # latent sliders span ±3 prior standard deviations
 SWEEP_POINTS = 7  # the sweep is SWEEP_POINTS × SWEEP_POINTS decodings
-LATENT_KINDS = ("vae", "cvae")
+LATENT_KINDS = kinds(variational=True)  # the rungs with a prior over their codes: sliders mean something
 
 
 NOT_AVAILABLE = ("that run is not available: the demo serves the run folders on its command line, and folders "
@@ -177,7 +177,7 @@ def parse_sampler(run: LoadedRun, sampler: str, steps, guidance) -> SamplerConfi
     T = run.config["objective"]["schedule"]["T"]
     steps = whole_number(steps, "steps", 1, T)
     weight = 0.0
-    if run.kind == "cddpm":  # guidance needs the null label of a conditional network
+    if rung(run.kind).guided:  # guidance needs the null label of a conditional network
         try:
             weight = float(guidance)
         except (TypeError, ValueError):
@@ -202,7 +202,7 @@ def generate_grid(catalog: RunCatalog, run_name, digit, n, sampler, steps, guida
     ``progress(fraction, desc=...)`` (Gradio's Progress) is called after every solver step.
     """
     run = catalog.get(run_name)
-    if run.kind == "ae":
+    if not rung(run.kind).samples:
         raise GenladderError("an autoencoder has no prior to sample from; use the Interpolate tab, or a vae run")
     label = parse_digit(digit, run)
     n = whole_number(n, "images", 1, MAX_IMAGES)
@@ -307,14 +307,15 @@ def interpolate_digits(catalog: RunCatalog, run_name, first, second, steps) -> t
     ends = torch.tensor([first, second], device=x.device)
     z = encode_mean(run.kind, run.model, x[ends], labels[ends])
     path = latent_line(z[0], z[1], steps)
-    row_labels = labels[ends].tolist() if run.kind == "cvae" else [int(labels[first])]
+    conditional = rung(run.kind).conditional
+    row_labels = labels[ends].tolist() if conditional else [int(labels[first])]
     rows = []
     for label in dict.fromkeys(row_labels):  # one row per distinct label, in order
         decoded = decode_image(run.kind, run.model, path, torch.full((steps,), label, device=x.device))
         rows.append(torch.cat([x[first : first + 1], decoded, x[second : second + 1]]))
     caption = (f"test digit #{first} (a {int(labels[first])}) → #{second} (a {int(labels[second])}), "
                f"{steps} decoded points between the originals")
-    if run.kind == "cvae":
+    if conditional:
         caption += "; rows decoded as " + " and ".join(str(label) for label in dict.fromkeys(row_labels))
     return grid_image(torch.cat(rows), steps + 2), caption
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from genladder.errors import GenladderError
 from genladder.figures import AUTOENCODERS, DIFFUSION
+from genladder.rungs import rung
 from genladder.sampling import SAMPLERS
 from genladder.serve import (
     LATENT_KINDS,
@@ -53,7 +54,7 @@ def _run_dropdown(gr, names: list[str], elem_id: str):
 
 
 def _generate_tab(gr, catalog: RunCatalog) -> None:
-    samplers = [name for name in catalog.names if catalog.get(name).kind != "ae"] or catalog.names
+    samplers = [name for name in catalog.names if rung(catalog.get(name).kind).samples] or catalog.names
     first = catalog.get(samplers[0])
     with gr.Row():
         with gr.Column(scale=1):
@@ -66,7 +67,7 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
                                    label="sampler: ancestral ddpm, ddim, or dpmpp = DPM-Solver++(2M)")
                 steps = gr.Number(value=20, precision=0, label="steps", elem_id="gen-steps")
                 guidance = gr.Slider(0, 8, value=2, step=0.5, label="guidance weight w (cddpm)",
-                                     visible=first.kind == "cddpm", elem_id="gen-guidance")
+                                     visible=rung(first.kind).guided, elem_id="gen-guidance")
             seed = gr.Number(value=0, precision=0, label="seed", elem_id="gen-seed")
             button = gr.Button("Generate", variant="primary", elem_id="gen-button")
         with gr.Column(scale=2):
@@ -86,7 +87,7 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
         conditional = bool(loaded.config["model"].get("num_classes", 0))
         digit = gr.update(visible=True) if conditional else gr.update(visible=False, value="all")
         return (digit, gr.update(visible=loaded.kind in DIFFUSION),
-                gr.update(visible=loaded.kind == "cddpm"), "")
+                gr.update(visible=rung(loaded.kind).guided), "")
 
     button.click(on_generate, [run, digit, n, sampler, steps, guidance, seed], [grid, status])
     run.change(on_run, run, [digit, diffusion_options, guidance, status])
@@ -98,7 +99,7 @@ def _latent_tab(gr, catalog: RunCatalog, names: list[str], page) -> None:
         with gr.Column(scale=1):
             run = _run_dropdown(gr, names, "latent-run")
             digit = gr.Dropdown(choices=DIGITS, value="0", allow_custom_value=True, elem_id="latent-digit",
-                                label="digit (cvae)", visible=catalog.get(names[0]).kind == "cvae")
+                                label="digit (cvae)", visible=rung(catalog.get(names[0]).kind).conditional)
             dim_x = gr.Dropdown(choices=choices, value=_nth_value(choices, 0), label="direction 1 (latent coordinate)",
                                 elem_id="latent-dim-x")
             dim_y = gr.Dropdown(choices=choices, value=_nth_value(choices, 1), label="direction 2 (latent coordinate)",
@@ -128,7 +129,7 @@ def _latent_tab(gr, catalog: RunCatalog, names: list[str], page) -> None:
             new_choices, new_note = latent_directions(catalog, run_name)
         except GenladderError as error:
             return gr.update(), gr.update(), gr.update(), gr.update(), message(str(error), error=True)
-        return (gr.update(visible=loaded.kind == "cvae"),
+        return (gr.update(visible=rung(loaded.kind).conditional),
                 gr.update(choices=new_choices, value=_nth_value(new_choices, 0)),
                 gr.update(choices=new_choices, value=_nth_value(new_choices, 1)), new_note, "")
 

@@ -16,6 +16,7 @@ from genladder.errors import GenladderError
 from genladder.evaluate.evaluation import EvaluationConfig, RealDigitCache, evaluate_run
 from genladder.evaluate.report import ROLES, excess, ranking_disagreements
 from genladder.plotting import save_metric_panels
+from genladder.rungs import rung
 
 
 def curve_row(result: dict) -> dict:
@@ -93,7 +94,7 @@ def guidance_curve(run_dir: str | Path, weights: list[float], evaluation: Evalua
         print(f"genladder: guidance w = {w:g}", file=sys.stderr, flush=True)
         config = replace(evaluation, sampling=replace(evaluation.sampling, guidance=w), samples_only=True)
         result = evaluate_run(run_dir, config, progress=progress, quiet=False, write=False, cache=cache)
-        if result["kind"] != "cddpm":
+        if not rung(result["kind"]).guided:
             raise GenladderError(f"guidance-curve needs a cddpm run; {run_dir} is a {result['kind']} run")
         results.append(result)
     rows = [curve_row(r) for r in results]

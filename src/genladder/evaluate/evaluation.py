@@ -51,10 +51,10 @@ from genladder.evaluate.metrics import (
     precision_recall,
     reconstruction_error,
 )
-from genladder.noise import image_generators
-from genladder.rungs import decode_image, encode_mean
+from genladder.pipeline import sample_images
+from genladder.rungs import decode_image, encode_mean, rung
 from genladder.runs import LoadedRun, load_run
-from genladder.sampling import SamplerConfig, generate
+from genladder.sampling import SamplerConfig
 
 EVAL_FILE = "eval.json"
 MEMORISATION_PERCENTILE = 0.01  # the threshold: nearest-training-image distance of the closest 1 % of test digits
@@ -115,21 +115,10 @@ def _real_data(config: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
 
 def _sample(run: LoadedRun, evaluation: EvaluationConfig, labels: torch.Tensor | None, progress: bool):
     """n images in [0, 1] from the run's model, and the seconds it took."""
-    device = next(run.model.parameters()).device
     start = time.perf_counter()
-    batch_size = evaluation.sampling.batch_size
-    if run.kind in ("vae", "cvae"):
-        with torch.inference_mode():
-            parts = []
-            for s in range(0, evaluation.n, batch_size):
-                count = min(batch_size, evaluation.n - s)
-                part_labels = labels[s : s + count] if labels is not None else None
-                generators = image_generators(evaluation.seed, count, s, device)  # one seed per image
-                parts.append(run.model.sample(count, labels=part_labels, generator=generators).cpu())
-        images = torch.cat(parts)
-    else:
-        images = ((generate(run.model, run.config, evaluation.n, evaluation.sampling, labels=labels,
-                            seed=evaluation.seed, progress=progress) + 1) / 2).cpu()
+    with torch.inference_mode():
+        images = sample_images(run, evaluation.n, labels, evaluation.sampling, seed=evaluation.seed,
+                               progress=progress).cpu()
     return images, time.perf_counter() - start
 
 
@@ -170,7 +159,7 @@ def judge_networks(evaluation: EvaluationConfig) -> dict[str, FeatureNetwork]:
 def _autoencoder_likelihoods(run: LoadedRun, test: torch.Tensor, test_labels: torch.Tensor,
                              evaluation: EvaluationConfig, quiet: bool) -> dict:
     device = next(run.model.parameters()).device
-    labels = test_labels.to(device) if run.kind == "cvae" else None
+    labels = test_labels.to(device) if rung(run.kind).conditional else None
     reconstructions = []
     for s in range(0, len(test), evaluation.sampling.batch_size):
         x = to_unit(test[s : s + evaluation.sampling.batch_size]).to(device)
@@ -178,7 +167,7 @@ def _autoencoder_likelihoods(run: LoadedRun, test: torch.Tensor, test_labels: to
         reconstructions.append(decode_image(run.kind, run.model, encode_mean(run.kind, run.model, x, part_labels),
                                             part_labels).cpu())
     result = {"reconstruction": reconstruction_error(to_unit(test), torch.cat(reconstructions))}
-    if run.kind == "ae":
+    if not rung(run.kind).variational:  # the AE: no posterior, so no likelihood bound
         return result
     generator = torch.Generator(device=device).manual_seed(evaluation.seed)
     _log(f"−ELBO on {len(test)} test digits, IWAE bound (k = {evaluation.iwae_k}) on "
@@ -216,7 +205,8 @@ def _diffusion_likelihood(run: LoadedRun, test: torch.Tensor, test_labels: torch
     schedule_config = ScheduleConfig.from_dict(run.config["objective"]["schedule"])
     schedule = schedule_config.build().to(device)
     # The conditional model's bound is for p(x | y) with the true label and no guidance.
-    fn = conditional(run.model, test_labels[:count].to(device)) if run.kind == "cddpm" else unconditional(run.model)
+    conditional_run = rung(run.kind).conditional
+    fn = conditional(run.model, test_labels[:count].to(device)) if conditional_run else unconditional(run.model)
     eps_fn = as_eps_fn(fn, schedule, schedule_config.prediction)
     padded = run.config["data"].get("dataset", "mnist") in ("mnist", "fashion-mnist") and \
         run.config["data"].get("resize", "pad") == "pad" and tuple(images.shape[-2:]) == (32, 32)
@@ -227,7 +217,7 @@ def _diffusion_likelihood(run: LoadedRun, test: torch.Tensor, test_labels: torch
         with torch.inference_mode():
             bound[name] = ddpm_bits_per_dim(fn_, schedule, images, timesteps=evaluation.bpd_timesteps,
                                             generator=generator, dims=dims)
-    key = "bits_per_dim_given_label" if run.kind == "cddpm" else "bits_per_dim"
+    key = "bits_per_dim_given_label" if conditional_run else "bits_per_dim"
     return {key: {**bound["model"], "floor": {v: bound["floor"][v] for v in ("beta", "posterior")},
                   "pixels": "the 28×28 digit (the padding's terms included)" if padded else "every pixel"}}
 
@@ -295,14 +285,15 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "training": training, "evaluation": asdict(evaluation),
     }
-    if run.kind == "classifier":
+    spec = rung(run.kind)
+    if not spec.generative:  # the classifier: its accuracy is all there is
         result["test_accuracy"] = classifier_accuracy(run.model, test_images, test_labels)
         return _finish(run_dir, result, write)
 
-    if run.kind != "ae":
+    if spec.samples:
         networks = judge_networks(evaluation)
         num_classes = networks["primary"].classifier.num_classes
-        conditional_run = run.kind in ("cvae", "cddpm")
+        conditional_run = spec.conditional
         labels = torch.arange(evaluation.n) % num_classes if conditional_run else None
         if evaluation.n < MIN_MANIFOLD_SAMPLES:
             _log(f"warning: at n = {evaluation.n} < {MIN_MANIFOLD_SAMPLES} precision, recall, density and coverage "
@@ -311,7 +302,7 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
         _log(f"drawing {evaluation.n} samples", quiet)
         samples, seconds = _sample(run, evaluation, labels, progress and not quiet)
         result["sampling"] = {"n": evaluation.n, "seconds": seconds, "seconds_per_image": seconds / evaluation.n}
-        if run.kind in ("ddpm", "cddpm"):
+        if spec.diffusion:
             sampling = evaluation.sampling
             result["sampling"].update(sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
                                       spacing=sampling.spacing)
@@ -337,7 +328,7 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
             }
     if evaluation.samples_only:
         return _finish(run_dir, result, write)
-    if run.kind != "ae":
+    if spec.samples:
         _log("memorisation: nearest training image of each sample", quiet)
         count = min(evaluation.memorisation_samples, evaluation.n, len(test_images))
         train_flat = to_unit(train_images).flatten(1)
@@ -345,7 +336,7 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
         threshold = torch.quantile(test_distances, MEMORISATION_PERCENTILE).item()
         result["memorisation"] = {**memorisation_share(samples[:count].flatten(1), train_flat, threshold),
                                   "samples": count, "percentile_of_test_digits": MEMORISATION_PERCENTILE}
-    if run.kind in ("ae", "vae", "cvae"):
+    if spec.codes:
         result.update(_autoencoder_likelihoods(run, test_images, test_labels, evaluation, quiet))
     else:
         _log(f"variational bound on {min(evaluation.bpd_images, len(test_images))} test digits", quiet)

@@ -18,6 +18,7 @@ import torch
 from genladder.checkpoint import read_model_file
 from genladder.errors import GenladderError
 from genladder.models.classifier import ClassifierConfig, DigitClassifier
+from genladder.rungs import kinds, rung
 
 SHIPPED_CLASSIFIER = Path(__file__).with_name("mnist_classifier.safetensors")
 SECOND_CLASSIFIER = Path(__file__).with_name("mnist_classifier_second.safetensors")
@@ -42,13 +43,13 @@ def load_feature_network(path: str | Path | None = None, device: str | torch.dev
         from genladder.runs import load_run
 
         run = load_run(path, device=str(device))
-        if run.kind != "classifier":
+        if rung(run.kind).generative:
             raise GenladderError(f"{path} is a {run.kind} run, not a classifier run ('genladder train classifier')")
         return FeatureNetwork(run.model, {"run": str(path)}, path)
     if not path.exists():
         raise GenladderError(f"classifier file {path} not found (reinstall genladder, or pass a classifier run folder)")
     state, description = read_model_file(path)
-    if description.get("kind") != "classifier":
+    if description.get("kind") not in kinds(generative=False):
         raise GenladderError(f"{path} holds a {description.get('kind')!r} model, not a classifier")
     classifier = DigitClassifier(ClassifierConfig.from_dict(description["model"]))
     classifier.load_state_dict(state)

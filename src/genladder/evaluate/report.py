@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from genladder.rungs import kinds
+
 ROLES = ("primary", "second")
 
 
@@ -47,7 +49,7 @@ def _conditional_likelihood(result: dict) -> str:
         bound = result["bits_per_dim_given_label"]
         return (f"≤ {bound['posterior']:.3f} bits/dim (±{_fmt(bound['posterior_stderr'], '.3f')}; floor "
                 f"{bound['floor']['posterior']:.3f}, {bound['dims']} px)")
-    if "iwae_nll_nats" in result and result.get("kind") == "cvae":
+    if "iwae_nll_nats" in result and result.get("kind") in kinds(variational=True, conditional=True):
         iwae = result["iwae_nll_nats"]
         return f"≤ {iwae['value']:.1f} nats (IWAE k={iwae['k']}, {result['likelihood']} on grey levels)"
     return "–"
