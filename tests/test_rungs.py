@@ -68,3 +68,51 @@ class TestCapabilities:
             assert bool(model.num_classes) == spec.conditional
         if spec.diffusion:
             assert bool(model.config.num_classes) == spec.conditional
+
+
+def _import_graph(src: Path) -> dict[str, set[str]]:
+    """genladder module -> the genladder modules it imports, at module level or inside functions."""
+    import ast
+
+    def name(path: Path) -> str:
+        parts = list(path.relative_to(src.parent).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name(path): path for path in src.rglob("*.py")}
+    graph = {}
+    for module, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("genladder"):
+                found |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        graph[module] = (found & set(modules)) - {module}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph, or None (depth-first search with colours)."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt, path + [nxt])):
+                return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return None
+
+
+def test_no_import_circle():
+    assert _cycle(_import_graph(SRC)) is None, " -> ".join(_cycle(_import_graph(SRC)) or [])
+    # the search finds the circle the serve modules had (serve imported serve_page inside a function)
+    assert _cycle({"serve": {"serve_page"}, "serve_page": {"serve", "figures"}, "figures": set()}) in (
+        ["serve", "serve_page", "serve"], ["serve_page", "serve", "serve_page"])

@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "guidance-curve":
             return _guidance_curve(args)
         if args.command == "serve":
-            from genladder.serve import serve
+            from genladder.serve_http import serve
 
             serve(args.run_dirs, port=args.port, device=args.device, runs_root=args.runs_root)
             return 0

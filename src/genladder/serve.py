@@ -364,34 +364,3 @@ def in_page(fn: Callable, images: int) -> Callable:
         return (*result[:-1], message(result[-1]))
 
     return handler
-
-
-def import_gradio():
-    """Gradio, with its telemetry and version check off; a one-line error when the extra is missing."""
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # never phone home: the demo is local
-    try:
-        import gradio
-    except ImportError:
-        raise GenladderError("the web demo needs Gradio: pip install 'genladder[demo]'") from None
-    return gradio
-
-
-def build_app(catalog: RunCatalog):
-    """The Gradio Blocks page over the catalog's runs."""
-    from genladder.serve_page import build_page
-
-    return build_page(import_gradio(), catalog)
-
-
-def serve(run_dirs: Sequence[str], port: int = 7860, device: str = "auto", runs_root: str | None = None) -> None:
-    """Load every run (one-line error for a folder that is not a run), then serve the page until Ctrl-C."""
-    from genladder.serve_http import bind, serve_app
-
-    if not 1 <= port <= 65535:
-        raise GenladderError(f"--port must be in 1..65535, got {port}")
-    catalog = RunCatalog(run_dirs, device=device, runs_root=runs_root)
-    app = build_app(catalog)
-    app.queue(default_concurrency_limit=MAX_CONCURRENT, max_size=MAX_QUEUE)
-    sock = bind(HOST, port)
-    print(f"genladder: serving {len(catalog.names)} run(s) at http://{HOST}:{port}/ (Ctrl-C stops)", flush=True)
-    serve_app(app, sock, port)

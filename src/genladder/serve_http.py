@@ -15,8 +15,11 @@ through DNS rebinding (a foreign name resolving to 127.0.0.1) or a cross-site re
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 
 from genladder.errors import GenladderError
+from genladder.serve import HOST, MAX_CONCURRENT, MAX_QUEUE, RunCatalog
+from genladder.serve_page import build_app
 
 MAX_BODY_BYTES = 256 * 1024  # a form submission is a few hundred bytes
 
@@ -98,3 +101,16 @@ def serve_app(blocks, sock: socket.socket, port: int) -> None:
     config = uvicorn.Config(LocalOnly(app, port), log_level="warning", timeout_keep_alive=5,
                             limit_concurrency=64, lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve(run_dirs: Sequence[str], port: int = 7860, device: str = "auto", runs_root: str | None = None) -> None:
+    """``genladder serve``: load every run (one-line error for a folder that is not a run), then serve the page
+    until Ctrl-C."""
+    if not 1 <= port <= 65535:
+        raise GenladderError(f"--port must be in 1..65535, got {port}")
+    catalog = RunCatalog(run_dirs, device=device, runs_root=runs_root)
+    app = build_app(catalog)
+    app.queue(default_concurrency_limit=MAX_CONCURRENT, max_size=MAX_QUEUE)
+    sock = bind(HOST, port)
+    print(f"genladder: serving {len(catalog.names)} run(s) at http://{HOST}:{port}/ (Ctrl-C stops)", flush=True)
+    serve_app(app, sock, port)

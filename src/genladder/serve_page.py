@@ -1,10 +1,13 @@
 """The Gradio layout of ``genladder serve``: components and events only; the work is in ``genladder.serve``.
 
-Imported by ``serve.build_app`` with the gradio module passed in, so nothing here runs without the extra.
-Every component a test drives has an ``elem_id``.
+``build_app`` imports Gradio only when called, so importing this module needs no extra. Every component a
+test drives has an ``elem_id``. Imports go one way: serve (the work) ← serve_page (the page) ← serve_http
+(the server).
 """
 
 from __future__ import annotations
+
+import os
 
 from genladder.errors import GenladderError
 from genladder.figures import AUTOENCODERS, DIFFUSION
@@ -172,3 +175,18 @@ def _interpolate_tab(gr, catalog: RunCatalog, names: list[str]) -> None:
         return in_page(interpolate_digits, 1)(catalog, run_name, first, second, steps)
 
     button.click(on_interpolate, [run, first, second, steps], [row, status])
+
+
+def import_gradio():
+    """Gradio, with its telemetry and version check off; a one-line error when the extra is missing."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # never phone home: the demo is local
+    try:
+        import gradio
+    except ImportError:
+        raise GenladderError("the web demo needs Gradio: pip install 'genladder[demo]'") from None
+    return gradio
+
+
+def build_app(catalog: RunCatalog):
+    """The Gradio Blocks page over the catalog's runs."""
+    return build_page(import_gradio(), catalog)
