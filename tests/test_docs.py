@@ -23,7 +23,10 @@ PAGES = LEARNING + REFERENCE
 # Pictures of the reference pages that scripts/docs_figures.py does not draw, with what made them.
 NOT_REDRAWN = {
     "web-demo.png": "a screenshot of 'genladder serve'",
-    "cpu-fast-300-guidance-curve.png": "genladder guidance-curve on a 300-step cpu-fast run (docs/performance.md)",
+    "cpu-fast-guidance-curve.png": "genladder guidance-curve on the full-budget cpu-fast run (docs/performance.md)",
+    "cpu-fast-grid-w0.png": "genladder sample --grid --guidance 0 on that run",
+    "cpu-fast-grid-w1.png": "genladder sample --grid --guidance 1 on that run",
+    "mnist-test-grid.png": "the first ten MNIST test digits of each class (docs/performance.md says how)",
 }
 
 
