@@ -25,6 +25,7 @@ NOT_REDRAWN = {
     "web-demo.png": "a screenshot of 'genladder serve'",
     "cpu-fast-guidance-curve.png": "genladder guidance-curve on the full-budget cpu-fast run (docs/performance.md)",
     "cpu-fast-grid-w0.png": "genladder sample --grid --guidance 0 on that run",
+    "cpu-fast-grid-w05.png": "genladder sample --grid --guidance 0.5 on that run",
     "cpu-fast-grid-w1.png": "genladder sample --grid --guidance 1 on that run",
     "mnist-test-grid.png": "the first ten MNIST test digits of each class (docs/performance.md says how)",
 }

@@ -454,8 +454,8 @@ def ready_for_inference(model: torch.nn.Module, device: torch.device) -> torch.n
 
     oneDNN's CPU convolutions run NHWC tensors without reordering them at every layer: 1,000 guided 20-step
     samples of the cpu-fast U-Net took 326 s in NHWC against 433 s in NCHW on two quiet threads, 1.33×
-    (``benchmarks/sampling_speed.py``, docs/performance.md). The training step does the same (TrainConfig.channels_last). Inputs follow the
-    weights' format, so the samplers need no change.
+    (``benchmarks/sampling_speed.py``, docs/performance.md). The training step does the same
+    (TrainConfig.channels_last). Inputs follow the weights' format, so the samplers need no change.
     """
     return model.to(device=device, memory_format=torch.channels_last).eval()
 
