@@ -17,11 +17,10 @@ from pathlib import Path
 
 import torch
 
-from genladder.checkpoint import read_model_file
 from genladder.errors import GenladderError
 from genladder.noise import image_generators
 from genladder.rungs import decode_image, encode_mean, kinds, rung
-from genladder.runs import LoadedRun, build_model_checked, load_run, pick_device, ready_for_inference
+from genladder.runs import LoadedRun, load_model_file, load_run, pick_device
 from genladder.sampling import SamplerConfig, generate
 
 DEFAULT_COUNT = 64  # images drawn when neither n nor labels say how many
@@ -178,14 +177,7 @@ def load(path: str | Path, weights: str = "auto", device: str = "auto") -> Pipel
     if path.suffix == ".safetensors" and not path.is_file():
         raise GenladderError(f"model file {path} does not exist")
     if path.is_file():
-        state, description = read_model_file(path)
-        model = build_model_checked(description["kind"], description["model"], path)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            first = str(error).splitlines()[0]
-            raise GenladderError(f"{path}: weights do not fit the {description['kind']} model ({first})") from None
-        ready_for_inference(model, pick_device(device))
+        model, description = load_model_file(path, device)
         kept = "ema" if path.stem == "ema" else "model"
         return Pipeline(LoadedRun(description["kind"], model, description, path.parent, kept))
     return Pipeline(load_run(path, weights=weights, device=device))

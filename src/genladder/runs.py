@@ -434,19 +434,31 @@ def load_run(run_dir: str | Path, weights: str = "auto", device: str = "auto",
         why = "the run trains an EMA of its weights" if has_ema else "this run keeps no EMA"
         raise GenladderError(f"{checkpoint / 'ema.safetensors'} is missing ({why}); pass --weights model to use "
                              "the raw weights")
-    state, description = read_model_file(checkpoint / f"{weights}.safetensors")
-    if description.get("kind") != config["kind"]:
-        raise GenladderError(
-            f"{checkpoint} holds a {description.get('kind')!r} model but {run_dir}/{CONFIG} says {config['kind']!r}"
-        )
-    model = build_model_checked(config["kind"], description["model"], checkpoint / f"{weights}.safetensors")
+    model, description = load_model_file(checkpoint / f"{weights}.safetensors", device, where=checkpoint,
+                                         expected_kind=(config["kind"], f"{run_dir}/{CONFIG}"))
+    return LoadedRun(config["kind"], model, config, checkpoint, weights)
+
+
+def load_model_file(path: Path, device: str = "auto", where: Path | None = None,
+                    expected_kind: tuple[str, str] | None = None) -> tuple[torch.nn.Module, dict]:
+    """The network of one model file, its weights loaded and ready for inference, with the file's description.
+
+    ``where`` names the source in errors (default: the file); ``expected_kind`` = (kind, who says so) refuses
+    a file of another rung.
+    """
+    where = where if where is not None else path
+    state, description = read_model_file(path)
+    if expected_kind is not None and description.get("kind") != expected_kind[0]:
+        raise GenladderError(f"{where} holds a {description.get('kind')!r} model but {expected_kind[1]} says "
+                             f"{expected_kind[0]!r}")
+    kind = description["kind"]
+    model = build_model_checked(kind, description["model"], path)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         first = str(error).splitlines()[0]
-        raise GenladderError(f"{checkpoint}: weights do not fit the {config['kind']} model ({first})") from None
-    ready_for_inference(model, pick_device(device))
-    return LoadedRun(config["kind"], model, config, checkpoint, weights)
+        raise GenladderError(f"{where}: weights do not fit the {kind} model ({first})") from None
+    return ready_for_inference(model, pick_device(device)), description
 
 
 def ready_for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
