@@ -3,7 +3,8 @@
     python benchmarks/ablation.py --images 30720 --jobs 2 --root runs/ablation --markdown docs/ablation.md
 
 Each training variant is ``genladder train cddpm --preset cpu-fast --steps S`` plus its flags, S chosen so
-that every variant sees the same number of training images (the learning rate decays to 0 at that budget);
+that every variant sees the same number of training images (the learning rate decays to 0 at that budget, and
+the warm-up keeps the preset's share of it, 25,600 of 110,080 images, unless the variant sets its own);
 ``--jobs 2`` trains two at a time with one torch thread each. Each trained run is then evaluated
 (``genladder evaluate``'s samples-only figures: ``--n`` guided samples, equal shares of the ten digits, both
 feature networks, FID beside its floor at the same n); the sampling variants re-evaluate the baseline run
@@ -44,13 +45,20 @@ TRAINING_VARIANTS = {
 SAMPLING_VARIANTS = {
     "trailing spacing (genladder ≤ 0.3)": {"spacing": "trailing"},
     "DDIM instead of DPM-Solver++": {"sampler": "ddim"},
-    "guidance only for σ in (0.3, 5]": {"guidance_interval": (0.3, 5.0)},
+    "guidance only at 0.3 < σ ≤ 5": {"guidance_interval": (0.3, 5.0)},
 }
+
+
+# The preset's warm-up as a share of its budget (25,600 of 110,080 images): a shorter ablation budget keeps the
+# share, or the learning rate would still be rising when the cosine decay ends.
+WARMUP_SHARE = 25_600 / 110_080
 
 
 def _train(root: Path, name: str, flags: list[str], images: int) -> tuple[subprocess.Popen, Path, list[str]]:
     batch = int(flags[flags.index("--batch-size") + 1]) if "--batch-size" in flags else 128
     run_dir = root / name.replace(" ", "_").replace("/", "-")
+    if "--warmup-images" not in flags:
+        flags = ["--warmup-images", str(round(images * WARMUP_SHARE)), *flags]
     args = ["train", "cddpm", "--preset", "cpu-fast", "--steps", str(images // batch), "--run-dir", str(run_dir),
             "--threads", "1", "--no-progress", *flags]
     if (run_dir / "config.json").exists():

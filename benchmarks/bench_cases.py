@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 import torch
 
 from genladder.errors import GenladderError
-from genladder.models import AutoencoderConfig
-from genladder.presets import DIFFUSION_PRESETS, diffusion_config
+from genladder.presets import DIFFUSION_PRESETS
+from genladder.resolve import resolve_from_preset
 from genladder.rungs import is_diffusion
-from genladder.training.loop import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -154,23 +153,11 @@ def samplings(case: Case, T: int, settings: Settings) -> tuple[list[Sampling], l
 
 
 def case_config(case: Case, batch_size: int, train_overrides: dict | None = None) -> dict:
-    """The run config ``genladder train KIND --preset P`` would write (model, objective, train).
-
-    Resolved with the same public preset functions as ``genladder.cli._config_from_args`` (kept
-    apart from it because the CLI's version also resolves the data source, which a benchmark must
-    not read or download).
-    """
-    given = dict(case.overrides)
-    if is_diffusion(case.kind):
-        model, objective, train_defaults = diffusion_config(case.kind, case.preset, given)
-    else:
-        overrides = {k: given[k] for k in ("latent_dim", "width", "likelihood") if k in given}
-        model = AutoencoderConfig.preset(case.kind, case.preset, **overrides).to_dict()
-        objective = {"kl_weight": given.get("kl_weight", 1.0)} if case.kind != "ae" else {}
-        train_defaults = {}
-    train = TrainConfig.from_dict({**train_defaults, **given, **(train_overrides or {}), "batch_size": batch_size})
-    return {"kind": case.kind, "preset": case.preset, "model": model, "objective": objective,
-            "train": train.to_dict()}
+    """The run config ``genladder train KIND --preset P`` would write, as JSON, resolved by the same
+    ``genladder.resolve`` as the CLI (on MNIST's shape: naming MNIST reads no file)."""
+    given = {"kind": case.kind, "preset": case.preset, **case.overrides, **(train_overrides or {}),
+             "batch_size": batch_size}
+    return resolve_from_preset(given).to_dict()
 
 
 def select_cases(patterns: str | None, quick: bool) -> list[Case]:

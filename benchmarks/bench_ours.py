@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from genladder.errors import GenladderError
 from genladder.noise import image_generators
+from genladder.run_config import ModelDescription
 from genladder.rungs import build_model, is_diffusion, make_objective, to_model_range
 from genladder.sampling import SamplerConfig, generate
 from genladder.training.distributed import EpochPlan
@@ -163,7 +164,7 @@ def sample_fn(kind: str, run_config: dict, model: torch.nn.Module, sampling: Sam
 
     def draw():
         with torch.inference_mode():
-            return generate(model, run_config, n, config, labels=labels, seed=0)
+            return generate(model, ModelDescription.from_dict(run_config), n, config, labels=labels, seed=0)
 
     return draw
 

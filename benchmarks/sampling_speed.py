@@ -39,7 +39,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     run = load_run(args.run_dir)  # channels-last, as genladder loads every run
-    num_classes = run.config["model"].get("num_classes", 0)
+    num_classes = run.num_classes
     labels = torch.arange(args.n) % num_classes if num_classes else None
     guidance = args.guidance if num_classes else 0.0
     print(f"{args.run_dir}: n = {args.n}, w = {guidance:g}, batch {args.batch_size}, {args.threads} threads, "

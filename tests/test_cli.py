@@ -226,11 +226,14 @@ class TestErrors:
 
         mixed = tmp_path / "mixed"
         shutil.copytree(trained_runs["vae"], mixed)
-        config = json.loads((mixed / "config.json").read_text())
-        config["kind"] = "ae"
-        (mixed / "config.json").write_text(json.dumps(config))
+        shutil.copy(trained_runs["ae"] / "config.json", mixed / "config.json")  # an AE's config, a VAE's weights
         code, _, err = run_cli(capsys, "reconstruct", mixed, "--out", tmp_path / "x.png")
         assert code == 2 and "holds a 'vae' model" in err
+        config = json.loads((trained_runs["vae"] / "config.json").read_text())
+        config["kind"] = "ae"  # a VAE's settings under the AE's name: refused when the config is read
+        (mixed / "config.json").write_text(json.dumps(config))
+        code, _, err = run_cli(capsys, "reconstruct", mixed, "--out", tmp_path / "x.png")
+        assert code == 2 and "unknown objective setting 'kl_weight'" in err and err.count("\n") == 1
 
     def test_no_traceback_from_the_console_script(self, tmp_path):
         result = subprocess.run([sys.executable, "-m", "genladder", "train", "vae", "--batch-size", "0"],

@@ -34,7 +34,8 @@ class TestDiffusionCommands:
     def test_run_folder_and_config(self, diffusion_runs):
         config = json.loads((diffusion_runs["cddpm"] / "config.json").read_text())
         assert config["model"]["widths"] == [16, 16] and config["objective"]["schedule"]["T"] == 50
-        assert config["objective"]["label_dropout"] == 0.15 and config["train"]["ema_decay"] == 0.999
+        assert config["objective"]["label_dropout"] == 0.15
+        assert config["train"]["ema_half_life_images"] == 88_700 and config["train"]["ema_decay"] is None
         run = load_run(diffusion_runs["cddpm"])
         assert run.weights == "ema"  # sampling uses the EMA weights by default
         assert list((diffusion_runs["cddpm"] / "samples").glob("*.png"))

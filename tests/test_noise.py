@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genladder.diffusion import ScheduleConfig
+from genladder.diffusion import DiffusionObjectiveConfig, ScheduleConfig
 from genladder.errors import GenladderError
 from genladder.models import AutoencoderConfig
 from genladder.models.unet import UNet, UNetConfig
 from genladder.noise import MAX_SEED, image_generators, image_seed, standard_normal
+from genladder.run_config import ModelDescription
 from genladder.rungs import build_model
 from genladder.sampling import SamplerConfig, generate
 
@@ -19,8 +20,8 @@ def cddpm():
     torch.manual_seed(0)
     model = UNet(UNetConfig(widths=(8, 16), blocks_per_level=1, attention_resolutions=(), image_size=8,
                             num_classes=3, dropout=0.0)).eval()
-    config = {"model": model.config.to_dict(),
-              "objective": {"schedule": ScheduleConfig(kind="cosine", T=50, prediction="v").to_dict()}}
+    config = ModelDescription("cddpm", model.config,
+                              DiffusionObjectiveConfig(schedule=ScheduleConfig(kind="cosine", T=50, prediction="v")))
     return model, config
 
 

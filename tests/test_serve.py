@@ -19,8 +19,11 @@ import torch
 from PIL import Image
 
 from genladder.cli import main
+from genladder.diffusion import ScheduleConfig
 from genladder.errors import GenladderError
-from genladder.runs import LoadedRun
+from genladder.run_config import ModelDescription
+from genladder.rungs import rung
+from genladder.runs import Run
 from genladder.serve import (
     BUSY,
     INTERNAL,
@@ -66,9 +69,13 @@ def catalog(runs):
     return RunCatalog([runs["cddpm"], runs["cvae"]], device="cpu")
 
 
-def fake_run(kind: str, num_classes: int = 0) -> LoadedRun:
-    return LoadedRun(kind, None, {"model": {"num_classes": num_classes}, "objective": {"schedule": {"T": 50}}},
-                     Path("."), "model")
+def fake_run(kind: str, num_classes: int = 0) -> Run:
+    """A run without a network: its config only (a 50-step schedule for the diffusion rungs)."""
+    spec = rung(kind)
+    model = spec.model_config(kind=kind, num_classes=num_classes) if spec.codes else \
+        spec.model_config(num_classes=num_classes)
+    objective = spec.objective_config(schedule=ScheduleConfig(T=50)) if spec.diffusion else spec.objective_config()
+    return Run(kind, None, ModelDescription(kind, model, objective), Path("."), "model")
 
 
 class TestFormChecks:

@@ -11,7 +11,6 @@ import argparse
 import os
 import re
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from genladder import __version__
@@ -35,7 +34,8 @@ from genladder.cli_args import (
     unet_widths,
 )
 from genladder.errors import GenladderError
-from genladder.rungs import MODEL_KINDS, check_kind, rung
+from genladder.presets import label_dropout_help, train_default_help
+from genladder.rungs import MODEL_KINDS, check_kind
 from genladder.training.progress import LOG_FORMATS
 
 SUPPRESS = argparse.SUPPRESS
@@ -108,11 +108,12 @@ def _add_train_parser(subparsers) -> None:
     diffusion.add_argument("--T", type=int_in(1, MAX_T), help="diffusion steps (tutorial 100, default 1000)")
     diffusion.add_argument("--prediction", choices=("eps", "x0", "v"), help="what the network predicts")
     diffusion.add_argument("--label-dropout", type=float_in(0, 1), help="cddpm: share of labels replaced by the null "
-                           "label in training (default 0.15)")
+                           f"label in training (default {label_dropout_help()})")
     diffusion.add_argument("--ema-decay", type=float_in(0, 1), help="decay per step of the weights' EMA used for "
-                           "sampling")
+                           f"sampling (default {train_default_help('ema_decay')})")
     diffusion.add_argument("--ema-half-life-images", type=int_in(1, 10**12), help="the EMA's half-life in training "
-                           "images (replaces --ema-decay; the same at any batch size)")
+                           "images (replaces --ema-decay; the same at any batch size; default "
+                           f"{train_default_help('ema_half_life_images')})")
     diffusion.add_argument("--min-snr-gamma", type=float_in(0, 1e6, low_open=True), help="Min-SNR-gamma loss "
                            "weighting (Hang et al. 2023; 5 in the paper; default off)")
     data = p.add_argument_group("data")
@@ -130,22 +131,25 @@ def _add_train_parser(subparsers) -> None:
     data.add_argument("--resize", choices=("pad", "resize"), help="mnist/fashion-mnist 28->32: pad with 2 blank "
                       "pixels (default) or bilinear resize (tutorial)")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int_in(1, 10**6), help="passes over the training set (default 5)")
+    opt.add_argument("--epochs", type=int_in(1, 10**6), help="passes over the training set (default: "
+                     f"{train_default_help('epochs')})")
     opt.add_argument("--steps", type=int_in(1, 10**9), help="total optimiser steps (overrides --epochs)")
     opt.add_argument("--batch-size", type=int_in(1, MAX_BATCH), help="images per step, per process under torchrun "
-                     "(default 128)")
-    opt.add_argument("--lr", type=float_in(0, 10, low_open=True), help="peak learning rate (default: the preset's; "
-                     "autoencoders 1e-3)")
-    opt.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), help="after the warm-up: constant "
-                     "(default for the autoencoders), or cosine/linear decay to 0 at the last step")
+                     f"(default {train_default_help('batch_size')})")
+    opt.add_argument("--lr", type=float_in(0, 10, low_open=True), help="peak learning rate (default: "
+                     f"{train_default_help('lr')})")
+    opt.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), help="after the warm-up: constant, "
+                     f"or cosine/linear decay to 0 at the last step (default {train_default_help('lr_schedule')})")
     opt.add_argument("--warmup-images", type=int_in(0, 10**12), help="training images of linear learning-rate "
-                     "warm-up (default 0)")
-    opt.add_argument("--optimizer", choices=("adam", "adamw"), help="adam (default) or adamw")
-    opt.add_argument("--adam-beta2", type=float_in(0, 1), help="second-moment decay of Adam/AdamW (default 0.999)")
+                     f"warm-up (default {train_default_help('warmup_images')})")
+    opt.add_argument("--optimizer", choices=("adam", "adamw"), help="adam or adamw (default "
+                     f"{train_default_help('optimizer')})")
+    opt.add_argument("--adam-beta2", type=float_in(0, 1), help="second-moment decay of Adam/AdamW "
+                     f"(default {train_default_help('adam_beta2')})")
     opt.add_argument("--weight-decay", type=float_in(0, 10), help="AdamW's decoupled weight decay (default 0)")
     opt.add_argument("--seed", type=int_in(*SEED), help="seed of weights, data order and noise (default 0)")
     opt.add_argument("--grad-clip", type=float_in(0, 1e6, low_open=True),
-                     help="clip the global gradient norm to this value")
+                     help=f"clip the global gradient norm to this value (default {train_default_help('grad_clip')})")
     opt.add_argument("--time-budget", type=parse_duration, help="stop cleanly after this much training "
                      "time, e.g. 10m (a final checkpoint is written)")
     opt.add_argument("--checkpoint-every", type=int_in(1, 10**9),
@@ -348,59 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_from_args(args: argparse.Namespace) -> dict:
-    from genladder.runs import DataConfig, data_facts, model_shape
-    from genladder.training.loop import TrainConfig
-
-    given = vars(args)
-    kind = given.get("kind")
-    if kind is None:
-        raise GenladderError("name the model to train (one of " + ", ".join(MODEL_KINDS) + ") or pass --resume")
-    preset = given.get("preset", "default")
-    data = DataConfig.from_dict(given)
-    facts = data_facts(data)
-    shape = model_shape(kind, facts, data.dataset)  # channels, size and classes come from the data
-    spec = rung(kind)
-    if spec.diffusion:
-        from genladder.presets import diffusion_config
-
-        model, objective, train_defaults = diffusion_config(kind, preset, given, **shape)
-    elif not spec.generative:
-        from genladder.presets import classifier_config
-
-        model, objective, train_defaults = classifier_config(preset, given, **shape)
-    else:
-        from genladder.models import AutoencoderConfig
-
-        overrides = {k: given[k] for k in ("latent_dim", "width", "likelihood") if k in given}
-        model = AutoencoderConfig.preset(kind, preset, **shape, **overrides).to_dict()
-        objective = {"kl_weight": given.get("kl_weight", 1.0)} if spec.variational else {}
-        train_defaults = {}
-    if "epochs" in given and "steps" not in given:  # an explicit --epochs beats a preset's step budget
-        train_defaults.pop("steps", None)
-    train = TrainConfig.from_dict({**train_defaults, **given})
-    return {"kind": kind, "preset": preset, "model": model, "objective": objective,
-            "data": {**asdict(data), **facts}, "train": asdict(train), "genladder_version": __version__}
-
-
-def _config_from_file(given: dict) -> dict:
-    """``train --config FILE``: the file's run description with the explicitly given flags written over it."""
-    from genladder.runs import config_with_flags, read_config_file
-
-    config = read_config_file(given["config"])
-    if given.get("kind") not in (None, config["kind"]):
-        raise GenladderError(f"{given['config']} describes a {config['kind']} run, not {given['kind']}")
-    if "preset" in given:
-        raise GenladderError("--preset and --config do not mix: the file holds a preset already resolved; change its "
-                             "values, or give the flags that differ")
-    execution = {"command", "kind", "config", "run_dir", "device", "no_progress", "log_format", "dry_run", "threads"}
-    return {**config_with_flags(config, {k: v for k, v in given.items() if k not in execution}),
-            "genladder_version": __version__}
-
-
 def _train(args: argparse.Namespace) -> int:
     import json
 
+    from genladder.resolve import EXECUTION_OPTIONS, resolve_run_config
     from genladder.runs import check_run_dir, default_run_dir, read_run_config, resume_config, run_training
     from genladder.training.distributed import is_main_process
     from genladder.training.loop import TrainConfig
@@ -412,23 +367,22 @@ def _train(args: argparse.Namespace) -> int:
     if "resume" in given:
         run_dir = Path(args.resume)
         stored = read_run_config(run_dir)
-        if given.get("kind") not in (None, stored["kind"]):
-            raise GenladderError(f"{run_dir} is a {stored['kind']} run, not {given['kind']}")
+        if given.get("kind") not in (None, stored.kind):
+            raise GenladderError(f"{run_dir} is a {stored.kind} run, not {given['kind']}")
         train_fields = set(TrainConfig.__dataclass_fields__)
         overrides = {k: v for k, v in given.items() if k in train_fields}
-        execution = {"command", "kind", "resume", "device", "no_progress", "log_format", "dry_run", "threads"}
-        other = sorted(set(given) - train_fields - execution)
+        other = sorted(set(given) - train_fields - (EXECUTION_OPTIONS - {"config", "run_dir"}))
         if other:
             raise GenladderError(f"--{other[0].replace('_', '-')} cannot change when resuming {run_dir}")
         config = resume_config(run_dir, overrides, write=main_process) if not given.get("dry_run") else stored
     else:
         if given.get("run_dir") is not None:
             check_run_dir(Path(given["run_dir"]))  # a file or /dev/null: refused before the data is read
-        config = _config_from_file(given) if "config" in given else _config_from_args(args)
-        run_dir = Path(given.get("run_dir") or default_run_dir(config["kind"]))
+        config = resolve_run_config(given)
+        run_dir = Path(given.get("run_dir") or default_run_dir(config.kind))
     if given.get("dry_run"):
         if main_process:
-            print(json.dumps(config, indent=2))
+            print(json.dumps(config.to_dict(), indent=2))
         return 0
     if "threads" in given:
         import torch
@@ -436,9 +390,9 @@ def _train(args: argparse.Namespace) -> int:
         torch.set_num_threads(given["threads"])
     def announce() -> None:
         if "resume" in given:
-            print(f"genladder: resuming {run_dir} ({config['kind']}, {config['preset']} preset)", file=sys.stderr)
+            print(f"genladder: resuming {run_dir} ({config.kind}, {config.preset} preset)", file=sys.stderr)
         else:
-            print(f"genladder: training {config['kind']} ({config['preset']} preset) in {run_dir}", file=sys.stderr)
+            print(f"genladder: training {config.kind} ({config.preset} preset) in {run_dir}", file=sys.stderr)
 
     log_format = "lines" if given.get("no_progress") else given.get("log_format", "auto")
     result = run_training(config, run_dir, resume="resume" in given, device=given.get("device", "auto"),

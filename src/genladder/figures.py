@@ -13,10 +13,11 @@ import torch
 
 from genladder.checkpoint import atomic_write_bytes
 from genladder.data import to_unit
+from genladder.data.config import DataConfig
 from genladder.errors import GenladderError
 from genladder.plotting import save_grid, save_image_table, save_labelled_grid, save_latent_map
 from genladder.rungs import decode_image, encode_mean, grid_labels, kinds, rung
-from genladder.runs import DataConfig, LoadedRun, load_data_split, load_run
+from genladder.runs import Run, load_data_split, load_run
 
 
 def _check_out(out: str, suffixes: tuple[str, ...] = (".png",)) -> Path:
@@ -28,9 +29,9 @@ def _check_out(out: str, suffixes: tuple[str, ...] = (".png",)) -> Path:
     return path
 
 
-def sample_labels(run: LoadedRun, n: int, label: int | None, grid: bool) -> torch.Tensor | None:
+def sample_labels(run: Run, n: int, label: int | None, grid: bool) -> torch.Tensor | None:
     """Labels for a conditional model (one class, a per-row grid, or cycling), or None; validated."""
-    num_classes = run.config["model"].get("num_classes", 0)
+    num_classes = run.num_classes
     if not num_classes:
         if label is not None or grid:
             raise GenladderError(f"--label/--grid need a conditional model; this run is an unconditional {run.kind}")
@@ -47,13 +48,13 @@ def sample_labels(run: LoadedRun, n: int, label: int | None, grid: bool) -> torc
 
 
 def test_digits(
-    run: LoadedRun, n: int, data_dir: str | None, minimum: int | None = None
+    run: Run, n: int, data_dir: str | None, minimum: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first n test images of the run's data as [0, 1] floats (N, C, H, W), with labels.
 
     Fewer than n is an error unless ``minimum`` allows it.
     """
-    data = DataConfig.from_dict(run.config["data"])
+    data = run.config.data
     split = load_data_split(data, "test", limit=n, data_dir=data_dir)
     if len(split.images) < (n if minimum is None else minimum):
         raise GenladderError(f"asked for {minimum or n} test images but the test set holds {len(split.images)}")
@@ -61,7 +62,7 @@ def test_digits(
     return to_unit(split.images).to(device), split.labels.to(device)
 
 
-def _open_run(args: argparse.Namespace, verb: str, kinds: tuple[str, ...]) -> tuple[Path, LoadedRun]:
+def _open_run(args: argparse.Namespace, verb: str, kinds: tuple[str, ...]) -> tuple[Path, Run]:
     """Check ``--out``, load the run (``--weights`` when the verb has it) and check it is one of ``kinds``."""
     out = _check_out(args.out)
     run = load_run(args.run_dir, weights=getattr(args, "weights", "auto"), device=args.device)
@@ -80,11 +81,11 @@ def _either(kinds: tuple[str, ...]) -> str:
 AUTOENCODERS, DIFFUSION = kinds(codes=True), kinds(diffusion=True)  # from the rung table
 
 
-def _encode(run: LoadedRun, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _encode(run: Run, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return encode_mean(run.kind, run.model, x, labels)
 
 
-def _decode(run: LoadedRun, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _decode(run: Run, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return decode_image(run.kind, run.model, z, labels)
 
 
@@ -94,7 +95,7 @@ def latent_line(z_start: torch.Tensor, z_end: torch.Tensor, steps: int) -> torch
     return (1 - weights) * z_start + weights * z_end
 
 
-def latent_activity(run: LoadedRun, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def latent_activity(run: Run, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Variance over images of each latent coordinate's code, (latent_dim,).
 
     For a VAE this is Burda et al. 2016's activity Cov_x(E_q[z_i]): a unit whose posterior mean does not move
@@ -134,7 +135,7 @@ def refuse_ignored_sampling_options(args: argparse.Namespace, kind: str) -> None
             raise GenladderError(f"--{option} applies to the {owner} sampler only; add --sampler {owner}")
 
 
-def _diffusion_images(run: LoadedRun, labels, n: int, args, callback=None, sampler=None) -> torch.Tensor:
+def _diffusion_images(run: Run, labels, n: int, args, callback=None, sampler=None) -> torch.Tensor:
     """Images in [0, 1] from a diffusion run, with ``sampler`` (default: the sampling options of ``args``)."""
     from genladder.sampling import generate
 
@@ -154,7 +155,7 @@ class Samples:
 
 
 @torch.no_grad()
-def draw_samples(run: LoadedRun, n: int, *, label: int | None = None, grid: bool = False, sampler=None,
+def draw_samples(run: Run, n: int, *, label: int | None = None, grid: bool = False, sampler=None,
                  seed: int = 0, progress: bool = False, callback=None) -> Samples:
     """Draw about n new images (a grid rounds n to whole rows); ``sampler`` (a SamplerConfig) for diffusion runs.
 
@@ -168,7 +169,7 @@ def draw_samples(run: LoadedRun, n: int, *, label: int | None = None, grid: bool
     columns = None
     if labels is not None and label is None:
         # A grid has one class per row (labels 0,0,…,1,1,…); cycling labels (0,1,…,9,0,…) one per column.
-        num_classes = run.config["model"]["num_classes"]
+        num_classes = run.num_classes
         columns = n // num_classes if grid else num_classes
     return Samples(images, labels, columns)
 
@@ -179,7 +180,7 @@ def sample_command(args: argparse.Namespace) -> Path:
     refuse_ignored_sampling_options(args, run.kind)
     n = args.n
     if n is None:  # 64 images, or a grid of ten per class
-        n = 10 * run.config["model"].get("num_classes", 0) if args.grid else 64
+        n = 10 * run.num_classes if args.grid else 64
     samples = draw_samples(run, n, label=args.label, grid=args.grid, sampler=sampler_config(args),
                            seed=args.seed, progress=not args.no_progress)
     if out.suffix.lower() == ".npz":
@@ -205,7 +206,7 @@ def trajectory_command(args: argparse.Namespace) -> Path:
     if args.frames < 2:
         raise GenladderError(f"--frames must be at least 2, got {args.frames}")
     labels = sample_labels(run, args.n, args.label, False)
-    steps = sampler_config(args).steps or run.config["objective"]["schedule"]["T"]
+    steps = sampler_config(args).steps or run.schedule.T
     keep = sorted({round(i * (steps - 1) / (args.frames - 1)) for i in range(args.frames)})
     # step index -> (its timestep t, x_t of every batch): the sampler runs once per batch of --batch-size images
     frames: dict[int, tuple[int, list[torch.Tensor]]] = {}
@@ -243,7 +244,7 @@ def parse_weights(text: str) -> list[float]:
 def guidance_sweep_command(args: argparse.Namespace) -> Path:
     """Rows = guidance weights w, columns = the ten digits, the same noise in every row."""
     out, run = _open_run(args, "guidance-sweep", DIFFUSION)
-    num_classes = run.config["model"].get("num_classes", 0)
+    num_classes = run.num_classes
     if not num_classes:
         raise GenladderError("'guidance-sweep' needs a conditional model (cddpm); this run is unconditional")
     weights = parse_weights(args.weights_list)
@@ -299,7 +300,7 @@ def interpolate_command(args: argparse.Namespace) -> Path:
 def latent_map_command(args: argparse.Namespace) -> Path:
     """A 2-d VAE's latent space: test digits at their posterior means beside the images a grid of z decodes to."""
     out, run = _open_run(args, "latent-map", ("vae",))
-    latent_dim = run.config["model"]["latent_dim"]
+    latent_dim = run.config.model.latent_dim
     if latent_dim != 2:
         raise GenladderError(f"'latent-map' draws a 2-d latent space; this VAE has {latent_dim} dimensions "
                              "(train one with --latent-dim 2)")

@@ -14,14 +14,76 @@ the tutorial, so the VAE terms are in nats per image.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from genladder.config import config_from_dict
 from genladder.data.augment import AugmentConfig, augment_handwriting
 from genladder.data.transforms import random_shift
+from genladder.errors import GenladderError
 from genladder.models.autoencoders import VAE, AutoEncoder
 from genladder.models.classifier import DigitClassifier
+
+
+@dataclass(frozen=True)
+class AutoencoderObjectiveConfig:
+    """The AE objective has no settings (its likelihood belongs to the network's config)."""
+
+    def to_dict(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AutoencoderObjectiveConfig:
+        return config_from_dict(cls, values)
+
+
+@dataclass(frozen=True)
+class VAEObjectiveConfig:
+    """Settings of the VAE/CVAE objective (``vae_loss``)."""
+
+    kl_weight: float = 1.0  # β of the KL term; 1 is the ELBO (Kingma & Welling 2014, eq. 10)
+
+    def __post_init__(self) -> None:
+        if not self.kl_weight >= 0:
+            raise GenladderError(f"--kl-weight must be >= 0, got {self.kl_weight}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> VAEObjectiveConfig:
+        return config_from_dict(cls, values)
+
+
+CLASSIFIER_AUGMENTATIONS = ("shift", "handwriting")
+
+
+@dataclass(frozen=True)
+class ClassifierObjectiveConfig:
+    """Settings of the classifier objective (``classifier_loss``)."""
+
+    max_shift: int = 2  # --augment shift: largest whole-pixel shift of a training digit
+    augment: str = "handwriting"  # one of CLASSIFIER_AUGMENTATIONS
+    augment_config: AugmentConfig = field(default_factory=AugmentConfig)  # --augment handwriting's ranges
+
+    def __post_init__(self) -> None:
+        if self.augment not in CLASSIFIER_AUGMENTATIONS:
+            raise GenladderError(f"--augment must be one of {', '.join(CLASSIFIER_AUGMENTATIONS)}, got "
+                                 f"{self.augment!r}")
+        if self.max_shift < 0:
+            raise GenladderError(f"--max-shift must be >= 0, got {self.max_shift}")
+
+    def to_dict(self) -> dict:
+        return {"max_shift": self.max_shift, "augment": self.augment, "augment_config": asdict(self.augment_config)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ClassifierObjectiveConfig:
+        values = dict(values)
+        if "augment_config" in values:
+            values["augment_config"] = AugmentConfig.from_dict(values["augment_config"])
+        return config_from_dict(cls, values)
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -98,9 +160,6 @@ def vae_loss(
         "neg_elbo": (nll + kl).mean().item(),
     }
     return loss, metrics
-
-
-CLASSIFIER_AUGMENTATIONS = ("shift", "handwriting")
 
 
 def classifier_loss(

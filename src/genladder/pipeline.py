@@ -20,7 +20,7 @@ import torch
 from genladder.errors import GenladderError
 from genladder.noise import image_generators
 from genladder.rungs import decode_image, encode_mean, kinds, rung
-from genladder.runs import LoadedRun, load_model_file, load_run, pick_device
+from genladder.runs import Run, load_model_file, load_run, pick_device
 from genladder.sampling import SamplerConfig, generate
 
 DEFAULT_COUNT = 64  # images drawn when neither n nor labels say how many
@@ -28,7 +28,7 @@ Labels = int | Sequence[int] | torch.Tensor | None
 
 
 @torch.no_grad()
-def sample_images(run: LoadedRun, n: int, labels: torch.Tensor | None, sampler: SamplerConfig | None = None,
+def sample_images(run: Run, n: int, labels: torch.Tensor | None, sampler: SamplerConfig | None = None,
                   seed: int = 0, progress: bool = False, callback: Callable | None = None) -> torch.Tensor:
     """n new images in [0, 1], (n, C, H, W), from a loaded run; ``labels`` (n,) int64 for a conditional one.
 
@@ -55,11 +55,12 @@ def sample_images(run: LoadedRun, n: int, labels: torch.Tensor | None, sampler: 
 class Pipeline:
     """A trained rung of the ladder, ready to use: ``sample``, and ``encode``/``decode`` for AE/VAE/CVAE.
 
-    ``model`` is the network (eval mode), ``config`` the run's configuration (for a lone model file: its kind,
-    model and objective), ``checkpoint`` where the weights came from, ``weights`` "ema" or "model".
+    ``model`` is the network (eval mode), ``config`` the run's typed configuration (genladder.run_config; for a
+    lone model file its ModelDescription: kind, model and objective), ``checkpoint`` where the weights came
+    from, ``weights`` "ema" or "model".
     """
 
-    def __init__(self, run: LoadedRun) -> None:
+    def __init__(self, run: Run) -> None:
         self.run = run
 
     kind = property(lambda self: self.run.kind)
@@ -68,8 +69,8 @@ class Pipeline:
     config = property(lambda self: self.run.config)
     checkpoint = property(lambda self: self.run.checkpoint)
     weights = property(lambda self: self.run.weights)
-    num_classes = property(lambda self: int(self.run.config["model"].get("num_classes", 0) or 0))
-    conditional = property(lambda self: self.num_classes > 0)
+    num_classes = property(lambda self: self.run.num_classes)
+    conditional = property(lambda self: self.run.conditional)
     device = property(lambda self: next(self.run.model.parameters()).device)
 
     def __repr__(self) -> str:
@@ -179,5 +180,5 @@ def load(path: str | Path, weights: str = "auto", device: str = "auto") -> Pipel
     if path.is_file():
         model, description = load_model_file(path, device)
         kept = "ema" if path.stem == "ema" else "model"
-        return Pipeline(LoadedRun(description["kind"], model, description, path.parent, kept))
+        return Pipeline(Run(description.kind, model, description, path.parent, kept))
     return Pipeline(load_run(path, weights=weights, device=device))

@@ -32,14 +32,52 @@ from genladder.rungs import rung
 
 DIFFUSION_PRESETS = ("tutorial", "default", "small", "cpu-fast")
 
+# The weights' EMA as a half-life in training images (Karras et al. 2022, EDM: "ema_halflife_kimg"), so that it
+# spans the same images at any batch size or number of processes. 88,700 images is the decay 0.999 per step of
+# 128 images that these presets used until genladder 0.4 (128 · ln 2 / −ln 0.999 = 88,678); 177,400 is 0.9995.
+_SHORT_EMA = 88_700  # images: decay 0.999 per step of 128
+_LONG_EMA = 177_400  # images: decay 0.9995 per step of 128
+
 # Training defaults per preset (the autoencoders keep TrainConfig's own defaults).
 _TRAIN_DEFAULTS = {
-    "tutorial": {"lr": 1e-3, "batch_size": 128, "epochs": 10, "ema_decay": 0.999, "grad_clip": 1.0},
-    "default": {"lr": 2e-4, "batch_size": 128, "epochs": 20, "ema_decay": 0.9995, "grad_clip": 1.0},
-    "small": {"lr": 2e-3, "batch_size": 128, "epochs": 5, "ema_decay": 0.999, "grad_clip": 1.0},
-    "cpu-fast": {"lr": 2e-3, "batch_size": 128, "steps": 860, "ema_decay": 0.999, "grad_clip": 1.0,
+    "tutorial": {"lr": 1e-3, "batch_size": 128, "epochs": 10, "ema_half_life_images": _SHORT_EMA, "grad_clip": 1.0},
+    "default": {"lr": 2e-4, "batch_size": 128, "epochs": 20, "ema_half_life_images": _LONG_EMA, "grad_clip": 1.0},
+    "small": {"lr": 2e-3, "batch_size": 128, "epochs": 5, "ema_half_life_images": _SHORT_EMA, "grad_clip": 1.0},
+    "cpu-fast": {"lr": 2e-3, "batch_size": 128, "steps": 860, "ema_half_life_images": _SHORT_EMA, "grad_clip": 1.0,
                  "optimizer": "adamw", "adam_beta2": 0.99, "lr_schedule": "cosine", "warmup_images": 25_600},
 }
+
+
+# Label dropout (p_uncond, Ho & Salimans 2022) of the conditional cddpm by preset; the others use the default.
+_LABEL_DROPOUT = {"cpu-fast": 0.12}
+DEFAULT_LABEL_DROPOUT = 0.15
+
+
+def train_default_help(key: str) -> str:
+    """What a training flag defaults to, rung by rung and preset by preset, for ``genladder train --help``:
+    "autoencoders 1e-3; ddpm/cddpm: tutorial 1e-3, default 2e-4, …; classifier 2e-3" (read from the tables
+    here and TrainConfig's own defaults, so the help cannot drift from them)."""
+    from genladder.training.loop import TrainConfig
+
+    def shown(value) -> str:
+        return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    fallback = TrainConfig.__dataclass_fields__[key].default
+    own = shown(fallback)
+    diffusion = {preset: f"{defaults['steps']} steps instead" if key == "epochs" and "steps" in defaults
+                 else shown(defaults.get(key, fallback)) for preset, defaults in _TRAIN_DEFAULTS.items()}
+    classifier = shown(CLASSIFIER_TRAIN_DEFAULTS["default"].get(key, fallback))
+    if len({own, classifier, *diffusion.values()}) == 1:
+        return own
+    by_preset = ", ".join(f"{preset} {value}" for preset, value in diffusion.items())
+    if len(set(diffusion.values())) == 1:
+        by_preset = next(iter(diffusion.values()))
+    return f"autoencoders {own}; ddpm/cddpm {by_preset}; classifier {classifier}"
+
+
+def label_dropout_help() -> str:
+    other = ", ".join(f"{preset} {value:g}" for preset, value in _LABEL_DROPOUT.items())
+    return f"{DEFAULT_LABEL_DROPOUT:g}; {other}"
 
 
 def _unet_config(preset: str, num_classes: int, in_channels: int, image_size: int) -> UNetConfig:
@@ -99,7 +137,7 @@ def diffusion_config(kind: str, preset: str, given: dict, in_channels: int = 1, 
     if "min_snr_gamma" in given:
         objective["min_snr_gamma"] = given["min_snr_gamma"]
     if conditional:
-        label_dropout = given.get("label_dropout", 0.12 if preset == "cpu-fast" else 0.15)
+        label_dropout = given.get("label_dropout", _LABEL_DROPOUT.get(preset, DEFAULT_LABEL_DROPOUT))
         if not 0 <= label_dropout < 1:
             raise GenladderError(f"--label-dropout must be in [0, 1), got {label_dropout}")
         objective["label_dropout"] = label_dropout
@@ -112,12 +150,12 @@ def diffusion_config(kind: str, preset: str, given: dict, in_channels: int = 1, 
 # the second opinion: another architecture and seed, trained the same way. ``shift`` is the recipe of the
 # first shipped classifier (2-pixel shifts only, constant learning rate), kept to reproduce it.
 CLASSIFIER_PRESETS = ("default", "resnet", "shift")
-_CLASSIFIER_TRAIN = {"epochs": 8, "batch_size": 128, "lr": 2e-3, "ema_decay": 0.999, "optimizer": "adamw",
-                     "weight_decay": 1e-4, "lr_schedule": "cosine", "warmup_images": 30_000}
+_CLASSIFIER_TRAIN = {"epochs": 8, "batch_size": 128, "lr": 2e-3, "ema_half_life_images": _SHORT_EMA,
+                     "optimizer": "adamw", "weight_decay": 1e-4, "lr_schedule": "cosine", "warmup_images": 30_000}
 CLASSIFIER_TRAIN_DEFAULTS = {
     "default": _CLASSIFIER_TRAIN,
     "resnet": {**_CLASSIFIER_TRAIN, "seed": 1},
-    "shift": {"epochs": 8, "batch_size": 128, "lr": 1e-3, "ema_decay": 0.999},
+    "shift": {"epochs": 8, "batch_size": 128, "lr": 1e-3, "ema_half_life_images": _SHORT_EMA},
 }
 
 

@@ -9,16 +9,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 
 from genladder.data import to_signed, to_unit
-from genladder.data.augment import AugmentConfig
+from genladder.diffusion.objective import DiffusionObjectiveConfig
 from genladder.errors import GenladderError
 from genladder.models import AUTOENCODER_CLASSES, AutoencoderConfig, ClassifierConfig, DigitClassifier
+from genladder.models.unet import UNet, UNetConfig
 from genladder.noise import image_generators
-from genladder.objectives import autoencoder_loss, classifier_loss, vae_loss
+from genladder.objectives import (
+    AutoencoderObjectiveConfig,
+    ClassifierObjectiveConfig,
+    VAEObjectiveConfig,
+    autoencoder_loss,
+    classifier_loss,
+    vae_loss,
+)
 
 
 @dataclass(frozen=True)
@@ -31,8 +40,10 @@ class Rung:
     samples: bool  # draws new images (a prior or a reverse process); the AE and the classifier do not
     codes: bool  # encode/decode to a latent code (the autoencoders)
     variational: bool  # a posterior q(z | x): ELBO and IWAE likelihood bounds (vae, cvae)
-    build: Callable[[dict], nn.Module]  # the network from its stored config
-    objective: Callable[[dict, dict], Callable]  # (objective config, model config) -> the training objective
+    model_config: type  # the network's config dataclass (config.json's "model"), with from_dict/to_dict
+    objective_config: type  # the objective's config dataclass (config.json's "objective")
+    build: Callable[[Any], nn.Module]  # the network from its typed config
+    objective: Callable[[Any, Any], Callable]  # (objective config, model config) -> the training objective
     unconditional_twin: str | None = None  # the same rung without labels, for data that has none
 
     @property
@@ -54,58 +65,43 @@ class Rung:
         return self.family != "classifier"
 
 
-def _build_autoencoder(kind: str, model_config: dict) -> nn.Module:
-    config = AutoencoderConfig.from_dict(model_config)
+def _build_autoencoder(kind: str, config: AutoencoderConfig) -> nn.Module:
     if config.kind != kind:
         raise GenladderError(f"model config says {config.kind!r} but the run says {kind!r}")
     return AUTOENCODER_CLASSES[kind](config)
 
 
-def _build_unet(model_config: dict) -> nn.Module:
-    from genladder.models.unet import UNet, UNetConfig
-
-    return UNet(UNetConfig.from_dict(model_config))
-
-
-def _classifier_objective(objective_config: dict, model_config: dict):
-    augment = objective_config.get("augment", "shift")  # run folders from before 'handwriting' shifted only
-    augment_config = AugmentConfig.from_dict(objective_config.get("augment_config", {}))
-    return partial(classifier_loss, max_shift=objective_config.get("max_shift", 2), augment=augment,
-                   augment_config=augment_config)
+def _classifier_objective(objective: ClassifierObjectiveConfig, model: ClassifierConfig):
+    return partial(classifier_loss, max_shift=objective.max_shift, augment=objective.augment,
+                   augment_config=objective.augment_config)
 
 
-def _vae_objective(objective_config: dict, model_config: dict):
-    return partial(vae_loss, kl_weight=objective_config.get("kl_weight", 1.0))
+def _vae_objective(objective: VAEObjectiveConfig, model: AutoencoderConfig):
+    return partial(vae_loss, kl_weight=objective.kl_weight)
 
 
-def _diffusion_objective(objective_config: dict, model_config: dict):
-    from genladder.diffusion import DiffusionObjective, ScheduleConfig
-
-    schedule_config = ScheduleConfig.from_dict(objective_config["schedule"])
-    num_classes = model_config.get("num_classes") or None
-    return DiffusionObjective(
-        schedule=schedule_config.build(),
-        prediction=schedule_config.prediction,
-        label_dropout=objective_config.get("label_dropout", 0.15) if num_classes else 0.0,
-        num_classes=num_classes,
-        min_snr_gamma=objective_config.get("min_snr_gamma"),
-    )
+def _diffusion_objective(objective: DiffusionObjectiveConfig, model: UNetConfig):
+    return objective.build(model.num_classes)
 
 
+_AE = {"model_config": AutoencoderConfig, "family": "autoencoder", "codes": True}
+_DIFFUSION = {"model_config": UNetConfig, "objective_config": DiffusionObjectiveConfig, "family": "diffusion",
+              "samples": True, "codes": False, "variational": False, "build": UNet,
+              "objective": _diffusion_objective}
 RUNGS: dict[str, Rung] = {r.name: r for r in (
-    Rung("ae", "autoencoder", conditional=False, samples=False, codes=True, variational=False,
-         build=partial(_build_autoencoder, "ae"), objective=lambda objective, model: autoencoder_loss),
-    Rung("vae", "autoencoder", conditional=False, samples=True, codes=True, variational=True,
+    Rung("ae", **_AE, conditional=False, samples=False, variational=False,
+         objective_config=AutoencoderObjectiveConfig, build=partial(_build_autoencoder, "ae"),
+         objective=lambda objective, model: autoencoder_loss),
+    Rung("vae", **_AE, conditional=False, samples=True, variational=True, objective_config=VAEObjectiveConfig,
          build=partial(_build_autoencoder, "vae"), objective=_vae_objective),
-    Rung("cvae", "autoencoder", conditional=True, samples=True, codes=True, variational=True,
+    Rung("cvae", **_AE, conditional=True, samples=True, variational=True, objective_config=VAEObjectiveConfig,
          build=partial(_build_autoencoder, "cvae"), objective=_vae_objective, unconditional_twin="vae"),
-    Rung("ddpm", "diffusion", conditional=False, samples=True, codes=False, variational=False,
-         build=_build_unet, objective=_diffusion_objective),
-    Rung("cddpm", "diffusion", conditional=True, samples=True, codes=False, variational=False,
-         build=_build_unet, objective=_diffusion_objective, unconditional_twin="ddpm"),
+    Rung("ddpm", **_DIFFUSION, conditional=False),
+    Rung("cddpm", **_DIFFUSION, conditional=True, unconditional_twin="ddpm"),
     # trains the feature network of genladder.evaluate with the same loop and run folders
     Rung("classifier", "classifier", conditional=False, samples=False, codes=False, variational=False,
-         build=lambda config: DigitClassifier(ClassifierConfig.from_dict(config)), objective=_classifier_objective),
+         model_config=ClassifierConfig, objective_config=ClassifierObjectiveConfig,
+         build=DigitClassifier, objective=_classifier_objective),
 )}
 MODEL_KINDS = tuple(RUNGS)
 GENERATIVE_KINDS = tuple(name for name, r in RUNGS.items() if r.generative)
@@ -135,9 +131,13 @@ def is_conditional(kind: str) -> bool:
     return rung(kind).conditional
 
 
-def build_model(kind: str, model_config: dict) -> nn.Module:
-    """Rebuild a network from its kind and JSON config (as stored in config.json and model files)."""
-    return rung(kind).build(model_config)
+def build_model(kind: str, model_config) -> nn.Module:
+    """Rebuild a network from its kind and config: the rung's typed config, or its JSON form (as stored in
+    config.json and model files), checked strictly."""
+    spec = rung(kind)
+    if isinstance(model_config, dict):
+        model_config = spec.model_config.from_dict(model_config)
+    return spec.build(model_config)
 
 
 def to_model_range(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -165,9 +165,15 @@ def decode_image(kind: str, model: torch.nn.Module, z: torch.Tensor, labels: tor
     return model.output_to_image(output)
 
 
-def make_objective(kind: str, objective_config: dict, model_config: dict):
-    """The objective ``(model, images, labels, generator=None) -> (loss, metrics)`` of a rung."""
-    return rung(kind).objective(objective_config, model_config)
+def make_objective(kind: str, objective_config, model_config):
+    """The objective ``(model, images, labels, generator=None) -> (loss, metrics)`` of a rung, from the typed
+    configs (or their JSON forms)."""
+    spec = rung(kind)
+    if isinstance(objective_config, dict):
+        objective_config = spec.objective_config.from_dict(objective_config)
+    if isinstance(model_config, dict):
+        model_config = spec.model_config.from_dict(model_config)
+    return spec.objective(objective_config, model_config)
 
 
 def grid_labels(count: int, num_classes: int, device: torch.device | str = "cpu") -> torch.Tensor:

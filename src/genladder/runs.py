@@ -1,134 +1,64 @@
 """Run folders: create a run from a configuration, resume one, and load a trained model back.
 
-``config.json`` in a run folder holds everything needed to rebuild the run::
-
-    {"kind": "vae", "preset": "tutorial", "model": {...}, "objective": {...},
-     "data": {...}, "train": {...}, "genladder_version": "..."}
-
-``data`` is the ``DataConfig`` plus what the data turned out to be (``data_facts``: channels, image
-size, class names, and for your own images their count).
+``config.json`` in a run folder holds everything needed to rebuild the run: a ``RunConfig``
+(``genladder.run_config``), read strictly and migrated from older layouts there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import re
 import stat
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
 from genladder.checkpoint import atomic_write_json, latest_checkpoint, read_json, read_model_file
-from genladder.config import check_types
-from genladder.data import DATASETS, ImageSet, load_split, own_split, read_own_data, to_32
-from genladder.data.files import split_sizes
+from genladder.data import ImageSet, load_split, own_split, read_own_data, to_32
+from genladder.data.config import DEFAULT_TEST_SHARE, RESIZE_METHODS, DataConfig, DataFacts, data_facts
 from genladder.errors import GenladderError
 from genladder.presets import parse_ints
+from genladder.run_config import RUN_SECTIONS, ModelDescription, RunConfig
 from genladder.run_lock import run_lock
-from genladder.rungs import build_model, check_kind, make_objective, make_preview, rung, to_model_range
+from genladder.rungs import build_model, make_objective, make_preview, rung, to_model_range
 from genladder.safe_io import expect_type, os_error_message, read_bounded_bytes
 from genladder.training import distributed
 from genladder.training.loop import TrainConfig, TrainingData, TrainResult, train
 
 CONFIG = "config.json"
-RESIZE_METHODS = ("pad", "resize")
-DEFAULT_TEST_SHARE = 0.1
+__all__ = ["DEFAULT_TEST_SHARE", "RESIZE_METHODS", "DataConfig", "DataFacts", "ModelDescription", "RunConfig",
+           "data_facts"]  # re-exported: they lived here until genladder 0.4
 
 
-@dataclass
-class DataConfig:
-    """Which images to train on: a named IDX dataset (brought to 32×32) or your own folder / .npz (as is)."""
-
-    dataset: str = "mnist"  # "mnist", "fashion-mnist", or the path of a folder of images or an .npz file
-    data_dir: str | None = None  # IDX only: folder with the four files (else $GENLADDER_DATA_DIR, cache, download)
-    limit: int | None = None  # train on the first N training images only (quick runs)
-    test_limit: int | None = None  # evaluate on the first N test images only
-    resize: str = "pad"  # IDX only, 28 -> 32: "pad" (2 blank pixels per side, exact) or "resize" (bilinear)
-    test_share: float | None = None  # own data only: share held out as the test set (default 0.1)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.dataset, str) or not self.dataset.strip():
-            raise GenladderError("--data must name mnist, fashion-mnist, a folder of images or an .npz file, got ''")
-        if self.resize not in RESIZE_METHODS:
-            raise GenladderError(f"--resize must be one of {RESIZE_METHODS}, got {self.resize!r}")
-        for name in ("limit", "test_limit"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise GenladderError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.is_named:
-            if self.test_share is not None:
-                raise GenladderError(f"--test-share applies to your own images; {self.dataset} has its own test set")
-            return
-        # Own data: an absolute path, so the run folder rebuilds from any working directory.
-        try:
-            self.dataset = str(Path(self.dataset).expanduser().resolve())
-        except (RuntimeError, OSError):  # RuntimeError: a symlink loop (Python < 3.13)
-            raise GenladderError(f"--data {self.dataset}: a symlink loop or an unreadable path") from None
-        if self.data_dir is not None:
-            raise GenladderError("--data-dir locates the IDX files of " + ", ".join(DATASETS) +
-                                 f"; for your own images --data is the path itself ({self.dataset})")
-        if self.resize != "pad":
-            raise GenladderError("--resize applies to the 28×28 IDX datasets; your own images are used at their size")
-        self.test_share = DEFAULT_TEST_SHARE if self.test_share is None else self.test_share
-        if not 0 < self.test_share < 1:
-            raise GenladderError(f"--test-share must be between 0 and 1, got {self.test_share}")
-
-    @property
-    def is_named(self) -> bool:
-        """True for a named IDX dataset, False for a folder or .npz of your own."""
-        return self.dataset in DATASETS
-
-    @classmethod
-    def from_dict(cls, values: dict) -> DataConfig:
-        known = {f.name for f in fields(cls)}
-        chosen = {k: v for k, v in values.items() if k in known}
-        check_types(cls, chosen)  # a damaged config.json: one line naming the field, not a TypeError
-        return cls(**chosen)
-
-
-def data_facts(data: DataConfig) -> dict:
-    """What the model is built for: ``channels``, ``image_size`` and ``class_names`` (empty: unlabelled).
-
-    Own data is read (once per process) to find out; it also gives ``images``, its count, so that a
-    resumed run notices a changed folder.
-    """
-    if data.is_named:
-        classes = [str(k) for k in range(DATASETS[data.dataset].num_classes)]
-        return {"channels": 1, "image_size": 32, "class_names": classes}
-    own = read_own_data(data.dataset)
-    split_sizes(len(own.images), data.test_share, data.dataset)  # enough images for both splits
-    return {"channels": own.channels, "image_size": own.image_size, "class_names": list(own.class_names),
-            "images": len(own.images)}
-
-
-def model_shape(kind: str, facts: dict, source: str) -> dict:
+def model_shape(kind: str, facts: DataFacts, source: str) -> dict:
     """``in_channels``, ``image_size`` and ``num_classes`` of a rung's network for this data."""
-    num_classes = len(facts["class_names"])
+    num_classes = len(facts.class_names)
     spec = rung(kind)
     uses_labels = spec.labelled
     if uses_labels and num_classes < 2:
         what = "is class-conditional" if spec.conditional else "learns labels"
         instead = f", or train {spec.unconditional_twin}" if spec.unconditional_twin else ""
-        found = f"only one class ({facts['class_names'][0]})" if num_classes else "no labels"
+        found = f"only one class ({facts.class_names[0]})" if num_classes else "no labels"
         raise GenladderError(f"{kind} {what} but {source} has {found}; put the images in one "
                              f"sub-folder per class (or 'labels' in the .npz){instead}")
-    return {"in_channels": facts["channels"], "image_size": facts["image_size"],
+    return {"in_channels": facts.channels, "image_size": facts.image_size,
             "num_classes": num_classes if uses_labels else 0}
 
 
-def check_same_data(stored: dict, data: DataConfig) -> None:
+def check_same_data(stored: DataFacts | None, data: DataConfig) -> None:
     """Refuse to resume a run whose images changed shape, classes or count since it started."""
-    now = data_facts(data)
-    changed = [key for key in now if key in stored and stored[key] != now[key]]
+    if stored is None:
+        return
+    before, now = stored.to_dict(), data_facts(data).to_dict()
+    changed = [key for key in now if key in before and before[key] != now[key]]
     if changed:
         key = changed[0]
-        raise GenladderError(f"{data.dataset} changed since the run started: {key} was {stored[key]}, now "
+        raise GenladderError(f"{data.dataset} changed since the run started: {key} was {before[key]}, now "
                              f"{now[key]}; train a new run on it")
 
 
@@ -149,11 +79,6 @@ def default_run_dir(kind: str) -> Path:
     """runs/<kind>-<UTC timestamp>/ under the current folder."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{kind}-{stamp}"
-
-
-def model_description(config: dict) -> dict:
-    """What a model file carries so that it rebuilds itself: kind, model and objective configs."""
-    return {"kind": config["kind"], "model": config["model"], "objective": config["objective"]}
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -183,27 +108,25 @@ def load_training_data(kind: str, data: DataConfig) -> TrainingData:
     )
 
 
-def _preview_for(config: dict, data: TrainingData):
-    kind = config["kind"]
-    spec = rung(kind)
+def _preview_for(config: RunConfig, data: TrainingData):
+    spec = config.rung
     if not spec.generative:  # the classifier: nothing to draw; its test error is in metrics.jsonl
         return None
     # Conditional: ten samples of each of the first (at most) ten classes, one row per class.
-    num_classes = config["model"].get("num_classes", 0)
-    count = 10 * min(num_classes, 10) if spec.conditional else config["train"].get("preview_count", 64)
+    count = 10 * min(config.num_classes, 10) if spec.conditional else config.train.preview_count
     sample_fn = None
     if spec.diffusion:
         from genladder.sampling import preview_sampler
 
-        sample_fn = preview_sampler(kind, config, count)
-    return make_preview(kind, count, data.test_images, sample_fn=sample_fn)
+        sample_fn = preview_sampler(config, count)
+    return make_preview(config.kind, count, data.test_images, sample_fn=sample_fn)
 
 
 def run_training(
-    config: dict, run_dir: str | Path, *, resume: bool = False, device: str = "auto", show_progress: bool = True,
-    log_format: str = "auto", on_start: Callable[[], None] | None = None,
+    config: RunConfig | dict, run_dir: str | Path, *, resume: bool = False, device: str = "auto",
+    show_progress: bool = True, log_format: str = "auto", on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
-    """Train (or resume) the run described by ``config`` in ``run_dir``.
+    """Train (or resume) the run described by ``config`` (a RunConfig, or its JSON form) in ``run_dir``.
 
     ``on_start`` is called once the data is loaded and the run folder is taken, just before the first step
     (the CLI's "training …" line, so that a refused run does not first announce itself).
@@ -211,12 +134,13 @@ def run_training(
     Under torchrun this is one of several processes training together (``genladder.training.distributed``);
     only the main process writes to ``run_dir``.
     """
-    kind = check_kind(config["kind"])
+    if isinstance(config, dict):
+        config = RunConfig.from_dict(config)
+    kind = config.kind
     run_dir = Path(run_dir)
-    train_config = TrainConfig.from_dict(config["train"])
-    data_config = DataConfig.from_dict(config["data"])
+    train_config, data_config = config.train, config.data
     if resume:
-        check_same_data(config["data"], data_config)
+        check_same_data(config.facts, data_config)
     with distributed.session(pick_device(device)) as ctx, contextlib.ExitStack() as held:
         with ctx.local_main_first():  # one download per machine at most
             data = load_training_data(kind, data_config)
@@ -239,7 +163,9 @@ def run_training(
         if ctx.any(refused is not None):
             raise refused or GenladderError(f"the main process could not take the lock of {run_dir}")
         if not resume and ctx.is_main:
-            atomic_write_json(run_dir / CONFIG, config)
+            if config.facts is None:  # a config written by hand: state what the data is, for a later resume
+                config = config.replace(facts=data_facts(data_config))
+            atomic_write_json(run_dir / CONFIG, config.to_dict())
         if ctx.enabled and ctx.is_main:
             batch = train_config.batch_size
             print(f"genladder: {ctx.world_size} processes ({ctx.backend} on {ctx.device.type}), batch {batch} per "
@@ -247,9 +173,9 @@ def run_training(
         if on_start is not None and ctx.is_main:
             on_start()
         torch.manual_seed(train_config.seed)
-        model = build_model_checked(kind, config["model"], run_dir / CONFIG).to(ctx.device)
-        objective = make_objective(kind, config["objective"], config["model"])
-        description = model_description(config)
+        model = build_model_checked(kind, config.model, run_dir / CONFIG).to(ctx.device)
+        objective = make_objective(kind, config.objective, config.model)
+        description = config.description().to_dict()
         return train(
             model, objective, data, train_config, run_dir, description,
             preview=_preview_for(config, data), resume=resume, show_progress=show_progress, distributed=ctx,
@@ -269,22 +195,17 @@ def check_run_dir(run_dir: Path) -> None:
         raise GenladderError(f"--run-dir {run_dir} exists and is not a folder; name a new or existing run folder")
 
 
-def read_run_config(run_dir: str | Path) -> dict:
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The typed config of a run folder (strict; an older layout migrated)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise GenladderError(f"run folder {run_dir} does not exist")
     if not (run_dir / CONFIG).exists():
         raise GenladderError(f"{run_dir} is not a genladder run folder (no {CONFIG})")
-    config = read_json(run_dir / CONFIG)
-    for key in ("kind", "model", "objective", "data", "train"):
-        if key not in config:
-            raise GenladderError(f"{run_dir / CONFIG} has no {key!r} entry; is it a genladder run?")
-        expect_type(config[key], str if key == "kind" else dict, f"{run_dir / CONFIG}: '{key}'")
-    check_kind(config["kind"])
-    return config
+    return RunConfig.from_dict(read_json(run_dir / CONFIG), source=str(run_dir / CONFIG))
 
 
-def build_model_checked(kind: str, model_config: dict, source: Path) -> torch.nn.Module:
+def build_model_checked(kind: str, model_config, source: Path) -> torch.nn.Module:
     """``build_model`` with a wrong-typed or inconsistent stored config as a one-line error naming the file."""
     try:
         return build_model(kind, model_config)
@@ -295,7 +216,7 @@ def build_model_checked(kind: str, model_config: dict, source: Path) -> torch.nn
         raise GenladderError(f"{source}: the stored model configuration is not valid ({reason})") from None
 
 
-def resume_config(run_dir: str | Path, train_overrides: dict, write: bool = True) -> dict:
+def resume_config(run_dir: str | Path, train_overrides: dict, write: bool = True) -> RunConfig:
     """The stored config with the few settings that may change on resume (length, budget, checkpoints).
 
     ``write``: store it back in the run folder (only the main process does under torchrun).
@@ -307,9 +228,9 @@ def resume_config(run_dir: str | Path, train_overrides: dict, write: bool = True
     if refused:
         names = ", ".join("--" + name.replace("_", "-") for name in refused)
         raise GenladderError(f"{names} cannot change when resuming (only the length and checkpoint settings can)")
-    config["train"] = asdict(TrainConfig.from_dict({**config["train"], **train_overrides}))
+    config = config.replace(train=TrainConfig.from_dict({**config.train.to_dict(), **train_overrides}))
     if write:
-        atomic_write_json(Path(run_dir) / CONFIG, config)
+        atomic_write_json(Path(run_dir) / CONFIG, config.to_dict())
     return config
 
 
@@ -326,10 +247,9 @@ FLAG_PATHS = {
     "schedule": ("objective", "schedule", "kind"), "T": ("objective", "schedule", "T"),
     "prediction": ("objective", "schedule", "prediction"),
 }
-RUN_SECTIONS = ("kind", "preset", "model", "objective", "data", "train", "genladder_version")
 
 
-def read_config_file(path: str | Path) -> dict:
+def read_config_file(path: str | Path) -> RunConfig:
     """A run description from a JSON file (what ``train --dry-run`` prints and ``config.json`` holds) or TOML."""
     path = Path(path)
     if not path.is_file():
@@ -346,70 +266,71 @@ def read_config_file(path: str | Path) -> dict:
     else:
         config = read_json(path)
     expect_type(config, dict, f"config file {path}")
-    unknown = sorted(set(config) - set(RUN_SECTIONS))
-    if unknown:
-        raise GenladderError(f"{path}: unknown entry {unknown[0]!r}; a run description has {', '.join(RUN_SECTIONS)}")
-    for key in ("kind", "model", "objective", "data", "train"):
-        if key not in config:
-            raise GenladderError(f"{path} has no {key!r} entry; write it with 'genladder train … --dry-run'")
-        expect_type(config[key], str if key == "kind" else dict, f"{path}: '{key}'")
-    check_kind(config["kind"])
-    for section, known in (("train", TrainConfig), ("data", DataConfig)):
-        extra = sorted(set(config[section]) - {f.name for f in fields(known)} - {"channels", "image_size",
-                                                                                  "class_names", "images"})
-        if extra:
-            raise GenladderError(f"{path}: unknown {section} setting {extra[0]!r}")
-    return config
+    missing = [key for key in ("kind", "model", "objective", "data", "train") if key not in config]
+    if missing and set(config) <= set(RUN_SECTIONS):  # (an unknown entry is named first, by RunConfig)
+        raise GenladderError(f"{path} has no {missing[0]!r} entry; write it with 'genladder train … --dry-run'")
+    return RunConfig.from_dict(config, source=str(path))
 
 
-def config_with_flags(config: dict, given: dict) -> dict:
-    """``config`` (a run description) with the explicitly given flags written over it, validated.
+def config_with_flags(config: RunConfig, given: dict) -> RunConfig:
+    """``config`` with the explicitly given flags written over it, validated.
 
     Train and data flags replace their fields; model and objective flags land where ``FLAG_PATHS`` says. The
     data's facts (channels, size, classes) are worked out again, and must still fit the model.
     """
-    config = json.loads(json.dumps(config))  # a deep copy
+    values = config.to_dict()
     train_fields, data_fields = {f.name for f in fields(TrainConfig)}, {f.name for f in fields(DataConfig)}
     for name, value in given.items():
         if name in FLAG_PATHS:
             *parents, leaf = FLAG_PATHS[name]
-            place = config
+            place = values
             for key in parents:
                 place = place.setdefault(key, {})
             if name in ("widths", "attention"):  # the CLI passes these as validated "32,64" text
                 value = list(parse_ints(value, "--" + name))
             place[leaf] = value
         elif name in train_fields:
-            config["train"][name] = value
+            values["train"][name] = value
         elif name in data_fields:
-            config["data"][name] = value
-    data = DataConfig.from_dict(config["data"])
-    facts = data_facts(data)
-    config["data"] = {**asdict(data), **facts}
-    shape = model_shape(config["kind"], facts, data.dataset)
-    model = config["model"]
+            values["data"][name] = value
+    for key in ("channels", "image_size", "class_names", "images"):  # worked out again below
+        values["data"].pop(key, None)
+    config = RunConfig.from_dict(values)
+    facts = data_facts(config.data)
+    shape = model_shape(config.kind, facts, config.data.dataset)
     for key, value in shape.items():
-        if key in model and model[key] != value:
-            raise GenladderError(f"the model is built for {key} = {model[key]} but the data gives {value}")
-    config["train"] = asdict(TrainConfig.from_dict(config["train"]))
+        if getattr(config.model, key) != value:
+            raise GenladderError(f"the model is built for {key} = {getattr(config.model, key)} but the data gives "
+                                 f"{value}")
     with torch.device("meta"):  # builds the network without memory: a bad combination is one line, now
-        build_model_checked(config["kind"], model, Path("the config"))
-    return config
+        build_model_checked(config.kind, config.model, Path("the config"))
+    return config.replace(facts=facts)
 
 
 @dataclass
-class LoadedRun:
-    """A trained model with the configuration of the run it came from."""
+class Run:
+    """A trained model with the typed configuration of the run it came from, and what that makes it."""
 
     kind: str
     model: torch.nn.Module
-    config: dict
+    config: ModelDescription  # a RunConfig for a run folder; only the description for a lone model file
     checkpoint: Path
     weights: str  # "ema" or "model"
 
+    # What the run is, answered by its config (genladder.run_config.ModelDescription).
+    num_classes = property(lambda self: self.config.num_classes)
+    conditional = property(lambda self: self.config.conditional)
+    image_shape = property(lambda self: self.config.image_shape)
+    value_range = property(lambda self: self.config.value_range)
+    schedule = property(lambda self: self.config.schedule)
+    prediction = property(lambda self: self.config.prediction)
+
+
+LoadedRun = Run  # its name until genladder 0.4
+
 
 def load_run(run_dir: str | Path, weights: str = "auto", device: str = "auto",
-             checkpoint_name: str | None = None) -> LoadedRun:
+             checkpoint_name: str | None = None) -> Run:
     """Load the newest checkpoint of a run (or the one named, e.g. ``step_0000430``), in eval mode.
 
     ``weights``: "auto" (the EMA weights when the run has them), "ema" or "model".
@@ -426,7 +347,7 @@ def load_run(run_dir: str | Path, weights: str = "auto", device: str = "auto",
     if weights not in ("auto", "ema", "model"):
         raise GenladderError(f"weights must be 'auto', 'ema' or 'model', got {weights!r}")
     # The run's own config says whether it keeps an EMA; a missing EMA file is then damage, not a choice.
-    has_ema = (config["train"].get("ema_decay") is not None or config["train"].get("ema_half_life_images") is not None
+    has_ema = (config.train.ema_decay is not None or config.train.ema_half_life_images is not None
                or (checkpoint / "ema.safetensors").exists())
     if weights == "auto":
         weights = "ema" if has_ema else "model"
@@ -435,12 +356,12 @@ def load_run(run_dir: str | Path, weights: str = "auto", device: str = "auto",
         raise GenladderError(f"{checkpoint / 'ema.safetensors'} is missing ({why}); pass --weights model to use "
                              "the raw weights")
     model, description = load_model_file(checkpoint / f"{weights}.safetensors", device, where=checkpoint,
-                                         expected_kind=(config["kind"], f"{run_dir}/{CONFIG}"))
-    return LoadedRun(config["kind"], model, config, checkpoint, weights)
+                                         expected_kind=(config.kind, f"{run_dir}/{CONFIG}"))
+    return Run(config.kind, model, config, checkpoint, weights)
 
 
 def load_model_file(path: Path, device: str = "auto", where: Path | None = None,
-                    expected_kind: tuple[str, str] | None = None) -> tuple[torch.nn.Module, dict]:
+                    expected_kind: tuple[str, str] | None = None) -> tuple[torch.nn.Module, ModelDescription]:
     """The network of one model file, its weights loaded and ready for inference, with the file's description.
 
     ``where`` names the source in errors (default: the file); ``expected_kind`` = (kind, who says so) refuses
@@ -451,8 +372,9 @@ def load_model_file(path: Path, device: str = "auto", where: Path | None = None,
     if expected_kind is not None and description.get("kind") != expected_kind[0]:
         raise GenladderError(f"{where} holds a {description.get('kind')!r} model but {expected_kind[1]} says "
                              f"{expected_kind[0]!r}")
-    kind = description["kind"]
-    model = build_model_checked(kind, description["model"], path)
+    description = ModelDescription.from_dict(description, source=str(path))
+    kind = description.kind
+    model = build_model_checked(kind, description.model, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -16,7 +16,6 @@ from genladder.diffusion import (
     SOLVERS,
     SPACINGS,
     NoiseSchedule,
-    ScheduleConfig,
     as_eps_fn,
     classifier_free_guidance,
     conditional,
@@ -25,6 +24,7 @@ from genladder.diffusion import (
 )
 from genladder.errors import GenladderError
 from genladder.noise import image_generators, standard_normal
+from genladder.run_config import ModelDescription
 
 SAMPLERS = tuple(SOLVERS)  # "ddpm", "ddim", "dpmpp"
 
@@ -67,30 +67,30 @@ class SamplerConfig:
             raise GenladderError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
-def check_sampling(config: dict, sampler: SamplerConfig, labels: torch.Tensor | None) -> None:
+def check_sampling(description: ModelDescription, sampler: SamplerConfig, labels: torch.Tensor | None) -> None:
     """Validate a sampler config against a run's model (one-line errors before any work)."""
-    T = config["objective"]["schedule"]["T"]
+    T = description.schedule.T
     if sampler.steps is not None and sampler.steps > T:
         raise GenladderError(f"--steps {sampler.steps} exceeds the {T} diffusion steps this model was trained with")
-    num_classes = config["model"].get("num_classes", 0)
+    num_classes = description.num_classes
     if not num_classes and sampler.guidance:
         raise GenladderError("--guidance needs a conditional model (cddpm); this run is unconditional")
     if num_classes and labels is None:
         raise GenladderError("a conditional model needs labels")
 
 
-def eps_function(model: torch.nn.Module, config: dict, schedule: NoiseSchedule, labels: torch.Tensor | None,
-                 guidance: float, interval: tuple[float, float] | None = None):
+def eps_function(model: torch.nn.Module, description: ModelDescription, schedule: NoiseSchedule,
+                 labels: torch.Tensor | None, guidance: float, interval: tuple[float, float] | None = None):
     """The ε-function ``(x_t, t) -> ε̂`` of a trained network, guided when it is conditional (only for σ_t in
     ``interval`` when one is given)."""
-    num_classes = config["model"].get("num_classes", 0)
+    num_classes = description.num_classes
     if num_classes:
         fn = classifier_free_guidance(model, labels, guidance, null_label=num_classes)
         if interval is not None and guidance:
             fn = guidance_interval(fn, conditional(model, labels), schedule, *interval)
     else:
         fn = unconditional(model)
-    return as_eps_fn(fn, schedule, config["objective"]["schedule"]["prediction"])
+    return as_eps_fn(fn, schedule, description.prediction)
 
 
 def run_sampler(eps_fn, schedule, x_T: torch.Tensor, sampler: SamplerConfig, generator, callback=None):
@@ -104,7 +104,7 @@ def run_sampler(eps_fn, schedule, x_T: torch.Tensor, sampler: SamplerConfig, gen
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
-    config: dict,
+    description: ModelDescription,
     n: int,
     sampler: SamplerConfig,
     labels: torch.Tensor | None = None,
@@ -118,11 +118,9 @@ def generate(
     Image i (counted from ``first_index``, for a request split into parts) draws all its noise from its own
     generator seeded from (``seed``, i) (genladder.noise): the same seed gives the same images at any batch size.
     """
-    check_sampling(config, sampler, labels)
+    check_sampling(description, sampler, labels)
     device = next(model.parameters()).device
-    model_config = config["model"]
-    shape = (model_config["in_channels"], model_config["image_size"], model_config["image_size"])
-    schedule = ScheduleConfig.from_dict(config["objective"]["schedule"]).build().to(device)
+    schedule = description.schedule.build().to(device)
     steps = sampler.steps or schedule.T
     bar = tqdm(total=n * steps, disable=not progress, unit="img·step", desc=f"{sampler.sampler} {steps} steps")
     outputs = []
@@ -130,8 +128,8 @@ def generate(
         count = min(sampler.batch_size, n - start)
         batch_labels = labels[start : start + count].to(device) if labels is not None else None
         generators = image_generators(seed, count, first_index + start, device)
-        x_T = standard_normal((count, *shape), generators, device)
-        eps_fn = eps_function(model, config, schedule, batch_labels, sampler.guidance, sampler.guidance_interval)
+        x_T = standard_normal((count, *description.image_shape), generators, device)
+        eps_fn = eps_function(model, description, schedule, batch_labels, sampler.guidance, sampler.guidance_interval)
 
         def tick(i, t, x_t, x0_hat, count=count):
             bar.update(count)
@@ -143,18 +141,18 @@ def generate(
     return torch.cat(outputs)
 
 
-def preview_sampler(kind: str, config: dict, count: int):
+def preview_sampler(description: ModelDescription, count: int):
     """The per-epoch grid of a diffusion run: 20 DPM-Solver++ steps (seconds, not minutes), mild guidance."""
-    from genladder.rungs import grid_labels, rung
+    from genladder.rungs import grid_labels
 
-    guided = rung(kind).guided
+    guided = description.rung.guided
     guidance = 2.0 if guided else 0.0
-    sampler = SamplerConfig(sampler="dpmpp", steps=min(20, config["objective"]["schedule"]["T"]), guidance=guidance)
+    sampler = SamplerConfig(sampler="dpmpp", steps=min(20, description.schedule.T), guidance=guidance)
 
     def preview(model, seed):
         device = next(model.parameters()).device
-        labels = grid_labels(count, config["model"]["num_classes"], device) if guided else None
-        images = generate(model, config, count, sampler, labels=labels, seed=seed)
+        labels = grid_labels(count, description.num_classes, device) if guided else None
+        images = generate(model, description, count, sampler, labels=labels, seed=seed)
         return (images + 1) / 2
 
     return preview

@@ -31,7 +31,7 @@ from genladder.errors import GenladderError
 from genladder.figures import AUTOENCODERS, DIFFUSION, draw_samples, latent_activity, latent_line, test_digits
 from genladder.plotting import grid_image
 from genladder.rungs import decode_image, encode_mean, kinds, rung
-from genladder.runs import LoadedRun, load_run
+from genladder.runs import Run, load_run
 from genladder.sampling import SAMPLERS, SamplerConfig
 
 HOST = "127.0.0.1"  # local only: the page can load any run folder whose path is typed in
@@ -60,7 +60,7 @@ class RunCatalog:
 
     def __init__(self, run_dirs: Sequence[str], device: str = "auto", runs_root: str | None = None) -> None:
         self.device = device
-        self._runs: dict[str, LoadedRun] = {}  # resolved path -> run; command-line runs first
+        self._runs: dict[str, Run] = {}  # resolved path -> run; command-line runs first
         self._typed: collections.OrderedDict[str, None] = collections.OrderedDict()  # LRU order of typed keys
         self._digits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._lock = threading.Lock()
@@ -91,7 +91,7 @@ class RunCatalog:
             return key
         raise GenladderError(NOT_AVAILABLE)
 
-    def get(self, name: str | None) -> LoadedRun:
+    def get(self, name: str | None) -> Run:
         name = (name or "").strip() if isinstance(name, str) or name is None else str(name)
         if not name:
             raise GenladderError("pick a run, or type the path of a run folder")
@@ -155,10 +155,10 @@ def whole_number(value, field: str, low: int, high: int | None = None) -> int:
     return number
 
 
-def parse_digit(value, run: LoadedRun, allow_all: bool = True) -> int | None:
+def parse_digit(value, run: Run, allow_all: bool = True) -> int | None:
     """The digit field: 'all' (None: every class) or one class of a conditional run."""
     text = "" if value is None else str(value).strip()
-    num_classes = run.config["model"].get("num_classes", 0)
+    num_classes = run.num_classes
     if text.lower() in ("", "all"):
         if not allow_all and num_classes:
             raise GenladderError(f"pick one digit in 0..{num_classes - 1}")
@@ -168,13 +168,13 @@ def parse_digit(value, run: LoadedRun, allow_all: bool = True) -> int | None:
     return whole_number(text, "digit", 0, num_classes - 1)
 
 
-def parse_sampler(run: LoadedRun, sampler: str, steps, guidance) -> SamplerConfig | None:
+def parse_sampler(run: Run, sampler: str, steps, guidance) -> SamplerConfig | None:
     """The diffusion fields as a SamplerConfig (None for an autoencoder run, which ignores them)."""
     if run.kind not in DIFFUSION:
         return None
     if sampler not in SAMPLERS:
         raise GenladderError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    T = run.config["objective"]["schedule"]["T"]
+    T = run.schedule.T
     steps = whole_number(steps, "steps", 1, T)
     weight = 0.0
     if rung(run.kind).guided:  # guidance needs the null label of a conditional network
@@ -187,7 +187,7 @@ def parse_sampler(run: LoadedRun, sampler: str, steps, guidance) -> SamplerConfi
     return SamplerConfig(sampler=sampler, steps=steps, guidance=weight, batch_size=MAX_IMAGES)
 
 
-def _check_kind(run: LoadedRun, kinds: tuple[str, ...], what: str) -> None:
+def _check_kind(run: Run, kinds: tuple[str, ...], what: str) -> None:
     if run.kind not in kinds:
         raise GenladderError(f"{what} need a {' or '.join(kinds)} run; this run is a {run.kind}")
 
@@ -217,7 +217,7 @@ def generate_grid(catalog: RunCatalog, run_name, digit, n, sampler, steps, guida
             done += 1
             progress(done / config.steps, desc=f"{config.sampler} step {done}/{config.steps}")
 
-    conditional = bool(run.config["model"].get("num_classes", 0))
+    conditional = run.conditional
     started = time.perf_counter()
     samples = draw_samples(run, n, label=label, grid=conditional and label is None, sampler=config, seed=seed,
                            callback=callback)
@@ -233,7 +233,7 @@ def latent_directions(catalog: RunCatalog, run_name) -> tuple[list[tuple[str, in
     """Dropdown choices for the latent directions, most active first, and a note on how they were ordered."""
     run = catalog.get(run_name)
     _check_kind(run, LATENT_KINDS, "the latent sliders")
-    latent_dim = run.config["model"]["latent_dim"]
+    latent_dim = run.config.model.latent_dim
     try:
         x, labels = catalog.test_digits(run_name)
         activity = latent_activity(run, x, labels).cpu()
@@ -244,12 +244,12 @@ def latent_directions(catalog: RunCatalog, run_name) -> tuple[list[tuple[str, in
     return choices, f"coordinates sorted by activity (variance of the posterior mean over {len(x)} test digits)"
 
 
-def _latent_setup(catalog: RunCatalog, run_name, digit, dim_x, dim_y) -> tuple[LoadedRun, torch.Tensor, int, int]:
+def _latent_setup(catalog: RunCatalog, run_name, digit, dim_x, dim_y) -> tuple[Run, torch.Tensor, int, int]:
     run = catalog.get(run_name)
     _check_kind(run, LATENT_KINDS, "the latent sliders")
     # An unconditional VAE ignores the (hidden) digit field, whatever it holds.
-    label = parse_digit(digit, run, allow_all=False) if run.config["model"].get("num_classes", 0) else None
-    latent_dim = run.config["model"]["latent_dim"]
+    label = parse_digit(digit, run, allow_all=False) if run.num_classes else None
+    latent_dim = run.config.model.latent_dim
     dim_x = whole_number(dim_x, "direction 1", 0, latent_dim - 1)
     dim_y = whole_number(dim_y, "direction 2", 0, latent_dim - 1)
     if dim_x == dim_y:
@@ -273,7 +273,7 @@ def latent_point(catalog: RunCatalog, run_name, digit, dim_x, dim_y, a, b) -> tu
     run, label, dim_x, dim_y = _latent_setup(catalog, run_name, digit, dim_x, dim_y)
     a, b = _slider(a, "direction 1 slider"), _slider(b, "direction 2 slider")
     device = next(run.model.parameters()).device
-    z = torch.zeros(1, run.config["model"]["latent_dim"], device=device)
+    z = torch.zeros(1, run.config.model.latent_dim, device=device)
     z[0, dim_x], z[0, dim_y] = a, b
     image = decode_image(run.kind, run.model, z, label.to(device))
     return grid_image(image, scale=8), f"z[{dim_x}] = {a:+.1f}, z[{dim_y}] = {b:+.1f}, other coordinates 0"
@@ -285,7 +285,7 @@ def latent_sweep(catalog: RunCatalog, run_name, digit, dim_x, dim_y) -> Image.Im
     run, label, dim_x, dim_y = _latent_setup(catalog, run_name, digit, dim_x, dim_y)
     device = next(run.model.parameters()).device
     values = torch.linspace(-SLIDER_RANGE, SLIDER_RANGE, SWEEP_POINTS, device=device)
-    z = torch.zeros(SWEEP_POINTS**2, run.config["model"]["latent_dim"], device=device)
+    z = torch.zeros(SWEEP_POINTS**2, run.config.model.latent_dim, device=device)
     z[:, dim_x] = values.repeat(SWEEP_POINTS)  # column index
     z[:, dim_y] = values.repeat_interleave(SWEEP_POINTS)  # row index
     images = decode_image(run.kind, run.model, z, label.to(device).expand(len(z)))

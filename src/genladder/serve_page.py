@@ -87,7 +87,7 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
             loaded = catalog.get(run_name)
         except GenladderError as error:
             return gr.update(), gr.update(), gr.update(), message(str(error), error=True)
-        conditional = bool(loaded.config["model"].get("num_classes", 0))
+        conditional = loaded.conditional
         digit = gr.update(visible=True) if conditional else gr.update(visible=False, value="all")
         return (digit, gr.update(visible=loaded.kind in DIFFUSION),
                 gr.update(visible=rung(loaded.kind).guided), "")

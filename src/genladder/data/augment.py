@@ -23,7 +23,7 @@ from genladder.config import config_from_dict
 from genladder.errors import GenladderError
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConfig:
     """Ranges of the random deformation; every draw is uniform in its range, independently per image."""
 
@@ -36,7 +36,7 @@ class AugmentConfig:
     probability: float = 0.9  # share of images deformed; the rest are shown unchanged
 
     def __post_init__(self) -> None:
-        self.scale = tuple(float(s) for s in self.scale)
+        object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))  # frozen: set once, here
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
             raise GenladderError(f"augmentation scale must be a range (low, high), 0 < low <= high, got {self.scale}")
         for name in ("rotation_deg", "shear_deg", "shift_px", "elastic_px"):

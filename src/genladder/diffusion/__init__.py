@@ -8,7 +8,7 @@ Typical use::
 """
 
 from genladder.diffusion.guidance import classifier_free_guidance, conditional, guidance_interval, unconditional
-from genladder.diffusion.objective import DiffusionObjective, as_eps_fn
+from genladder.diffusion.objective import DiffusionObjective, DiffusionObjectiveConfig, as_eps_fn
 from genladder.diffusion.samplers import (
     SOLVERS,
     SPACINGS,
@@ -35,6 +35,7 @@ __all__ = [
     "SOLVERS",
     "SPACINGS",
     "DiffusionObjective",
+    "DiffusionObjectiveConfig",
     "NoiseSchedule",
     "Posterior",
     "ScheduleConfig",

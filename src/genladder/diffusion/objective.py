@@ -7,15 +7,53 @@ labels being dropped (label dropout is per sample here, not in the network's for
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from genladder.diffusion.schedule import PREDICTION_TYPES, NoiseSchedule
+from genladder.config import config_from_dict
+from genladder.diffusion.schedule import PREDICTION_TYPES, NoiseSchedule, ScheduleConfig
 from genladder.errors import GenladderError
 
 OutputFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DiffusionObjectiveConfig:
+    """What a diffusion run's objective is: its noise schedule (and prediction target), label dropout, weighting.
+
+    Stored as config.json's ``objective`` entry; ``build(num_classes)`` makes the :class:`DiffusionObjective`.
+    """
+
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    label_dropout: float = 0.0  # conditional runs only: p_uncond of Ho & Salimans 2022 (presets: 0.12–0.15)
+    min_snr_gamma: float | None = None  # Min-SNR-γ loss weighting (Hang et al. 2023); None: unweighted
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.label_dropout < 1:
+            raise GenladderError(f"--label-dropout must be in [0, 1), got {self.label_dropout}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise GenladderError(f"--min-snr-gamma must be positive, got {self.min_snr_gamma}")
+
+    def build(self, num_classes: int) -> DiffusionObjective:
+        """The objective for a network with ``num_classes`` labels (0: unconditional, no label dropout)."""
+        return DiffusionObjective(schedule=self.schedule.build(), prediction=self.schedule.prediction,
+                                  label_dropout=self.label_dropout if num_classes else 0.0,
+                                  num_classes=num_classes or None, min_snr_gamma=self.min_snr_gamma)
+
+    def to_dict(self) -> dict:
+        values = {"schedule": self.schedule.to_dict(), "label_dropout": self.label_dropout}
+        if self.min_snr_gamma is not None:
+            values["min_snr_gamma"] = self.min_snr_gamma
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DiffusionObjectiveConfig:
+        values = dict(values)
+        if "schedule" in values:
+            values["schedule"] = ScheduleConfig.from_dict(values["schedule"])
+        return config_from_dict(cls, values)
 
 
 @dataclass

@@ -152,7 +152,7 @@ def _check_T(T: int) -> None:
         raise GenladderError(f"T (number of diffusion steps) must be an integer >= 1, got {T!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScheduleConfig:
     """Which noise schedule a diffusion model was trained with; ``build()`` makes the NoiseSchedule."""
 

@@ -29,6 +29,7 @@ import torch
 from genladder import __version__
 from genladder.checkpoint import atomic_write_json, latest_checkpoint, read_json
 from genladder.data import to_signed, to_unit
+from genladder.data.config import DataConfig
 from genladder.errors import GenladderError
 from genladder.evaluate.features import (
     SECOND_CLASSIFIER,
@@ -53,7 +54,7 @@ from genladder.evaluate.metrics import (
 )
 from genladder.pipeline import sample_images
 from genladder.rungs import decode_image, encode_mean, rung
-from genladder.runs import LoadedRun, load_run
+from genladder.runs import Run, load_run
 from genladder.sampling import SamplerConfig
 
 EVAL_FILE = "eval.json"
@@ -102,18 +103,17 @@ def _log(message: str, quiet: bool) -> None:
         print(f"genladder: {message}", file=sys.stderr, flush=True)
 
 
-def _real_data(config: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _real_data(data: DataConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train images, train labels, test images, test labels), images uint8 at the models' size (IDX: 32×32;
     own images: as they are): the run's train subset, the full test set."""
-    from genladder.runs import DataConfig, load_data_split
+    from genladder.runs import load_data_split
 
-    data = DataConfig.from_dict(config["data"])
     train = load_data_split(data, "train", limit=data.limit)
     test = load_data_split(data, "test")
     return train.images, train.labels, test.images, test.labels
 
 
-def _sample(run: LoadedRun, evaluation: EvaluationConfig, labels: torch.Tensor | None, progress: bool):
+def _sample(run: Run, evaluation: EvaluationConfig, labels: torch.Tensor | None, progress: bool):
     """n images in [0, 1] from the run's model, and the seconds it took."""
     start = time.perf_counter()
     with torch.inference_mode():
@@ -156,7 +156,7 @@ def judge_networks(evaluation: EvaluationConfig) -> dict[str, FeatureNetwork]:
 
 
 @torch.no_grad()
-def _autoencoder_likelihoods(run: LoadedRun, test: torch.Tensor, test_labels: torch.Tensor,
+def _autoencoder_likelihoods(run: Run, test: torch.Tensor, test_labels: torch.Tensor,
                              evaluation: EvaluationConfig, quiet: bool) -> dict:
     device = next(run.model.parameters()).device
     labels = test_labels.to(device) if rung(run.kind).conditional else None
@@ -187,29 +187,28 @@ def _autoencoder_likelihoods(run: LoadedRun, test: torch.Tensor, test_labels: to
     result["neg_elbo_nats"] = elbo.mean().item()
     result["iwae_nll_nats"] = {"value": iwae.mean().item(), "k": evaluation.iwae_k, "images": iwae_count,
                                "neg_elbo_same_images": elbo[:iwae_count].mean().item()}
-    result["likelihood"] = run.config["model"]["likelihood"]
+    result["likelihood"] = run.config.model.likelihood
     return result
 
 
 @torch.no_grad()
-def _diffusion_likelihood(run: LoadedRun, test: torch.Tensor, test_labels: torch.Tensor,
+def _diffusion_likelihood(run: Run, test: torch.Tensor, test_labels: torch.Tensor,
                           evaluation: EvaluationConfig) -> dict:
     """The variational bound in bits per real pixel (784 for padded MNIST), beside the perfect denoiser's
     floor on the same digits; −log p(x | y) for the conditional model, −log p(x) for the unconditional one."""
-    from genladder.diffusion import ScheduleConfig, as_eps_fn, conditional, unconditional
+    from genladder.diffusion import as_eps_fn, conditional, unconditional
     from genladder.evaluate.likelihood import oracle_eps_function
 
     device = next(run.model.parameters()).device
     count = min(evaluation.bpd_images, len(test))
     images = to_signed(test[:count]).to(device)
-    schedule_config = ScheduleConfig.from_dict(run.config["objective"]["schedule"])
-    schedule = schedule_config.build().to(device)
+    schedule = run.schedule.build().to(device)
     # The conditional model's bound is for p(x | y) with the true label and no guidance.
     conditional_run = rung(run.kind).conditional
     fn = conditional(run.model, test_labels[:count].to(device)) if conditional_run else unconditional(run.model)
-    eps_fn = as_eps_fn(fn, schedule, schedule_config.prediction)
-    padded = run.config["data"].get("dataset", "mnist") in ("mnist", "fashion-mnist") and \
-        run.config["data"].get("resize", "pad") == "pad" and tuple(images.shape[-2:]) == (32, 32)
+    eps_fn = as_eps_fn(fn, schedule, run.prediction)
+    data = run.config.data
+    padded = data.is_named and data.resize == "pad" and tuple(images.shape[-2:]) == (32, 32)
     dims = 28 * 28 * images.shape[1] if padded else None
     bound = {}
     for name, fn_ in (("model", eps_fn), ("floor", oracle_eps_function(schedule, images))):
@@ -222,7 +221,7 @@ def _diffusion_likelihood(run: LoadedRun, test: torch.Tensor, test_labels: torch
                   "pixels": "the 28×28 digit (the padding's terms included)" if padded else "every pixel"}}
 
 
-def _training_summary(run_dir: Path, run: LoadedRun) -> dict:
+def _training_summary(run_dir: Path, run: Run) -> dict:
     """Training time, steps and median images/s from the run's checkpoint and metrics.jsonl."""
     state = read_json(run.checkpoint / "trainer_state.json") if (run.checkpoint / "trainer_state.json").exists() else {}
     # Speeds of the steps up to this checkpoint only (an earlier checkpoint of a longer run).
@@ -273,14 +272,14 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
     run = load_run(run_dir, weights=evaluation.weights, device=evaluation.device,
                    checkpoint_name=evaluation.checkpoint)
     config = run.config
-    if config["data"].get("dataset", "mnist") != "mnist" and evaluation.classifier is None:
-        raise GenladderError(f"{run_dir} was trained on {config['data']['dataset']}; the shipped classifier reads "
+    if config.data.dataset != "mnist" and evaluation.classifier is None:
+        raise GenladderError(f"{run_dir} was trained on {config.data.dataset}; the shipped classifier reads "
                              "MNIST digits only: pass --classifier with a classifier run trained on that data")
     _log(f"loading data and the feature networks for {run_dir}", quiet)
-    train_images, train_labels, test_images, test_labels = _real_data(config)
+    train_images, train_labels, test_images, test_labels = _real_data(config.data)
     training = _training_summary(run_dir, run)
     result = {
-        "genladder_version": __version__, "run": str(run_dir), "kind": run.kind, "preset": config.get("preset"),
+        "genladder_version": __version__, "run": str(run_dir), "kind": run.kind, "preset": config.preset,
         "step": training["step"], "checkpoint": run.checkpoint.name, "weights": run.weights,
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "training": training, "evaluation": asdict(evaluation),
@@ -317,7 +316,7 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
         for role, network in networks.items():
             _log(f"{role} feature network ({network.classifier.config.arch}): FID, KID, precision/recall, "
                  f"density/coverage of the samples and of {floor_count} training digits (the floor)", quiet)
-            data_key = json.dumps(config["data"], sort_keys=True)
+            data_key = json.dumps(config.data.to_dict(), sort_keys=True)
             reference = cache.embed(network, to_unit(test_images), ("test", data_key))
             real = cache.embed(network, to_unit(train_images[chosen]), ("floor", data_key, evaluation.seed,
                                                                           floor_count))

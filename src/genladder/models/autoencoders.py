@@ -33,7 +33,7 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 AUTOENCODER_KINDS = ("ae", "vae", "cvae")
 
 
-@dataclass
+@dataclass(frozen=True)
 class AutoencoderConfig:
     """Architecture of an AE, VAE or CVAE (one dataclass: the three share their conv stacks)."""
 

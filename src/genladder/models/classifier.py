@@ -42,7 +42,7 @@ from genladder.errors import GenladderError
 CLASSIFIER_ARCHS = ("vgg", "resnet")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClassifierConfig:
     """Constructor arguments of :class:`DigitClassifier`; JSON-able."""
 
@@ -55,7 +55,7 @@ class ClassifierConfig:
     dropout: float = 0.3  # before the last layer, training only
 
     def __post_init__(self) -> None:
-        self.widths = tuple(self.widths)  # JSON gives lists
+        object.__setattr__(self, "widths", tuple(self.widths))  # JSON gives lists (frozen: set once, here)
         if self.arch not in CLASSIFIER_ARCHS:
             raise GenladderError(f"classifier arch must be one of {', '.join(CLASSIFIER_ARCHS)}, got {self.arch!r}")
         if len(self.widths) != 3 or any(w < 1 for w in self.widths):

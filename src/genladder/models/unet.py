@@ -35,7 +35,7 @@ from genladder.errors import GenladderError
 ARCHS = ("tutorial", "default")
 
 
-@dataclass
+@dataclass(frozen=True)
 class UNetConfig:
     """Constructor arguments of :class:`UNet`; JSON-able through ``to_dict``/``from_dict``."""
 
@@ -52,8 +52,8 @@ class UNetConfig:
     patch_size: int = 1  # default arch: pixel-unshuffle p×p patches into channels first (p = 2: 32 px → 16)
 
     def __post_init__(self) -> None:
-        self.widths = tuple(self.widths)  # JSON gives lists
-        self.attention_resolutions = tuple(self.attention_resolutions)
+        object.__setattr__(self, "widths", tuple(self.widths))  # JSON gives lists (frozen: set once, here)
+        object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
         if self.arch not in ARCHS:
             raise GenladderError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         for name in ("in_channels", "image_size", "blocks_per_level", "num_heads", "norm_groups", "patch_size"):

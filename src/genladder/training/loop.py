@@ -29,7 +29,7 @@ from genladder.checkpoint import (
     read_trainer_state,
     save_checkpoint,
 )
-from genladder.config import check_types
+from genladder.config import config_from_dict
 from genladder.errors import GenladderError
 from genladder.plotting import prepare_plotting, save_grid, save_loss_curve
 from genladder.safe_io import os_error_message, parse_json, read_bounded_bytes
@@ -43,7 +43,7 @@ OPTIMIZERS = ("adam", "adamw")
 PreviewFn = Callable[[torch.nn.Module, int], torch.Tensor]  # (model in eval mode, seed) -> images
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """How to train (not what): optimisation, schedule of checkpoints, evaluation and previews."""
 
@@ -107,10 +107,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        chosen = {k: v for k, v in values.items() if k in known}
-        check_types(cls, chosen)  # a damaged config.json: one line naming the field, not a TypeError
-        return cls(**chosen)
+        """Strict: an unknown key (a typo, or a damaged config.json) is a one-line error naming it."""
+        return config_from_dict(cls, values)
+
+    @classmethod
+    def from_flags(cls, given: dict) -> TrainConfig:
+        """The training settings among a command line's flags (``vars(args)``) and a preset's defaults."""
+        return cls.from_dict({f.name: given[f.name] for f in fields(cls) if f.name in given})
 
 
 @dataclass

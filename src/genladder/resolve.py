@@ -1,0 +1,87 @@
+"""From what a user asked for to the one RunConfig a run is: a preset (or a ``--config`` file) and the flags
+given explicitly, each default stated once (``genladder.presets`` for the recipes, the config dataclasses for
+everything a preset does not set).
+
+    from genladder.resolve import resolve_run_config
+    config = resolve_run_config({"kind": "cddpm", "preset": "cpu-fast", "steps": 200})
+
+``given`` holds only what was asked for (the CLI parses with ``argparse.SUPPRESS``, so an option left out is
+absent, not None): flag names as ``vars(args)`` spells them. ``genladder train`` and the benchmarks resolve
+through here.
+"""
+
+from __future__ import annotations
+
+from genladder import __version__
+from genladder.data.config import DataConfig, data_facts
+from genladder.errors import GenladderError
+from genladder.run_config import RunConfig
+from genladder.rungs import MODEL_KINDS, check_kind, rung
+from genladder.training.loop import TrainConfig
+
+# Options that say how to run, not what the run is: never part of a RunConfig.
+EXECUTION_OPTIONS = frozenset({"command", "kind", "config", "run_dir", "resume", "device", "no_progress",
+                               "log_format", "dry_run", "threads"})
+
+
+def _model_and_objective(kind: str, preset: str, given: dict, shape: dict) -> tuple[dict, dict, dict]:
+    """(model config, objective config, the preset's training defaults) of a rung, as JSON."""
+    spec = rung(kind)
+    if spec.diffusion:
+        from genladder.presets import diffusion_config
+
+        return diffusion_config(kind, preset, given, **shape)
+    if not spec.generative:
+        from genladder.presets import classifier_config
+
+        return classifier_config(preset, given, **shape)
+    from genladder.models import AutoencoderConfig
+
+    overrides = {k: given[k] for k in ("latent_dim", "width", "likelihood") if k in given}
+    model = AutoencoderConfig.preset(kind, preset, **overrides, **shape).to_dict()
+    objective = {"kl_weight": given["kl_weight"]} if spec.variational and "kl_weight" in given else {}
+    if "kl_weight" in given and not spec.variational:
+        raise GenladderError(f"--kl-weight applies to the VAE and CVAE; a {kind} has no KL term")
+    return model, objective, {}
+
+
+def resolve_from_preset(given: dict) -> RunConfig:
+    """A new run from ``given["kind"]``, ``given.get("preset", "default")`` and the explicit flags."""
+    kind = given.get("kind")
+    if kind is None:
+        raise GenladderError("name the model to train (one of " + ", ".join(MODEL_KINDS) + ") or pass --resume")
+    kind = check_kind(kind)
+    preset = given.get("preset", "default")
+    data = DataConfig.from_flags(given)
+    facts = data_facts(data)
+    from genladder.runs import model_shape
+
+    shape = model_shape(kind, facts, data.dataset)  # channels, size and classes come from the data
+    model, objective, train_defaults = _model_and_objective(kind, preset, given, shape)
+    if "epochs" in given and "steps" not in given:  # an explicit --epochs beats a preset's step budget
+        train_defaults.pop("steps", None)
+    if "ema_decay" in given and "ema_half_life_images" not in given:  # and --ema-decay a preset's half-life
+        train_defaults.pop("ema_half_life_images", None)
+    train = TrainConfig.from_flags({**train_defaults, **given})
+    return RunConfig.from_dict({"kind": kind, "preset": preset, "model": model, "objective": objective,
+                                "data": {**data.to_dict(), **facts.to_dict()}, "train": train.to_dict(),
+                                "genladder_version": __version__})
+
+
+def resolve_from_file(given: dict) -> RunConfig:
+    """``train --config FILE``: the file's run description with the explicitly given flags written over it."""
+    from genladder.runs import config_with_flags, read_config_file
+
+    config = read_config_file(given["config"])
+    if given.get("kind") not in (None, config.kind):
+        raise GenladderError(f"{given['config']} describes a {config.kind} run, not {given['kind']}")
+    if "preset" in given:
+        raise GenladderError("--preset and --config do not mix: the file holds a preset already resolved; change its "
+                             "values, or give the flags that differ")
+    flags = {k: v for k, v in given.items() if k not in EXECUTION_OPTIONS}
+    return config_with_flags(config, flags).replace(genladder_version=__version__)
+
+
+def resolve_run_config(given: dict) -> RunConfig:
+    """The RunConfig of a new run: from ``given["config"]`` (a file) when present, else from the preset."""
+    return resolve_from_file(given) if "config" in given else resolve_from_preset(given)
