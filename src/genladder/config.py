@@ -49,13 +49,19 @@ def check_types(cls: type, values: dict) -> None:
             raise GenladderError(f"{cls.__name__}.{field.name} must be {annotation}, got {shown}")
 
 
-def config_from_dict(cls: type[ConfigT], values: dict) -> ConfigT:
-    """``cls(**values)`` after checking every key names a field (a typo must not pass silently) and its type."""
+def config_from_dict(cls: type[ConfigT], values: dict, nested: dict[str, type] | None = None) -> ConfigT:
+    """``cls(**values)`` after checking every key names a field (a typo must not pass silently) and its type.
+
+    ``nested``: fields that hold a config of their own (``{"schedule": ScheduleConfig}``), read with its
+    ``from_dict``.
+    """
     if not isinstance(values, dict):
         raise GenladderError(f"a {cls.__name__} must be a JSON object, got {type(values).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise GenladderError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+    values = {name: nested[name].from_dict(value) if nested and name in nested else value
+              for name, value in values.items()}
     check_types(cls, values)
     return cls(**values)

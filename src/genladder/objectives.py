@@ -80,10 +80,7 @@ class ClassifierObjectiveConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> ClassifierObjectiveConfig:
-        values = dict(values)
-        if "augment_config" in values:
-            values["augment_config"] = AugmentConfig.from_dict(values["augment_config"])
-        return config_from_dict(cls, values)
+        return config_from_dict(cls, values, nested={"augment_config": AugmentConfig})
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

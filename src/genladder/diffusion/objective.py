@@ -50,10 +50,7 @@ class DiffusionObjectiveConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> DiffusionObjectiveConfig:
-        values = dict(values)
-        if "schedule" in values:
-            values["schedule"] = ScheduleConfig.from_dict(values["schedule"])
-        return config_from_dict(cls, values)
+        return config_from_dict(cls, values, nested={"schedule": ScheduleConfig})
 
 
 @dataclass
