@@ -28,6 +28,7 @@ NOT_REDRAWN = {
     "cpu-fast-grid-w05.png": "genladder sample --grid --guidance 0.5 on that run",
     "cpu-fast-grid-w1.png": "genladder sample --grid --guidance 1 on that run",
     "mnist-test-grid.png": "the first ten MNIST test digits of each class (docs/performance.md says how)",
+    "ablation-previews.png": "the last training previews of three ablation runs (docs/performance.md)",
 }
 
 
