@@ -98,17 +98,8 @@ class DiffusionObjective:
         eps = torch.randn(images.shape, generator=generator, device=rng_device, dtype=images.dtype).to(device)
         # Ho et al. 2020, eq. 4 / Luo 2022, eq. 64: x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε
         x_t = self.schedule.q_sample(images, t, eps)
-        metrics: dict[str, float] = {}
-        if self.num_classes is None:
-            output = model(x_t, t)
-        else:
-            if labels is None or labels.shape != (B,):
-                raise GenladderError(f"a class-conditional objective needs labels of shape ({B},)")
-            # Ho & Salimans 2022, Alg. 1: c ← ∅ with probability p_uncond, for each sample independently
-            drop = torch.rand(B, generator=generator, device=rng_device).to(device) < self.label_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-            output = model(x_t, t, labels)
-            metrics["label_drop_frac"] = drop.float().mean().item()
+        output, metrics = forward_with_label_dropout(model, x_t, t, labels, self.num_classes, self.label_dropout,
+                                                     generator, rng_device)
         target = self.target(images, eps, t)
         per_image = (output.float() - target.float()).pow(2).flatten(1)  # (B, C·H·W)
         loss = per_image.mean()
@@ -141,6 +132,23 @@ class DiffusionObjective:
         if self.prediction == "x0":
             return x0
         return self.schedule.v_from_x0_eps(x0, eps, t)
+
+
+def forward_with_label_dropout(model: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor,
+                               labels: torch.Tensor | None, num_classes: int | None, label_dropout: float,
+                               generator: torch.Generator | None, rng_device) -> tuple[torch.Tensor, dict]:
+    """The network's output at (x_t, t), given labels of which each is replaced, independently with probability
+    ``label_dropout``, by the null label ``num_classes`` (Ho & Salimans 2022, Alg. 1: c ← ∅ with probability
+    p_uncond); ``num_classes=None``: unconditional, labels unused. Draws the dropout coins (B,) from
+    ``generator``. Shared by the diffusion and flow objectives. Returns (output, metrics)."""
+    if num_classes is None:
+        return model(x_t, timesteps), {}
+    B = x_t.shape[0]
+    if labels is None or labels.shape != (B,):
+        raise GenladderError(f"a class-conditional objective needs labels of shape ({B},)")
+    drop = torch.rand(B, generator=generator, device=rng_device).to(x_t.device) < label_dropout
+    labels = torch.where(drop, torch.full_like(labels, num_classes), labels)
+    return model(x_t, timesteps, labels), {"label_drop_frac": drop.float().mean().item()}
 
 
 def as_eps_fn(fn: OutputFn, schedule: NoiseSchedule, prediction: str) -> OutputFn:

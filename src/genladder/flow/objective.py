@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from genladder.config import config_from_dict
+from genladder.diffusion.objective import forward_with_label_dropout
 from genladder.errors import GenladderError
 
 TIME_SAMPLINGS = ("uniform", "logit-normal")
@@ -96,17 +97,8 @@ class FlowMatchingObjective:
         eps = torch.randn(images.shape, generator=generator, device=rng_device, dtype=images.dtype).to(device)
         x_t = flow_path(images, eps, t)
         timesteps = (t * TIME_SCALE).to(images.dtype)
-        metrics: dict[str, float] = {}
-        if self.num_classes is None:
-            output = model(x_t, timesteps)
-        else:
-            if labels is None or labels.shape != (B,):
-                raise GenladderError(f"a class-conditional objective needs labels of shape ({B},)")
-            # Ho & Salimans 2022, Alg. 1: c ← ∅ with probability p_uncond, for each sample independently
-            drop = torch.rand(B, generator=generator, device=rng_device).to(device) < self.config.label_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-            output = model(x_t, timesteps, labels)
-            metrics["label_drop_frac"] = drop.float().mean().item()
+        output, metrics = forward_with_label_dropout(model, x_t, timesteps, labels, self.num_classes,
+                                                     self.config.label_dropout, generator, rng_device)
         target = eps - images  # u_t = ε − x₀ (Liu et al. 2023, eq. 1)
         loss = (output.float() - target.float()).pow(2).mean()
         metrics["loss"] = loss.item()
