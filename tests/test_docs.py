@@ -29,6 +29,7 @@ NOT_REDRAWN = {
     "cpu-fast-grid-w1.png": "genladder sample --grid --guidance 1 on that run",
     "mnist-test-grid.png": "the first ten MNIST test digits of each class (docs/performance.md says how)",
     "ablation-previews.png": "the last training previews of three ablation runs (docs/performance.md)",
+    "cpu-fast-training-curve.png": "benchmarks/time_to_quality.py on the full-budget cpu-fast run",
 }
 
 
