@@ -32,7 +32,7 @@ from genladder.training.loop import TrainConfig
 
 CONFIG_VERSION = 2
 RUN_SECTIONS = ("config_version", "kind", "preset", "model", "objective", "data", "train", "genladder_version")
-_FACT_KEYS = ("channels", "image_size", "class_names", "images")
+FACT_KEYS = tuple(f.name for f in fields(DataFacts))  # config.json keeps them inside "data"
 
 
 def _fill_version_1_defaults(kind: str, objective: dict) -> None:
@@ -177,8 +177,8 @@ class RunConfig(ModelDescription):
         described = ModelDescription.from_dict(values, source)
         data = values["data"]
         expect_type(data, dict, f"{source}: 'data'")
-        settings = {k: v for k, v in data.items() if k not in _FACT_KEYS}
-        facts = {k: v for k, v in data.items() if k in _FACT_KEYS}
+        settings = {k: v for k, v in data.items() if k not in FACT_KEYS}
+        facts = {k: v for k, v in data.items() if k in FACT_KEYS}
         return cls(described.kind, described.model, described.objective, preset=values.get("preset", "default"),
                    data=_typed(DataConfig, settings, source, "data"),
                    train=_typed(TrainConfig, values["train"], source, "train"),

@@ -23,7 +23,7 @@ from genladder.data import ImageSet, load_split, own_split, read_own_data, to_32
 from genladder.data.config import DEFAULT_TEST_SHARE, RESIZE_METHODS, DataConfig, DataFacts, data_facts
 from genladder.errors import GenladderError
 from genladder.presets import parse_ints
-from genladder.run_config import RUN_SECTIONS, ModelDescription, RunConfig
+from genladder.run_config import FACT_KEYS, RUN_SECTIONS, ModelDescription, RunConfig
 from genladder.run_lock import run_lock
 from genladder.rungs import build_model, make_objective, make_preview, rung, to_model_range
 from genladder.safe_io import expect_type, os_error_message, read_bounded_bytes
@@ -293,7 +293,7 @@ def config_with_flags(config: RunConfig, given: dict) -> RunConfig:
             values["train"][name] = value
         elif name in data_fields:
             values["data"][name] = value
-    for key in ("channels", "image_size", "class_names", "images"):  # worked out again below
+    for key in FACT_KEYS:  # worked out again below
         values["data"].pop(key, None)
     config = RunConfig.from_dict(values)
     facts = data_facts(config.data)
