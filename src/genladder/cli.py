@@ -34,8 +34,10 @@ from genladder.cli_args import (
     unet_widths,
 )
 from genladder.errors import GenladderError
+from genladder.flow.objective import TIME_SAMPLINGS
 from genladder.presets import label_dropout_help, train_default_help
 from genladder.rungs import MODEL_KINDS, check_kind
+from genladder.sampling import SAMPLERS
 from genladder.training.progress import LOG_FORMATS
 
 SUPPRESS = argparse.SUPPRESS
@@ -96,7 +98,7 @@ def _add_train_parser(subparsers) -> None:
     classifier.add_argument("--augment", choices=("shift", "handwriting"), help="training-digit augmentation: "
                             "handwriting = random rotation/zoom/shear/shift + elastic distortion (default; preset "
                             "shift: whole-pixel shifts only)")
-    diffusion = p.add_argument_group("diffusion (ddpm, cddpm)")
+    diffusion = p.add_argument_group("diffusion and flow matching (ddpm, cddpm, flow, cflow)")
     diffusion.add_argument("--widths", type=unet_widths, help="U-Net channels per level, e.g. 64,128,128")
     diffusion.add_argument("--blocks-per-level", type=int_in(1, MAX_BLOCKS), help="U-Net residual blocks per level")
     diffusion.add_argument("--attention", type=attention_sizes,
@@ -104,11 +106,19 @@ def _add_train_parser(subparsers) -> None:
     diffusion.add_argument("--dropout", type=float_in(0, 0.99), help="dropout inside the U-Net residual blocks")
     diffusion.add_argument("--patch-size", type=int_in(1, 8), help="U-Net: pixel-unshuffle p×p patches first "
                            "(2: a quarter of the compute; cpu-fast preset)")
-    diffusion.add_argument("--schedule", choices=("linear", "cosine"), help="noise schedule of the betas")
-    diffusion.add_argument("--T", type=int_in(1, MAX_T), help="diffusion steps (tutorial 100, default 1000)")
-    diffusion.add_argument("--prediction", choices=("eps", "x0", "v"), help="what the network predicts")
-    diffusion.add_argument("--label-dropout", type=float_in(0, 1), help="cddpm: share of labels replaced by the null "
-                           f"label in training (default {label_dropout_help()})")
+    diffusion.add_argument("--schedule", choices=("linear", "cosine"), help="ddpm/cddpm: noise schedule of the betas")
+    diffusion.add_argument("--T", type=int_in(1, MAX_T), help="ddpm/cddpm: diffusion steps (tutorial 100, default "
+                           "1000)")
+    diffusion.add_argument("--prediction", choices=("eps", "x0", "v"), help="ddpm/cddpm: what the network predicts "
+                           "(a flow predicts the velocity)")
+    diffusion.add_argument("--time-sampling", choices=TIME_SAMPLINGS, help="flow/cflow: how training draws t on the "
+                           "path (default logit-normal, Esser et al. 2024)")
+    diffusion.add_argument("--logit-mean", type=float_in(-10, 10), help="flow/cflow, logit-normal t: the mean m of "
+                           "t = sigmoid(m + s·n) (default 0)")
+    diffusion.add_argument("--logit-std", type=float_in(0, 10, low_open=True), help="flow/cflow, logit-normal t: "
+                           "the spread s (default 1)")
+    diffusion.add_argument("--label-dropout", type=float_in(0, 1), help="cddpm/cflow: share of labels replaced by "
+                           f"the null label in training (default {label_dropout_help()})")
     diffusion.add_argument("--ema-decay", type=float_in(0, 1), help="decay per step of the weights' EMA used for "
                            f"sampling (default {train_default_help('ema_decay')})")
     diffusion.add_argument("--ema-half-life-images", type=int_in(1, 10**12), help="the EMA's half-life in training "
@@ -255,13 +265,14 @@ def _interval(text: str) -> tuple[float, float]:
 def _add_sampling_options(p: argparse.ArgumentParser, guidance: bool = True) -> None:
     # The diffusion options default to None ("not given": genladder.figures.sampler_config fills SamplerConfig's
     # defaults), so that one a run or sampler would ignore can be refused.
-    p.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp"),
-                   help="diffusion: ancestral ddpm, ddim, or DPM-Solver++(2M) (default dpmpp)")
-    p.add_argument("--steps", type=int_in(1, MAX_T), help="diffusion: solver steps (default 20; ddpm: the full chain)")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="diffusion: ancestral ddpm, ddim, or DPM-Solver++(2M) (default dpmpp); flow: the ODE solvers "
+                   "euler, heun or midpoint (default heun; heun and midpoint evaluate the network twice a step)")
+    p.add_argument("--steps", type=int_in(1, MAX_T), help="solver steps (default 20; ddpm: the full chain)")
     if guidance:
         p.add_argument("--guidance", type=float_in(*GUIDANCE_RANGE),
-                       help="cddpm: classifier-free guidance weight w "
-                       "(eps = (1+w) eps_cond - w eps_uncond; default 0)")
+                       help="cddpm/cflow: classifier-free guidance weight w "
+                       "(eps = (1+w) eps_cond - w eps_uncond, the same for the velocity; default 0)")
     p.add_argument("--eta", type=float_in(0, 1),
                    help="ddim: 0 deterministic, 1 ancestral-like (default 0)")
     p.add_argument("--variance", choices=("beta", "posterior"),
@@ -269,8 +280,9 @@ def _add_sampling_options(p: argparse.ArgumentParser, guidance: bool = True) -> 
     p.add_argument("--spacing", choices=("karras", "trailing"),
                    help="diffusion: timesteps at Karras et al.'s noise levels down to the smallest trained one "
                    "(default), or trailing (genladder <= 0.3; its last step jumps from sigma ~ 0.09)")
-    p.add_argument("--guidance-interval", type=_interval, help="cddpm: apply guidance only where the noise level "
-                   "sigma_t lies in LOW,HIGH (Kynkaanniemi et al. 2024), e.g. 0.3,5; default: every step")
+    p.add_argument("--guidance-interval", type=_interval, help="cddpm/cflow: apply guidance only where the noise "
+                   "level sigma_t (flow: t/(1-t)) lies in LOW,HIGH (Kynkaanniemi et al. 2024), e.g. 0.3,5; default: "
+                   "every step")
     p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=100,
                    help="images per sampler call (default 100, the fastest "
                    "on CPU; more on a GPU)")

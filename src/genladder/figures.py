@@ -78,7 +78,7 @@ def _either(kinds: tuple[str, ...]) -> str:
     return f"{article} {', '.join(kinds[:-1])} or {kinds[-1]}"
 
 
-AUTOENCODERS, DIFFUSION = kinds(codes=True), kinds(diffusion=True)  # from the rung table
+AUTOENCODERS, ITERATIVE = kinds(codes=True), kinds(iterative=True)  # from the rung table: AE/VAE/CVAE; DDPM/flow
 
 
 def _encode(run: Run, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -104,17 +104,17 @@ def latent_activity(run: Run, x: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return _encode(run, x, labels).var(dim=0)
 
 
-# The sampling options of the CLI that only a diffusion run reads, and the one sampler each solver option
+# The sampling options of the CLI that only a diffusion or flow run reads, and the samplers each solver option
 # belongs to. Their command-line default is None ("not given"), so a given one that would be ignored is refused.
-DIFFUSION_SAMPLING_OPTIONS = ("sampler", "steps", "guidance", "eta", "variance", "spacing", "guidance_interval")
-SOLVER_OPTIONS = {"eta": "ddim", "variance": "ddpm"}
+ITERATIVE_SAMPLING_OPTIONS = ("sampler", "steps", "guidance", "eta", "variance", "spacing", "guidance_interval")
+SOLVER_OPTIONS = {"eta": ("ddim",), "variance": ("ddpm",), "spacing": ("ddpm", "ddim", "dpmpp")}
 
 
 def sampler_config(args: argparse.Namespace):
     """The SamplerConfig of the sampling options of ``args``; options not given take SamplerConfig's defaults."""
     from genladder.sampling import SamplerConfig
 
-    given = {name: getattr(args, name, None) for name in DIFFUSION_SAMPLING_OPTIONS}
+    given = {name: getattr(args, name, None) for name in ITERATIVE_SAMPLING_OPTIONS}
     given = {name: value for name, value in given.items() if value is not None}
     if "steps" not in given and given.get("sampler") == "ddpm":
         given["steps"] = None  # ancestral sampling's default: the full chain
@@ -123,20 +123,25 @@ def sampler_config(args: argparse.Namespace):
 
 def refuse_ignored_sampling_options(args: argparse.Namespace, kind: str) -> None:
     """One-line error for a sampling option the run (or the chosen sampler) would ignore."""
-    given = [name for name in DIFFUSION_SAMPLING_OPTIONS if getattr(args, name, None) is not None]
-    if kind not in DIFFUSION:
+    from genladder.sampling import SamplerConfig
+
+    given = [name for name in ITERATIVE_SAMPLING_OPTIONS if getattr(args, name, None) is not None]
+    if kind not in ITERATIVE:
         if given:
-            raise GenladderError(f"--{given[0].replace('_', '-')} applies to diffusion runs (ddpm, cddpm); this run "
-                                 f"is a {kind}, which samples its prior in one step")
+            raise GenladderError(f"--{given[0].replace('_', '-')} applies to diffusion and flow runs (ddpm, cddpm, "
+                                 f"flow, cflow); this run is a {kind}, which samples its prior in one step")
         return
-    sampler = getattr(args, "sampler", None) or "dpmpp"
-    for option, owner in SOLVER_OPTIONS.items():
-        if option in given and sampler != owner:
-            raise GenladderError(f"--{option} applies to the {owner} sampler only; add --sampler {owner}")
+    sampler = SamplerConfig(sampler=getattr(args, "sampler", None)).for_rung(rung(kind)).sampler
+    for option, owners in SOLVER_OPTIONS.items():
+        if option in given and sampler not in owners:
+            names = owners[0] if len(owners) == 1 else f"{', '.join(owners[:-1])} and {owners[-1]}"
+            raise GenladderError(f"--{option} applies to the {names} sampler{'s' * (len(owners) > 1)} only, not "
+                                 f"{sampler}")
 
 
-def _diffusion_images(run: Run, labels, n: int, args, callback=None, sampler=None) -> torch.Tensor:
-    """Images in [0, 1] from a diffusion run, with ``sampler`` (default: the sampling options of ``args``)."""
+def _iterative_images(run: Run, labels, n: int, args, callback=None, sampler=None) -> torch.Tensor:
+    """Images in [0, 1] from a diffusion or flow run, with ``sampler`` (default: the sampling options of
+    ``args``)."""
     from genladder.sampling import generate
 
     sampler = sampler if sampler is not None else sampler_config(args)
@@ -201,30 +206,31 @@ def save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor | None) -> P
 
 @torch.no_grad()
 def trajectory_command(args: argparse.Namespace) -> Path:
-    """The denoising trajectory: x_t at ``--frames`` points of the chain, one row per sample, t above each column."""
-    out, run = _open_run(args, "trajectory", DIFFUSION)
+    """The denoising trajectory: x_t at ``--frames`` points of the chain (or of the flow's ODE), one row per
+    sample, t above each column."""
+    out, run = _open_run(args, "trajectory", ITERATIVE)
     if args.frames < 2:
         raise GenladderError(f"--frames must be at least 2, got {args.frames}")
     labels = sample_labels(run, args.n, args.label, False)
-    steps = sampler_config(args).steps or run.schedule.T
+    steps = sampler_config(args).steps or run.schedule.T  # (only ddpm's full chain has no --steps)
     keep = sorted({round(i * (steps - 1) / (args.frames - 1)) for i in range(args.frames)})
     # step index -> (its timestep t, x_t of every batch): the sampler runs once per batch of --batch-size images
-    frames: dict[int, tuple[int, list[torch.Tensor]]] = {}
+    frames: dict[int, tuple[int | float, list[torch.Tensor]]] = {}
 
     def record(i, t, x_t, x0_hat):
         if i in keep:
-            frames.setdefault(i, (int(t), []))[1].append(((x_t.clamp(-1, 1) + 1) / 2).cpu())
+            frames.setdefault(i, (t, []))[1].append(((x_t.clamp(-1, 1) + 1) / 2).cpu())
 
-    final = _diffusion_images(run, labels, args.n, args, callback=record).cpu()
+    final = _iterative_images(run, labels, args.n, args, callback=record).cpu()
     columns = torch.stack([*(torch.cat(frames[i][1]) for i in keep), final], dim=1)  # (n, frames + 1, C, H, W)
     titles = trajectory_titles([frames[i][0] for i in keep])
     return save_labelled_grid(columns.flatten(0, 1), out, nrow=len(keep) + 1, column_labels=titles)
 
 
-def trajectory_titles(timesteps: list[int]) -> list[str]:
-    """Column labels of a trajectory: the code's timestep t (counted from 0, as the noising figure) of each
-    frame, then the final image x0."""
-    return [f"t={t}" for t in timesteps] + ["x0"]
+def trajectory_titles(timesteps: list[int | float]) -> list[str]:
+    """Column labels of a trajectory: the code's timestep t of each frame (a diffusion step counted from 0, as
+    the noising figure; a flow time in [0, 1], 1 = noise), then the final image x0."""
+    return [f"t={t:.2f}" if isinstance(t, float) else f"t={int(t)}" for t in timesteps] + ["x0"]
 
 
 def parse_weights(text: str) -> list[float]:
@@ -243,14 +249,15 @@ def parse_weights(text: str) -> list[float]:
 @torch.no_grad()
 def guidance_sweep_command(args: argparse.Namespace) -> Path:
     """Rows = guidance weights w, columns = the ten digits, the same noise in every row."""
-    out, run = _open_run(args, "guidance-sweep", DIFFUSION)
+    out, run = _open_run(args, "guidance-sweep", ITERATIVE)
     num_classes = run.num_classes
     if not num_classes:
-        raise GenladderError("'guidance-sweep' needs a conditional model (cddpm); this run is unconditional")
+        raise GenladderError("'guidance-sweep' needs a conditional model (cddpm, cflow); this run is "
+                             "unconditional")
     weights = parse_weights(args.weights_list)
     labels = torch.arange(num_classes)
     sampler = sampler_config(args)
-    rows = [_diffusion_images(run, labels, num_classes, args, sampler=replace(sampler, guidance=w)) for w in weights]
+    rows = [_iterative_images(run, labels, num_classes, args, sampler=replace(sampler, guidance=w)) for w in weights]
     return save_labelled_grid(torch.cat(rows), out, nrow=num_classes, row_labels=sweep_titles(weights),
                               column_labels=[str(c) for c in range(num_classes)])
 

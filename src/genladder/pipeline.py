@@ -33,11 +33,11 @@ def sample_images(run: Run, n: int, labels: torch.Tensor | None, sampler: Sample
     """n new images in [0, 1], (n, C, H, W), from a loaded run; ``labels`` (n,) int64 for a conditional one.
 
     Image i draws its noise from its own generator seeded from (``seed``, i) (genladder.noise). ``sampler`` is
-    read by the diffusion rungs only; ``callback(i, t, x_t, x0_hat)`` after every solver step.
+    read by the diffusion and flow rungs only; ``callback(i, t, x_t, x0_hat)`` after every solver step.
     """
-    if not rung(run.kind).diffusion:
+    if not rung(run.kind).iterative:
         if sampler is not None and sampler.guidance:
-            raise GenladderError("--guidance applies to diffusion models (cddpm) only")
+            raise GenladderError("--guidance applies to the guided rungs (cddpm, cflow) only")
         device = next(run.model.parameters()).device
         batch_size = sampler.batch_size if sampler is not None else SamplerConfig().batch_size
         parts = []
@@ -81,7 +81,7 @@ class Pipeline:
         self.run.model.to(pick_device(str(device)))
         return self
 
-    def sample(self, n: int | None = None, labels: Labels = None, *, guidance: float = 0.0, sampler: str = "dpmpp",
+    def sample(self, n: int | None = None, labels: Labels = None, *, guidance: float = 0.0, sampler: str | None = None,
                steps: int | None = 20, seed: int = 0, eta: float = 0.0, variance: str = "beta",
                spacing: str = "karras", guidance_interval: tuple[float, float] | None = None, batch_size: int = 100,
                progress: bool = False) -> torch.Tensor:
@@ -89,18 +89,19 @@ class Pipeline:
 
         ``labels`` (conditional rungs): one class as an int (``n`` of it), a list or an int64 tensor (one per
         image); without labels a conditional rung draws the classes in turn (0, 1, …). The sampler options
-        (``guidance`` w of classifier-free guidance, ``sampler`` ddpm/ddim/dpmpp, ``steps``; None with ddpm is
-        the full chain, …) are those of ``genladder sample`` and apply to the diffusion rungs only. The same
-        ``seed`` gives the same images at any ``batch_size``.
+        (``guidance`` w of classifier-free guidance, ``sampler`` ddpm/ddim/dpmpp for diffusion and euler/heun/
+        midpoint for flow, None for the family's default, ``steps``; None with ddpm is the full chain, …) are those
+        of ``genladder sample`` and apply to the diffusion and flow rungs only. The same ``seed`` gives the same
+        images at any ``batch_size``.
         """
         chosen = {"guidance": guidance, "sampler": sampler, "steps": steps, "eta": eta, "variance": variance,
                   "spacing": spacing, "guidance_interval": guidance_interval}
-        if not self.rung.diffusion:
+        if not self.rung.iterative:
             defaults = {f.name: f.default for f in fields(SamplerConfig)} | {"steps": 20}
             changed = [name for name, value in chosen.items() if value != defaults[name]]
             if changed:
-                raise GenladderError(f"{changed[0]}= applies to the diffusion rungs (ddpm, cddpm); a {self.kind} "
-                                     "samples its prior in one step")
+                raise GenladderError(f"{changed[0]}= applies to the diffusion and flow rungs (ddpm, cddpm, flow, "
+                                     f"cflow); a {self.kind} samples its prior in one step")
             config = None
         else:
             config = SamplerConfig(**chosen, batch_size=batch_size)

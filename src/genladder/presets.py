@@ -17,6 +17,9 @@
   for 10 minutes (≈ 416k images): 4× the images, and mottled strokes; ``--patch-size 2
   --prediction eps --lr-schedule constant --time-budget 10m`` brings that back for comparison.
 
+The flow-matching rungs (flow, cflow) take the same presets: the same U-Net and training recipe, with the
+rectified-flow objective (logit-normal t, Esser et al. 2024) in place of the noise schedule.
+
 Precedence: preset < explicit command-line flags. The networks take the data's channels, image size
 and classes; the attention resolutions of a preset scale with the image (8 at 32 px, 16 at 64 px).
 """
@@ -108,16 +111,12 @@ def parse_ints(text: str | list | tuple, flag: str) -> tuple[int, ...]:
         raise GenladderError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
 
 
-def diffusion_config(kind: str, preset: str, given: dict, in_channels: int = 1, image_size: int = 32,
-                     num_classes: int = 10) -> tuple[dict, dict, dict]:
-    """(model config, objective config, training defaults) for ddpm/cddpm from a preset and flags.
-
-    ``in_channels``, ``image_size`` and ``num_classes`` (ignored by ddpm) describe the data.
-    """
+def _unet_from_preset(kind: str, preset: str, given: dict, in_channels: int, image_size: int,
+                      num_classes: int) -> dict:
+    """The U-Net of a diffusion or flow rung from its preset and the explicit flags, as JSON."""
     if preset not in DIFFUSION_PRESETS:
         raise GenladderError(f"unknown preset {preset!r} for {kind}; choose one of {', '.join(DIFFUSION_PRESETS)}")
-    conditional = rung(kind).conditional
-    num_classes = num_classes if conditional else 0
+    num_classes = num_classes if rung(kind).conditional else 0
     unet = _unet_config(preset, num_classes, in_channels, image_size).to_dict()
     if "widths" in given:
         unet["widths"] = list(parse_ints(given["widths"], "--widths"))
@@ -126,23 +125,61 @@ def diffusion_config(kind: str, preset: str, given: dict, in_channels: int = 1, 
     for flag in ("blocks_per_level", "dropout", "patch_size"):
         if flag in given:
             unet[flag] = given[flag]
-    unet = UNetConfig.from_dict(unet).to_dict()  # validates the combination
+    return UNetConfig.from_dict(unet).to_dict()  # validates the combination
 
+
+def _label_dropout(kind: str, preset: str, given: dict) -> dict:
+    """The objective's label dropout entry: the preset's for a conditional rung, refused for the others."""
+    if rung(kind).conditional:
+        label_dropout = given.get("label_dropout", _LABEL_DROPOUT.get(preset, DEFAULT_LABEL_DROPOUT))
+        if not 0 <= label_dropout < 1:
+            raise GenladderError(f"--label-dropout must be in [0, 1), got {label_dropout}")
+        return {"label_dropout": label_dropout}
+    if "label_dropout" in given:
+        raise GenladderError(f"--label-dropout only applies to the conditional rungs (cddpm, cflow), not {kind}")
+    return {}
+
+
+# What each family's flags are: a flag of the other family is refused rather than ignored.
+DIFFUSION_ONLY_FLAGS = ("schedule", "T", "prediction", "min_snr_gamma")
+FLOW_ONLY_FLAGS = ("time_sampling", "logit_mean", "logit_std")
+
+
+def _refuse(kind: str, given: dict, flags: tuple[str, ...], owner: str) -> None:
+    for flag in flags:
+        if flag in given:
+            raise GenladderError(f"--{flag.replace('_', '-')} applies to {owner} only, not {kind}")
+
+
+def diffusion_config(kind: str, preset: str, given: dict, in_channels: int = 1, image_size: int = 32,
+                     num_classes: int = 10) -> tuple[dict, dict, dict]:
+    """(model config, objective config, training defaults) for ddpm/cddpm from a preset and flags.
+
+    ``in_channels``, ``image_size`` and ``num_classes`` (ignored by ddpm) describe the data.
+    """
+    _refuse(kind, given, FLOW_ONLY_FLAGS, "the flow rungs (flow, cflow)")
+    unet = _unet_from_preset(kind, preset, given, in_channels, image_size, num_classes)
     schedule = _schedule_config(preset).to_dict()
     for flag, key in (("schedule", "kind"), ("T", "T"), ("prediction", "prediction")):
         if flag in given:
             schedule[key] = given[flag]
     schedule = ScheduleConfig.from_dict(schedule).to_dict()
-    objective = {"schedule": schedule}
+    objective = {"schedule": schedule, **_label_dropout(kind, preset, given)}
     if "min_snr_gamma" in given:
         objective["min_snr_gamma"] = given["min_snr_gamma"]
-    if conditional:
-        label_dropout = given.get("label_dropout", _LABEL_DROPOUT.get(preset, DEFAULT_LABEL_DROPOUT))
-        if not 0 <= label_dropout < 1:
-            raise GenladderError(f"--label-dropout must be in [0, 1), got {label_dropout}")
-        objective["label_dropout"] = label_dropout
-    elif "label_dropout" in given:
-        raise GenladderError("--label-dropout only applies to the conditional cddpm")
+    return unet, objective, dict(_TRAIN_DEFAULTS[preset])
+
+
+def flow_config(kind: str, preset: str, given: dict, in_channels: int = 1, image_size: int = 32,
+                num_classes: int = 10) -> tuple[dict, dict, dict]:
+    """(model config, objective config, training defaults) for flow/cflow: a diffusion preset's U-Net and
+    training recipe with the flow-matching objective (genladder.flow.FlowObjectiveConfig)."""
+    from genladder.flow import FlowObjectiveConfig
+
+    _refuse(kind, given, DIFFUSION_ONLY_FLAGS, "the diffusion rungs (ddpm, cddpm); a flow predicts the velocity")
+    unet = _unet_from_preset(kind, preset, given, in_channels, image_size, num_classes)
+    objective = {k: given[k] for k in FLOW_ONLY_FLAGS if k in given} | _label_dropout(kind, preset, given)
+    objective = FlowObjectiveConfig.from_dict(objective).to_dict()  # validates, states every default
     return unet, objective, dict(_TRAIN_DEFAULTS[preset])
 
 

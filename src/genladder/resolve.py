@@ -27,10 +27,10 @@ EXECUTION_OPTIONS = frozenset({"command", "kind", "config", "run_dir", "resume",
 def _model_and_objective(kind: str, preset: str, given: dict, shape: dict) -> tuple[dict, dict, dict]:
     """(model config, objective config, the preset's training defaults) of a rung, as JSON."""
     spec = rung(kind)
-    if spec.diffusion:
-        from genladder.presets import diffusion_config
+    if spec.iterative:
+        from genladder.presets import diffusion_config, flow_config
 
-        return diffusion_config(kind, preset, given, **shape)
+        return (flow_config if spec.flow else diffusion_config)(kind, preset, given, **shape)
     if not spec.generative:
         from genladder.presets import classifier_config
 

@@ -42,7 +42,7 @@ def _fill_version_1_defaults(kind: str, objective: dict) -> None:
     (classifier runs from before the handwriting augmentation); today's configs state every value.
     """
     spec = rung(kind)
-    if spec.guided:
+    if spec.diffusion and spec.conditional:  # cddpm (the flow rungs came after version 1)
         objective.setdefault("label_dropout", 0.15)
     if not spec.generative:
         objective.setdefault("augment", "shift")
@@ -131,8 +131,8 @@ class ModelDescription:
 
     @property
     def value_range(self) -> tuple[float, float]:
-        """The pixel range the network works in: [−1, 1] for diffusion, [0, 1] for the others."""
-        return (-1.0, 1.0) if self.rung.diffusion else (0.0, 1.0)
+        """The pixel range the network works in: [−1, 1] for diffusion and flow, [0, 1] for the others."""
+        return (-1.0, 1.0) if self.rung.iterative else (0.0, 1.0)
 
     @property
     def schedule(self):
@@ -141,7 +141,9 @@ class ModelDescription:
 
     @property
     def prediction(self) -> str | None:
-        """What a diffusion network predicts ("eps", "x0" or "v"); None for the others."""
+        """What a diffusion network predicts ("eps", "x0" or "v"), "velocity" for a flow; None for the others."""
+        if self.rung.flow:
+            return "velocity"
         return self.objective.schedule.prediction if self.rung.diffusion else None
 
     def build_model(self):

@@ -17,6 +17,7 @@ from torch import nn
 from genladder.data import to_signed, to_unit
 from genladder.diffusion.objective import DiffusionObjectiveConfig
 from genladder.errors import GenladderError
+from genladder.flow.objective import FlowObjectiveConfig
 from genladder.models import AUTOENCODER_CLASSES, AutoencoderConfig, ClassifierConfig, DigitClassifier
 from genladder.models.unet import UNet, UNetConfig
 from genladder.noise import image_generators
@@ -35,7 +36,7 @@ class Rung:
     """One rung: its family and what it can do. The flags are what callers branch on."""
 
     name: str
-    family: str  # "autoencoder", "diffusion" or "classifier" (the evaluation's feature network)
+    family: str  # "autoencoder", "diffusion", "flow" or "classifier" (the evaluation's feature network)
     conditional: bool  # the generator takes a class label (cvae, cddpm): labels to sample, guidance for diffusion
     samples: bool  # draws new images (a prior or a reverse process); the AE and the classifier do not
     codes: bool  # encode/decode to a latent code (the autoencoders)
@@ -48,12 +49,23 @@ class Rung:
 
     @property
     def diffusion(self) -> bool:
+        """A DDPM (ddpm, cddpm): a noise schedule, its variational bound, the diffusion samplers."""
         return self.family == "diffusion"
 
     @property
+    def flow(self) -> bool:
+        """A flow-matching network (flow, cflow): a velocity field, the ODE solvers, the ODE likelihood."""
+        return self.family == "flow"
+
+    @property
+    def iterative(self) -> bool:
+        """Draws images by integrating a U-Net from noise in solver steps, in [−1, 1] (diffusion or flow)."""
+        return self.family in ("diffusion", "flow")
+
+    @property
     def guided(self) -> bool:
-        """Classifier-free guidance applies (a conditional diffusion network with a null label)."""
-        return self.diffusion and self.conditional
+        """Classifier-free guidance applies (a conditional diffusion or flow network with a null label)."""
+        return self.iterative and self.conditional
 
     @property
     def labelled(self) -> bool:
@@ -80,14 +92,15 @@ def _vae_objective(objective: VAEObjectiveConfig, model: AutoencoderConfig):
     return partial(vae_loss, kl_weight=objective.kl_weight)
 
 
-def _diffusion_objective(objective: DiffusionObjectiveConfig, model: UNetConfig):
+def _unet_objective(objective: DiffusionObjectiveConfig | FlowObjectiveConfig, model: UNetConfig):
     return objective.build(model.num_classes)
 
 
 _AE = {"model_config": AutoencoderConfig, "family": "autoencoder", "codes": True}
-_DIFFUSION = {"model_config": UNetConfig, "objective_config": DiffusionObjectiveConfig, "family": "diffusion",
-              "samples": True, "codes": False, "variational": False, "build": UNet,
-              "objective": _diffusion_objective}
+_UNET = {"model_config": UNetConfig, "samples": True, "codes": False, "variational": False, "build": UNet,
+         "objective": _unet_objective}
+_DIFFUSION = {**_UNET, "family": "diffusion", "objective_config": DiffusionObjectiveConfig}
+_FLOW = {**_UNET, "family": "flow", "objective_config": FlowObjectiveConfig}
 RUNGS: dict[str, Rung] = {r.name: r for r in (
     Rung("ae", **_AE, conditional=False, samples=False, variational=False,
          objective_config=AutoencoderObjectiveConfig, build=partial(_build_autoencoder, "ae"),
@@ -98,6 +111,8 @@ RUNGS: dict[str, Rung] = {r.name: r for r in (
          build=partial(_build_autoencoder, "cvae"), objective=_vae_objective, unconditional_twin="vae"),
     Rung("ddpm", **_DIFFUSION, conditional=False),
     Rung("cddpm", **_DIFFUSION, conditional=True, unconditional_twin="ddpm"),
+    Rung("flow", **_FLOW, conditional=False),
+    Rung("cflow", **_FLOW, conditional=True, unconditional_twin="flow"),
     # trains the feature network of genladder.evaluate with the same loop and run folders
     Rung("classifier", "classifier", conditional=False, samples=False, codes=False, variational=False,
          model_config=ClassifierConfig, objective_config=ClassifierObjectiveConfig,
@@ -127,6 +142,10 @@ def is_diffusion(kind: str) -> bool:
     return rung(kind).diffusion
 
 
+def is_iterative(kind: str) -> bool:
+    return rung(kind).iterative
+
+
 def is_conditional(kind: str) -> bool:
     return rung(kind).conditional
 
@@ -141,13 +160,13 @@ def build_model(kind: str, model_config) -> nn.Module:
 
 
 def to_model_range(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 images -> the model's input range: [0, 1] for the autoencoders, [−1, 1] for diffusion."""
-    return to_signed if is_diffusion(kind) else to_unit
+    """uint8 images -> the model's input range: [0, 1] for the autoencoders, [−1, 1] for diffusion and flow."""
+    return to_signed if is_iterative(kind) else to_unit
 
 
 def from_model_range(kind: str, images: torch.Tensor) -> torch.Tensor:
     """Model-range images -> [0, 1] floats for figures."""
-    return ((images + 1) / 2).clamp(0, 1) if is_diffusion(kind) else images.clamp(0, 1)
+    return ((images + 1) / 2).clamp(0, 1) if is_iterative(kind) else images.clamp(0, 1)
 
 
 def encode_mean(kind: str, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

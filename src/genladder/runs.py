@@ -115,7 +115,7 @@ def _preview_for(config: RunConfig, data: TrainingData):
     # Conditional: ten samples of each of the first (at most) ten classes, one row per class.
     count = 10 * min(config.num_classes, 10) if spec.conditional else config.train.preview_count
     sample_fn = None
-    if spec.diffusion:
+    if spec.iterative:
         from genladder.sampling import preview_sampler
 
         sample_fn = preview_sampler(config, count)
@@ -245,7 +245,8 @@ FLAG_PATHS = {
     "max_shift": ("objective", "max_shift"), "augment": ("objective", "augment"),
     "label_dropout": ("objective", "label_dropout"), "min_snr_gamma": ("objective", "min_snr_gamma"),
     "schedule": ("objective", "schedule", "kind"), "T": ("objective", "schedule", "T"),
-    "prediction": ("objective", "schedule", "prediction"),
+    "prediction": ("objective", "schedule", "prediction"), "time_sampling": ("objective", "time_sampling"),
+    "logit_mean": ("objective", "logit_mean"), "logit_std": ("objective", "logit_std"),
 }
 
 

@@ -28,13 +28,14 @@ import torch
 from PIL import Image
 
 from genladder.errors import GenladderError
-from genladder.figures import AUTOENCODERS, DIFFUSION, draw_samples, latent_activity, latent_line, test_digits
+from genladder.figures import AUTOENCODERS, ITERATIVE, draw_samples, latent_activity, latent_line, test_digits
 from genladder.plotting import grid_image
 from genladder.rungs import decode_image, encode_mean, kinds, rung
 from genladder.runs import Run, load_run
 from genladder.sampling import SAMPLERS, SamplerConfig
 
 HOST = "127.0.0.1"  # local only: the page can load any run folder whose path is typed in
+MAX_FLOW_STEPS = 1000  # a flow's ODE has no T; 1,000 Heun steps are already far past any visible change
 MAX_IMAGES = 400  # the sampler batch, so a grid is one sampler call and one progress bar
 TEST_DIGITS = 1000  # the first test digits, for latent activity and interpolation
 SLIDER_RANGE = 3.0  # latent sliders span ±3 prior standard deviations
@@ -169,13 +170,12 @@ def parse_digit(value, run: Run, allow_all: bool = True) -> int | None:
 
 
 def parse_sampler(run: Run, sampler: str, steps, guidance) -> SamplerConfig | None:
-    """The diffusion fields as a SamplerConfig (None for an autoencoder run, which ignores them)."""
-    if run.kind not in DIFFUSION:
+    """The diffusion and flow fields as a SamplerConfig (None for an autoencoder run, which ignores them)."""
+    if run.kind not in ITERATIVE:
         return None
     if sampler not in SAMPLERS:
         raise GenladderError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    T = run.schedule.T
-    steps = whole_number(steps, "steps", 1, T)
+    steps = whole_number(steps, "steps", 1, run.schedule.T if rung(run.kind).diffusion else MAX_FLOW_STEPS)
     weight = 0.0
     if rung(run.kind).guided:  # guidance needs the null label of a conditional network
         try:
@@ -184,7 +184,7 @@ def parse_sampler(run: Run, sampler: str, steps, guidance) -> SamplerConfig | No
             raise GenladderError(f"guidance weight must be a number, got {guidance!r}") from None
         if not 0 <= weight <= 100:
             raise GenladderError(f"guidance weight must be in 0..100, got {weight}")
-    return SamplerConfig(sampler=sampler, steps=steps, guidance=weight, batch_size=MAX_IMAGES)
+    return SamplerConfig(sampler=sampler, steps=steps, guidance=weight, batch_size=MAX_IMAGES).for_rung(rung(run.kind))
 
 
 def _check_kind(run: Run, kinds: tuple[str, ...], what: str) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 
 from genladder.errors import GenladderError
-from genladder.figures import AUTOENCODERS, DIFFUSION
+from genladder.figures import AUTOENCODERS, ITERATIVE
 from genladder.rungs import rung
-from genladder.sampling import SAMPLERS
+from genladder.sampling import DEFAULT_SAMPLER, FAMILY_SAMPLERS
 from genladder.serve import (
     LATENT_KINDS,
     MAX_IMAGES,
@@ -65,11 +65,12 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
             digit = gr.Dropdown(choices=["all", *DIGITS], value="all", allow_custom_value=True, elem_id="gen-digit",
                                 label="digit (conditional runs; 'all' = one row per digit)")
             n = gr.Number(value=100, precision=0, label=f"images (1–{MAX_IMAGES})", elem_id="gen-n")
-            with gr.Group(visible=first.kind in DIFFUSION) as diffusion_options:
-                sampler = gr.Radio(list(SAMPLERS), value="dpmpp", elem_id="gen-sampler",
-                                   label="sampler: ancestral ddpm, ddim, or dpmpp = DPM-Solver++(2M)")
+            with gr.Group(visible=first.kind in ITERATIVE) as diffusion_options:
+                sampler = gr.Radio(**_sampler_choices(first.kind), elem_id="gen-sampler",
+                                   label="sampler: ancestral ddpm, ddim, dpmpp = DPM-Solver++(2M) (diffusion); the "
+                                   "ODE solvers euler, heun, midpoint (flow)")
                 steps = gr.Number(value=20, precision=0, label="steps", elem_id="gen-steps")
-                guidance = gr.Slider(0, 8, value=2, step=0.5, label="guidance weight w (cddpm)",
+                guidance = gr.Slider(0, 8, value=2, step=0.5, label="guidance weight w (cddpm, cflow)",
                                      visible=rung(first.kind).guided, elem_id="gen-guidance")
             seed = gr.Number(value=0, precision=0, label="seed", elem_id="gen-seed")
             button = gr.Button("Generate", variant="primary", elem_id="gen-button")
@@ -86,14 +87,21 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
         try:
             loaded = catalog.get(run_name)
         except GenladderError as error:
-            return gr.update(), gr.update(), gr.update(), message(str(error), error=True)
+            return gr.update(), gr.update(), gr.update(), gr.update(), message(str(error), error=True)
         conditional = loaded.conditional
         digit = gr.update(visible=True) if conditional else gr.update(visible=False, value="all")
-        return (digit, gr.update(visible=loaded.kind in DIFFUSION),
+        return (digit, gr.update(visible=loaded.kind in ITERATIVE), gr.update(**_sampler_choices(loaded.kind)),
                 gr.update(visible=rung(loaded.kind).guided), "")
 
     button.click(on_generate, [run, digit, n, sampler, steps, guidance, seed], [grid, status])
-    run.change(on_run, run, [digit, diffusion_options, guidance, status])
+    run.change(on_run, run, [digit, diffusion_options, sampler, guidance, status])
+
+
+def _sampler_choices(kind: str) -> dict:
+    """The sampler field's choices and default for a run: its family's samplers (diffusion's for the others,
+    whose sampler field is hidden)."""
+    family = rung(kind).family if rung(kind).iterative else "diffusion"
+    return {"choices": list(FAMILY_SAMPLERS[family]), "value": DEFAULT_SAMPLER[family]}
 
 
 def _latent_tab(gr, catalog: RunCatalog, names: list[str], page) -> None:

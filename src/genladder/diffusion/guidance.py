@@ -73,20 +73,27 @@ def classifier_free_guidance(model: nn.Module, labels: torch.Tensor, guidance_we
     return fn
 
 
-def guidance_interval(guided: OutputFn, unguided: OutputFn, schedule, sigma_low: float, sigma_high: float) -> OutputFn:
+def guidance_interval(guided: OutputFn, unguided: OutputFn, noise_level, sigma_low: float,
+                      sigma_high: float) -> OutputFn:
     """Guidance only at mid noise levels (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval"):
-    ``guided`` where σ_t = √((1 − ᾱ_t)/ᾱ_t) lies in (sigma_low, sigma_high], ``unguided`` elsewhere.
+    ``guided`` where the noise level σ lies in (sigma_low, sigma_high], ``unguided`` elsewhere.
 
-    At high noise guidance pushes every sample of a class towards one template (it costs diversity); at low
-    noise it only sharpens noise. The samplers call ``fn`` with one t for the whole batch, so the choice is
-    per call, and the unguided calls skip the unconditional half of the batch.
+    ``noise_level`` maps the network's time input (B,) to σ: a :class:`NoiseSchedule` (σ_t = √((1 − ᾱ_t)/ᾱ_t),
+    EDM's σ of a DDPM step) or any function of t (the flow rungs' σ = t/(1 − t), the same σ in their
+    coordinates). At high noise guidance pushes every sample of a class towards one template (it costs
+    diversity); at low noise it only sharpens noise. The samplers call ``fn`` with one t for the whole batch,
+    so the choice is per call, and the unguided calls skip the unconditional half of the batch.
     """
     if not 0 <= sigma_low < sigma_high:
         raise GenladderError(f"the guidance interval needs 0 <= low < high, got ({sigma_low}, {sigma_high})")
-    sigmas = ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt().double().cpu()
+    if hasattr(noise_level, "alpha_bar"):
+        sigmas = ((1 - noise_level.alpha_bar) / noise_level.alpha_bar).sqrt().double().cpu()
+
+        def noise_level(t: torch.Tensor) -> float:
+            return float(sigmas[int(t[0])])
 
     def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        sigma = float(sigmas[int(t[0])])
+        sigma = noise_level(t)
         return guided(x_t, t) if sigma_low < sigma <= sigma_high else unguided(x_t, t)
 
     return fn

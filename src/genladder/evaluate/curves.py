@@ -95,12 +95,12 @@ def guidance_curve(run_dir: str | Path, weights: list[float], evaluation: Evalua
         config = replace(evaluation, sampling=replace(evaluation.sampling, guidance=w), samples_only=True)
         result = evaluate_run(run_dir, config, progress=progress, quiet=False, write=False, cache=cache)
         if not rung(result["kind"]).guided:
-            raise GenladderError(f"guidance-curve needs a cddpm run; {run_dir} is a {result['kind']} run")
+            raise GenladderError(f"guidance-curve needs a cddpm or cflow run; {run_dir} is a {result['kind']} run")
         results.append(result)
     rows = [curve_row(r) for r in results]
-    sampling = evaluation.sampling
-    title = (f"{Path(run_dir).name}: {sampling.sampler} {sampling.steps} steps ({sampling.spacing}), "
-             f"n = {evaluation.n}")
+    sampling = results[0]["sampling"]  # with the run's default sampler named
+    spacing = f" ({sampling['spacing']})" if "spacing" in sampling else ""
+    title = f"{Path(run_dir).name}: {sampling['sampler']} {sampling['steps']} steps{spacing}, n = {evaluation.n}"
     table = write_curve("w", weights, rows, out, title, extra={"run": str(run_dir), "n": evaluation.n,
                                                                  "step": results[0]["step"]})
     print(table, end="")

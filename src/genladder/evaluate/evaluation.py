@@ -21,7 +21,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -285,6 +285,9 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
         "training": training, "evaluation": asdict(evaluation),
     }
     spec = rung(run.kind)
+    if spec.iterative:  # the family's default sampler named, so that eval.json says what drew the samples
+        evaluation = replace(evaluation, sampling=evaluation.sampling.for_rung(spec))
+        result["evaluation"] = asdict(evaluation)
     if not spec.generative:  # the classifier: its accuracy is all there is
         result["test_accuracy"] = classifier_accuracy(run.model, test_images, test_labels)
         return _finish(run_dir, result, write)
@@ -301,10 +304,12 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
         _log(f"drawing {evaluation.n} samples", quiet)
         samples, seconds = _sample(run, evaluation, labels, progress and not quiet)
         result["sampling"] = {"n": evaluation.n, "seconds": seconds, "seconds_per_image": seconds / evaluation.n}
-        if spec.diffusion:
+        if spec.iterative:
             sampling = evaluation.sampling
             result["sampling"].update(sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
-                                      spacing=sampling.spacing)
+                                      network_evaluations=sampling.network_evaluations(spec.guided))
+            if spec.diffusion:
+                result["sampling"]["spacing"] = sampling.spacing
         floor_count = min(evaluation.n, len(train_images))
         # A seeded random subset, not the first n: MNIST's first 1,000 training digits scored a floor of 28.6
         # where random ones score 14.8 (n = 1,000). The same draw as the calibration's floor row.
@@ -337,7 +342,7 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
                                   "samples": count, "percentile_of_test_digits": MEMORISATION_PERCENTILE}
     if spec.codes:
         result.update(_autoencoder_likelihoods(run, test_images, test_labels, evaluation, quiet))
-    else:
+    elif spec.diffusion:
         _log(f"variational bound on {min(evaluation.bpd_images, len(test_images))} test digits", quiet)
         result.update(_diffusion_likelihood(run, test_images, test_labels, evaluation))
     return _finish(run_dir, result, write)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from genladder.rungs import kinds
+from genladder.rungs import kinds, rung
 
 ROLES = ("primary", "second")
 
@@ -95,7 +95,10 @@ def summary(result: dict) -> dict[str, str]:
     sampling = result.get("sampling", {})
     how = ""
     if "sampler" in sampling:
-        how = (f" ({sampling['sampler']} {sampling['steps'] or 'all'} steps {sampling.get('spacing', 'trailing')}, "
+        # eval.json files of genladder <= 0.3 name no spacing: theirs was trailing. Flow runs have none.
+        spacing = "" if rung(result["kind"]).flow else f" {sampling.get('spacing', 'trailing')}"
+        evaluations = f", {sampling['network_evaluations']} evaluations" if "network_evaluations" in sampling else ""
+        how = (f" ({sampling['sampler']} {sampling['steps'] or 'all'} steps{spacing}{evaluations}, "
                f"w={sampling['guidance']:g})")
     reconstruction = result.get("reconstruction")
     step = f"{result.get('step')}" + (" (stale: newer checkpoint)" if stale(result) else "")

@@ -17,6 +17,8 @@ from genladder.flow.objective import (
     TIME_SCALE,
     FlowMatchingObjective,
     FlowObjectiveConfig,
+    as_velocity_fn,
+    flow_noise_level,
     flow_path,
     network_velocity,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "TIME_SCALE",
     "FlowMatchingObjective",
     "FlowObjectiveConfig",
+    "as_velocity_fn",
+    "flow_noise_level",
     "flow_path",
     "flow_times",
     "gaussian_flow_loss",

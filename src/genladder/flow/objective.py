@@ -105,11 +105,24 @@ class FlowMatchingObjective:
         return loss, metrics
 
 
-def network_velocity(model: nn.Module, labels: torch.Tensor | None = None) -> VelocityFn:
-    """The velocity field ``(x_t, t in [0, 1]) -> v̂`` of a trained flow network (conditional when ``labels``)."""
+def as_velocity_fn(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> VelocityFn:
+    """A network-like ``fn(x_t, timesteps)`` (timesteps = t·TIME_SCALE, as the U-Net is trained; a guidance
+    wrapper of genladder.diffusion.guidance) as the samplers' velocity function ``(x_t, t in [0, 1]) -> v̂``."""
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        timesteps = (t * TIME_SCALE).to(x.dtype)
-        return model(x, timesteps) if labels is None else model(x, timesteps, labels)
+        return fn(x, (t * TIME_SCALE).to(x.dtype))
 
     return velocity
+
+
+def network_velocity(model: nn.Module, labels: torch.Tensor | None = None) -> VelocityFn:
+    """The velocity field ``(x_t, t in [0, 1]) -> v̂`` of a trained flow network (conditional when ``labels``)."""
+    return as_velocity_fn(lambda x, timesteps: model(x, timesteps) if labels is None else model(x, timesteps, labels))
+
+
+def flow_noise_level(timesteps: torch.Tensor) -> float:
+    """σ = t/(1 − t) of the network's time input (one t per batch): the path read as x_t/(1 − t) = x₀ + σ·ε, the
+    noise-to-signal ratio that a DDPM step's σ = √((1 − ᾱ)/ᾱ) measures, so a guidance interval means the same
+    noise levels for both families (infinite at t = 1, pure noise)."""
+    t = float(timesteps[0]) / TIME_SCALE
+    return t / (1 - t) if t < 1 else float("inf")
