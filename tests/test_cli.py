@@ -213,7 +213,7 @@ class TestErrors:
             (["noising", "--T", 10, "--frames", 11, "--out", tmp_path / "x.png"], "--frames must be in 1..T=10"),
             # options the run would ignore are refused, not dropped
             (["sample", trained_runs["vae"], "--sampler", "ddim", "--steps", 3, "--out", tmp_path / "x.png"],
-             "--sampler applies to diffusion runs (ddpm, cddpm); this run is a vae"),
+             "--sampler applies to diffusion and flow runs (ddpm, cddpm, flow, cflow); this run is a vae"),
             (["sample", trained_runs["cvae"], "--grid", "--n", 15, "--out", tmp_path / "x.png"],
              "--n must be a multiple of 10, got 15"),
         ]

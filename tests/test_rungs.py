@@ -41,7 +41,9 @@ def test_the_grep_catches_what_it_names():
 class TestCapabilities:
     def test_queries(self):
         assert kinds(codes=True) == ("ae", "vae", "cvae") and kinds(diffusion=True) == ("ddpm", "cddpm")
-        assert kinds(guided=True) == ("cddpm",) and kinds(generative=False) == ("classifier",)
+        assert kinds(flow=True) == ("flow", "cflow") and kinds(iterative=True) == ("ddpm", "cddpm", "flow", "cflow")
+        assert kinds(guided=True) == ("cddpm", "cflow") and kinds(generative=False) == ("classifier",)
+        assert rung("cflow").unconditional_twin == "flow" and rung("flow").samples and not rung("flow").codes
         assert kinds(variational=True, conditional=True) == ("cvae",)
         assert rung("cvae").unconditional_twin == "vae" and rung("ddpm").unconditional_twin is None
 
@@ -57,7 +59,7 @@ class TestCapabilities:
         spec = rung(name)
         if spec.family == "autoencoder":
             config = AutoencoderConfig.preset(name, "default", latent_dim=4 if name != "ae" else None, width=8)
-        elif spec.diffusion:
+        elif spec.iterative:
             config = UNetConfig(widths=(8, 16), attention_resolutions=(), image_size=8,
                                 num_classes=3 if spec.conditional else 0)
         else:
@@ -66,7 +68,7 @@ class TestCapabilities:
         assert hasattr(model, "encode") == spec.codes and hasattr(model, "decode") == spec.codes
         if spec.family == "autoencoder":
             assert bool(model.num_classes) == spec.conditional
-        if spec.diffusion:
+        if spec.iterative:
             assert bool(model.config.num_classes) == spec.conditional
 
 

@@ -113,7 +113,8 @@ class TestFormChecks:
         assert parse_sampler(fake_run("vae"), "nonsense", 0, -1) is None  # autoencoders ignore these fields
         for args, expected in [(("dpmpp", 0, 0), "steps must be in 1..50, got 0"),
                                (("dpmpp", 51, 0), "steps must be in 1..50, got 51"),
-                               (("euler", 5, 0), "sampler must be one of ddpm, ddim, dpmpp"),
+                               (("rk4", 5, 0), "sampler must be one of ddpm, ddim, dpmpp"),
+                               (("euler", 5, 0), "the euler sampler is for flow runs; a cddpm run samples with"),
                                (("dpmpp", 5, -1), "guidance weight must be in 0..100, got -1.0"),
                                (("dpmpp", 5, "x"), "guidance weight must be a number")]:
             with pytest.raises(GenladderError, match=expected):
