@@ -175,13 +175,16 @@ class TestFlowCommands:
 
     def test_evaluate_names_the_sampler_and_its_evaluations(self, flow_runs, capsys):
         argv = ["evaluate", flow_runs["cflow"], "--n", 20, "--steps", 3, "--guidance", 1, "--memorisation-samples",
-                10, "--no-progress"]
+                10, "--bpd-images", 4, "--ode-steps", 2, "--no-progress"]
         assert run_cli(capsys, *argv)[0] == 0
         result = json.loads((flow_runs["cflow"] / "eval.json").read_text())
         assert result["sampling"]["sampler"] == "heun" and result["sampling"]["network_evaluations"] == 12
         assert "spacing" not in result["sampling"] and result["evaluation"]["sampling"]["sampler"] == "heun"
+        bits = result["ode_bits_per_dim_given_label"]  # p(x | y) of the conditional flow, on the 784 digit pixels
+        assert bits["dims"] == 784 and bits["steps"] == 2 and bits["images"] == 4 and bits["probes"] == 2
+        assert bits["bits_per_dim"] > 0 and bits["dequantized"]
         code, out, _ = run_cli(capsys, "report", flow_runs["cflow"])
-        assert code == 0 and "heun 3 steps, 12 evaluations, w=1" in out
+        assert code == 0 and "heun 3 steps, 12 evaluations, w=1" in out and "ODE, 2 heun steps, 784 px" in out
 
     def test_pipeline(self, flow_runs):
         import genladder

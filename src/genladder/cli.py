@@ -312,10 +312,12 @@ def _add_evaluate_parsers(subparsers) -> None:
                    "(default 100)")
     p.add_argument("--iwae-images", type=positive_int, default=1000, help="VAE: test digits in the IWAE bound "
                    "(default 1000)")
-    p.add_argument("--bpd-images", type=positive_int, default=200, help="diffusion: test digits in the "
-                   "variational bound (default 200)")
+    p.add_argument("--bpd-images", type=positive_int, default=200, help="diffusion and flow: test digits in the "
+                   "likelihood (the variational bound; the ODE likelihood) (default 200)")
     p.add_argument("--bpd-timesteps", type=_optional_steps, default=50, help="diffusion: KL terms scored per digit, "
                    "stratified over t (default 50; 'all' for the exact sum)")
+    p.add_argument("--ode-steps", type=positive_int, default=32, help="flow: Heun steps of the probability-flow "
+                   "ODE in the likelihood (default 32)")
     p.add_argument("--memorisation-samples", type=positive_int, default=2000, help="samples checked against "
                    "their nearest training image (default 2000)")
     p.add_argument("--classifier", help="feature network: a classifier run folder or file (default: the shipped "
@@ -435,8 +437,8 @@ def _evaluation_config(args: argparse.Namespace, **changes):
         n=args.n, sampling=sampler_config(args), seed=args.seed, classifier=args.classifier,
         second_classifier=args.second_classifier, weights=args.weights, device=args.device,
     )
-    for name in ("pr_k", "iwae_k", "iwae_images", "bpd_images", "bpd_timesteps", "memorisation_samples",
-                 "checkpoint"):
+    for name in ("pr_k", "iwae_k", "iwae_images", "bpd_images", "bpd_timesteps", "ode_steps",
+                 "memorisation_samples", "checkpoint"):
         if hasattr(args, name):
             values[name] = getattr(args, name)
     return EvaluationConfig(**{**values, **changes})

@@ -75,8 +75,10 @@ class EvaluationConfig:
     kid_subset_size: int = 1_000
     iwae_k: int = 100  # importance samples of the IWAE bound
     iwae_images: int = 1_000  # test digits in the IWAE estimate (the ELBO uses all of them)
-    bpd_images: int = 200  # test digits in the DDPM bound
+    bpd_images: int = 200  # test digits in the DDPM bound and in the flow's ODE likelihood
     bpd_timesteps: int | None = 50  # KL terms per image in the DDPM bound (None: all T)
+    ode_steps: int = 32  # Heun steps of the flow's likelihood ODE (64 evaluations, each with its divergence)
+    ode_probes: int = 2  # Hutchinson probes per evaluation: two, so that the estimator's own error is measured
     memorisation_samples: int = 2_000  # samples (and test digits) in the nearest-training-image check
     classifier: str | None = None  # classifier file or run folder (default: the shipped MNIST classifier)
     # the second opinion (default: the shipped second network when ``classifier`` is the shipped one too)
@@ -87,8 +89,8 @@ class EvaluationConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("n", "pr_k", "dc_k", "iwae_k", "iwae_images", "bpd_images", "memorisation_samples",
-                     "kid_subset_size"):
+        for name in ("n", "pr_k", "dc_k", "iwae_k", "iwae_images", "bpd_images", "ode_steps", "ode_probes",
+                     "memorisation_samples", "kid_subset_size"):
             if getattr(self, name) < 1:
                 raise GenladderError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.n <= max(self.pr_k, self.dc_k):
@@ -207,9 +209,8 @@ def _diffusion_likelihood(run: Run, test: torch.Tensor, test_labels: torch.Tenso
     conditional_run = rung(run.kind).conditional
     fn = conditional(run.model, test_labels[:count].to(device)) if conditional_run else unconditional(run.model)
     eps_fn = as_eps_fn(fn, schedule, run.prediction)
-    data = run.config.data
-    padded = data.is_named and data.resize == "pad" and tuple(images.shape[-2:]) == (32, 32)
-    dims = 28 * 28 * images.shape[1] if padded else None
+    dims = _padded_digit_pixels(run, images)
+    padded = dims is not None
     bound = {}
     for name, fn_ in (("model", eps_fn), ("floor", oracle_eps_function(schedule, images))):
         generator = torch.Generator(device=device).manual_seed(evaluation.seed)
@@ -219,6 +220,34 @@ def _diffusion_likelihood(run: Run, test: torch.Tensor, test_labels: torch.Tenso
     key = "bits_per_dim_given_label" if conditional_run else "bits_per_dim"
     return {key: {**bound["model"], "floor": {v: bound["floor"][v] for v in ("beta", "posterior")},
                   "pixels": "the 28×28 digit (the padding's terms included)" if padded else "every pixel"}}
+
+
+def _padded_digit_pixels(run: Run, images: torch.Tensor) -> int | None:
+    """784 per channel for MNIST-like digits padded to 32×32 (the dimensions the bits are shared over), else None
+    (every pixel)."""
+    data = run.config.data
+    padded = data.is_named and data.resize == "pad" and tuple(images.shape[-2:]) == (32, 32)
+    return 28 * 28 * images.shape[1] if padded else None
+
+
+def _flow_likelihood(run: Run, test: torch.Tensor, test_labels: torch.Tensor, evaluation: EvaluationConfig) -> dict:
+    """The ODE likelihood (instantaneous change of variables, Hutchinson divergence) in bits per real pixel, as a
+    bound on the 8-bit likelihood (uniform dequantization): the DDPM bound's axis. −log p(x | y) with the true
+    label and no guidance for cflow, −log p(x) for flow."""
+    from genladder.flow import flow_bits_per_dim, network_velocity
+
+    device = next(run.model.parameters()).device
+    count = min(evaluation.bpd_images, len(test))
+    images = to_signed(test[:count]).to(device)
+    conditional_run = rung(run.kind).conditional
+    velocity = network_velocity(run.model, test_labels[:count].to(device) if conditional_run else None)
+    generator = torch.Generator(device=device).manual_seed(evaluation.seed)
+    bits = flow_bits_per_dim(velocity, images, dims=_padded_digit_pixels(run, images), steps=evaluation.ode_steps,
+                             solver="heun", divergence="hutchinson", probes=evaluation.ode_probes,
+                             generator=generator)
+    padded = _padded_digit_pixels(run, images) is not None
+    key = "ode_bits_per_dim_given_label" if conditional_run else "ode_bits_per_dim"
+    return {key: {**bits, "pixels": "the 28×28 digit (the padding's terms included)" if padded else "every pixel"}}
 
 
 def _training_summary(run_dir: Path, run: Run) -> dict:
@@ -345,6 +374,10 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
     elif spec.diffusion:
         _log(f"variational bound on {min(evaluation.bpd_images, len(test_images))} test digits", quiet)
         result.update(_diffusion_likelihood(run, test_images, test_labels, evaluation))
+    elif spec.flow:
+        _log(f"ODE likelihood on {min(evaluation.bpd_images, len(test_images))} test digits ({evaluation.ode_steps} "
+             "Heun steps)", quiet)
+        result.update(_flow_likelihood(run, test_images, test_labels, evaluation))
     return _finish(run_dir, result, write)
 
 

@@ -37,10 +37,18 @@ def _likelihood(result: dict) -> str:
         bound = result["bits_per_dim"]
         return (f"≤ {bound['posterior']:.3f} bits/dim (±{_fmt(bound['posterior_stderr'], '.3f')}; floor "
                 f"{bound['floor']['posterior']:.3f}, {bound['dims']} px)")
+    if "ode_bits_per_dim" in result:
+        return _ode_bits(result["ode_bits_per_dim"])
     if "iwae_nll_nats" in result:
         iwae = result["iwae_nll_nats"]
         return f"≤ {iwae['value']:.1f} nats (IWAE k={iwae['k']}, {result['likelihood']} on grey levels)"
     return "–"
+
+
+def _ode_bits(bits: dict) -> str:
+    """A flow's dequantized ODE likelihood: a bound on the 8-bit likelihood, as the DDPM bound is."""
+    return (f"≤ {bits['bits_per_dim']:.3f} bits/dim (±{_fmt(bits['stderr'], '.3f')}; ODE, {bits['steps']} "
+            f"{bits['solver']} steps, {bits['dims']} px)")
 
 
 def _conditional_likelihood(result: dict) -> str:
@@ -49,6 +57,8 @@ def _conditional_likelihood(result: dict) -> str:
         bound = result["bits_per_dim_given_label"]
         return (f"≤ {bound['posterior']:.3f} bits/dim (±{_fmt(bound['posterior_stderr'], '.3f')}; floor "
                 f"{bound['floor']['posterior']:.3f}, {bound['dims']} px)")
+    if "ode_bits_per_dim_given_label" in result:
+        return _ode_bits(result["ode_bits_per_dim_given_label"])
     if "iwae_nll_nats" in result and result.get("kind") in kinds(variational=True, conditional=True):
         iwae = result["iwae_nll_nats"]
         return f"≤ {iwae['value']:.1f} nats (IWAE k={iwae['k']}, {result['likelihood']} on grey levels)"
