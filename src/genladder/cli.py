@@ -34,7 +34,7 @@ from genladder.cli_args import (
     unet_widths,
 )
 from genladder.errors import GenladderError
-from genladder.flow.objective import TIME_SAMPLINGS
+from genladder.flow import FLOW_SOLVERS, TIME_SAMPLINGS
 from genladder.presets import label_dropout_help, train_default_help
 from genladder.rungs import MODEL_KINDS, check_kind
 from genladder.sampling import SAMPLERS
@@ -344,6 +344,47 @@ def _add_evaluate_parsers(subparsers) -> None:
     p.add_argument("--out", help="write the table to this .md file (default: print it)")
 
 
+def _add_reflow_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "reflow", help="flow/cflow: straighten a trained flow on its own (noise, sample) pairs, for 1-4-step "
+        "sampling", argument_default=SUPPRESS,
+        description="Reflow (Liu et al. 2023, 2-rectified flow): draw (noise, sample) pairs with a trained flow "
+        "(the teacher), then fine-tune a copy of it on the straight lines between them. The pairs are kept in "
+        "the run folder; a stopped run continues with 'genladder reflow' again (drawing) or 'genladder train "
+        "--resume' (training).")
+    p.add_argument("teacher", help="a trained flow or cflow run folder")
+    p.add_argument("--run-dir", required=True, help="the reflowed run's folder (pairs and training)")
+    pairs = p.add_argument_group("the pairs")
+    pairs.add_argument("--pairs", type=int_in(20, 10**7), default=10_000, help="(noise, sample) pairs to draw "
+                       "(default 10000; 5 %% are the test set)")
+    pairs.add_argument("--teacher-sampler", choices=tuple(FLOW_SOLVERS), default="heun",
+                       help="the teacher's ODE solver (default heun)")
+    pairs.add_argument("--teacher-steps", type=int_in(1, MAX_T), default=20, help="its steps (default 20)")
+    pairs.add_argument("--guidance", type=float_in(*GUIDANCE_RANGE), default=0.0, help="cflow: the teacher's "
+                       "guidance weight w, distilled into the student (which then samples without guidance; "
+                       "default 0)")
+    pairs.add_argument("--pair-seed", type=int_in(*SEED), default=0, help="seed of the pairs' noise (default 0)")
+    pairs.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
+                       help="the teacher's EMA weights when it has them (auto), or its raw ones")
+    pairs.add_argument("--sample-batch-size", type=int_in(1, MAX_BATCH), default=100,
+                       help="images per teacher call (default 100)")
+    train = p.add_argument_group("training the student (defaults: a fine-tune of 400 steps of 128 at lr 5e-4)")
+    train.add_argument("--steps", type=int_in(1, 10**9), help="optimiser steps (default 400)")
+    train.add_argument("--batch-size", type=int_in(1, MAX_BATCH), help="pairs per step (default: the teacher's)")
+    train.add_argument("--lr", type=float_in(0, 10, low_open=True), help="peak learning rate (default 5e-4)")
+    train.add_argument("--warmup-images", type=int_in(0, 10**12), help="linear warm-up (default 6400 images)")
+    train.add_argument("--ema-half-life-images", type=int_in(1, 10**12), help="the EMA's half-life (default 12800 "
+                       "images)")
+    train.add_argument("--time-budget", type=parse_duration, help="stop training cleanly after this long (90s, "
+                       "10m, 1h)")
+    train.add_argument("--checkpoint-every", type=int_in(1, 10**9), help="steps between checkpoints (default: the "
+                       "teacher's)")
+    train.add_argument("--seed", type=int_in(*SEED), help="training seed (default: the teacher's)")
+    p.add_argument("--threads", type=int_in(1, 1024), help="torch CPU threads")
+    p.add_argument("--device", type=device_name, default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
+
+
 def _add_serve_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="a local web demo of trained runs (needs: pip install 'genladder[demo]')",
                               description="Start a Gradio page on 127.0.0.1 to draw digits from trained runs.")
@@ -362,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(subparsers)
     _add_figure_parsers(subparsers)
     _add_evaluate_parsers(subparsers)
+    _add_reflow_parser(subparsers)
     _add_serve_parser(subparsers)
     return parser
 
@@ -418,6 +460,50 @@ def _train(args: argparse.Namespace) -> int:
     print(f"genladder: {how} at step {result.step} after {result.train_seconds:.0f} s of training in all; "
           f"test set: {test}")
     print(f"genladder: run folder {run_dir} (samples in {run_dir / 'samples'}, loss curve {run_dir / 'loss.png'})")
+    return 0
+
+
+def _reflow(args: argparse.Namespace) -> int:
+    from genladder.flow.reflow import ReflowConfig, check_pairs_folder, draw_pairs, student_config
+    from genladder.runs import CONFIG, check_run_dir, load_run, run_training
+
+    given = vars(args)
+    run_dir = Path(args.run_dir)
+    check_run_dir(run_dir)
+    if (run_dir / CONFIG).exists():
+        raise GenladderError(f"{run_dir} already holds a run; continue its training with 'genladder train --resume "
+                             f"{run_dir}'")
+    if "threads" in given:
+        import torch
+
+        torch.set_num_threads(given["threads"])
+    teacher = load_run(args.teacher, weights=args.weights, device=args.device)
+    if not teacher.config.rung.flow:
+        raise GenladderError(f"reflow needs a flow or cflow run as the teacher; {args.teacher} is a {teacher.kind} run")
+    if not hasattr(teacher.config, "train"):
+        raise GenladderError(f"reflow needs the teacher's run folder (its data and recipe), not a model file: "
+                             f"{args.teacher}")
+    if args.guidance and not teacher.config.rung.conditional:
+        raise GenladderError("--guidance needs a conditional teacher (cflow); this one is unconditional")
+    reflow = ReflowConfig(teacher=str(args.teacher), checkpoint=teacher.checkpoint.name, weights=teacher.weights,
+                          pairs=args.pairs, sampler=args.teacher_sampler, steps=args.teacher_steps,
+                          guidance=args.guidance, seed=args.pair_seed)
+    train_fields = ("steps", "batch_size", "lr", "warmup_images", "ema_half_life_images", "time_budget",
+                    "checkpoint_every", "seed")
+    config = student_config(teacher.config, reflow, {k: given[k] for k in train_fields if k in given})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_pairs_folder(run_dir, reflow)
+    print(f"genladder: drawing {reflow.pairs} pairs with {args.teacher} ({reflow.sampler} {reflow.steps} steps, "
+          f"w = {reflow.guidance:g}) into {run_dir}", file=sys.stderr)
+    progress = not given.get("no_progress", False)
+    draw_pairs(teacher, reflow, run_dir, batch_size=args.sample_batch_size, progress=progress)
+    initial_state = {k: v.detach().cpu().clone() for k, v in teacher.model.state_dict().items()}
+    del teacher
+    print(f"genladder: training the reflowed {config.kind} in {run_dir} from the teacher's weights", file=sys.stderr)
+    result = run_training(config, run_dir, device=args.device, log_format="auto" if progress else "lines",
+                          initial_state=initial_state)
+    print(f"genladder: done at step {result.step} after {result.train_seconds:.0f} s of training; test loss "
+          f"{result.last_test.get('loss', float('nan')):.4g}; sample it with 'genladder sample {run_dir} --steps 1'")
     return 0
 
 
@@ -512,7 +598,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 def _interrupted_run_dir(args: argparse.Namespace | None) -> str | None:
     """The run folder a Ctrl-C'd 'train' was writing, for the message that says how to resume it."""
-    if args is None or getattr(args, "command", None) != "train":
+    if args is None or getattr(args, "command", None) not in ("train", "reflow"):
         return None
     return getattr(args, "resume", None) or getattr(args, "run_dir", None)
 
@@ -532,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "guidance-curve":
             return _guidance_curve(args)
+        if args.command == "reflow":
+            return _reflow(args)
         if args.command == "serve":
             from genladder.serve_http import serve
 
@@ -555,8 +643,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") != "0":  # under torchrun the main process speaks for all
             return 130
-        run_dir = _interrupted_run_dir(locals().get("args"))
-        if run_dir is not None:
+        args = locals().get("args")
+        run_dir = _interrupted_run_dir(args)
+        if getattr(args, "command", None) == "reflow" and not (Path(args.run_dir) / "config.json").exists():
+            print(f"genladder: interrupted while drawing pairs; 'genladder reflow {args.teacher} --run-dir "
+                  f"{args.run_dir}' again keeps the chunks already drawn", file=sys.stderr)
+        elif run_dir is not None:
             print(f"genladder: interrupted; continue from the newest checkpoint with 'genladder train --resume "
                   f"{run_dir}' (one process saves one on Ctrl-C)", file=sys.stderr)
         else:

@@ -125,11 +125,13 @@ def _preview_for(config: RunConfig, data: TrainingData):
 def run_training(
     config: RunConfig | dict, run_dir: str | Path, *, resume: bool = False, device: str = "auto",
     show_progress: bool = True, log_format: str = "auto", on_start: Callable[[], None] | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train (or resume) the run described by ``config`` (a RunConfig, or its JSON form) in ``run_dir``.
 
     ``on_start`` is called once the data is loaded and the run folder is taken, just before the first step
-    (the CLI's "training …" line, so that a refused run does not first announce itself).
+    (the CLI's "training …" line, so that a refused run does not first announce itself). ``initial_state``: the
+    weights a fresh run starts from (a reflowed flow starts from its teacher's); a resumed run ignores it.
 
     Under torchrun this is one of several processes training together (``genladder.training.distributed``);
     only the main process writes to ``run_dir``.
@@ -143,7 +145,12 @@ def run_training(
         check_same_data(config.facts, data_config)
     with distributed.session(pick_device(device)) as ctx, contextlib.ExitStack() as held:
         with ctx.local_main_first():  # one download per machine at most
-            data = load_training_data(kind, data_config)
+            if getattr(config.objective, "reflow", None) is not None:  # the teacher's pairs, in the run folder
+                from genladder.flow.reflow import reflow_training_data
+
+                data = reflow_training_data(run_dir, config)
+            else:
+                data = load_training_data(kind, data_config)
         if not resume:
             taken = (run_dir / CONFIG).exists()
             ctx.barrier()  # every process has looked before the main one writes
@@ -174,6 +181,8 @@ def run_training(
             on_start()
         torch.manual_seed(train_config.seed)
         model = build_model_checked(kind, config.model, run_dir / CONFIG).to(ctx.device)
+        if initial_state is not None and not resume:
+            model.load_state_dict(initial_state)
         objective = make_objective(kind, config.objective, config.model)
         description = config.description().to_dict()
         return train(

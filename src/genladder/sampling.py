@@ -110,6 +110,11 @@ def check_sampling(description: ModelDescription, sampler: SamplerConfig, labels
     num_classes = description.num_classes
     if not num_classes and sampler.guidance:
         raise GenladderError("--guidance needs a conditional model (cddpm, cflow); this run is unconditional")
+    if sampler.guidance and not can_guide(description):
+        reflow = getattr(description.objective, "reflow", None)
+        why = f"; its reflow pairs were drawn at w = {reflow.guidance:g}, distilled in" if reflow is not None else ""
+        raise GenladderError(f"this {description.kind} never saw the null label (label dropout 0{why}): sample it "
+                             "without --guidance")
     if num_classes and labels is None:
         raise GenladderError("a conditional model needs labels")
 
@@ -125,6 +130,12 @@ def guided_output(model: torch.nn.Module, description: ModelDescription, labels:
     if interval is not None and guidance:
         fn = guidance_interval(fn, conditional(model, labels), noise_level, *interval)
     return fn
+
+
+def can_guide(description: ModelDescription) -> bool:
+    """Classifier-free guidance is defined: a conditional network trained with the null label (label dropout > 0;
+    a reflowed flow has none: genladder.flow.reflow)."""
+    return description.rung.guided and description.objective.label_dropout > 0
 
 
 def eps_function(model: torch.nn.Module, description: ModelDescription, schedule: NoiseSchedule,
@@ -208,7 +219,7 @@ def preview_sampler(description: ModelDescription, count: int):
     from genladder.rungs import grid_labels
 
     guided = description.rung.guided
-    guidance = 2.0 if guided else 0.0
+    guidance = 2.0 if can_guide(description) else 0.0
     steps = 10 if description.rung.flow else min(20, description.schedule.T)
     sampler = SamplerConfig(steps=steps, guidance=guidance).for_rung(description.rung)
 

@@ -12,7 +12,7 @@ The maths follows rectified flow (Liu et al. 2023) and flow matching (Lipman et 
 sampling of Esser et al. 2024 (Stable Diffusion 3); see docs/flow-matching.md.
 """
 
-from genladder.flow.closed_form import gaussian_flow_loss, gaussian_velocity
+from genladder.flow.closed_form import gaussian_flow_loss, gaussian_reflow_velocity, gaussian_velocity
 from genladder.flow.likelihood import (
     DIVERGENCES,
     LIKELIHOOD_SOLVERS,
@@ -47,6 +47,7 @@ __all__ = [
     "flow_path",
     "flow_times",
     "gaussian_flow_loss",
+    "gaussian_reflow_velocity",
     "gaussian_velocity",
     "network_velocity",
     "ode_log_likelihood",

@@ -28,6 +28,7 @@ from torch import nn
 from genladder.config import config_from_dict
 from genladder.diffusion.objective import forward_with_label_dropout
 from genladder.errors import GenladderError
+from genladder.flow.reflow import ReflowConfig
 
 TIME_SAMPLINGS = ("uniform", "logit-normal")
 TIME_SCALE = 1000.0  # the network sees t·1000: DDPM's timestep range, for the same sinusoidal embedding
@@ -48,6 +49,8 @@ class FlowObjectiveConfig:
     logit_mean: float = 0.0  # logit-normal only: m of Esser et al. 2024, eq. 19
     logit_std: float = 1.0  # logit-normal only: s
     label_dropout: float = 0.0  # conditional runs only: p_uncond of Ho & Salimans 2022
+    # a reflowed flow (genladder.flow.reflow): trained on its teacher's (noise, sample) pairs, not on fresh noise
+    reflow: ReflowConfig | None = None
 
     def __post_init__(self) -> None:
         if self.time_sampling not in TIME_SAMPLINGS:
@@ -62,11 +65,15 @@ class FlowObjectiveConfig:
         return FlowMatchingObjective(self, num_classes or None)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if self.reflow is None:
+            del values["reflow"]  # the flows trained on data state no reflow entry
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> FlowObjectiveConfig:
-        return config_from_dict(cls, values)
+        nested = {"reflow": ReflowConfig} if isinstance(values, dict) and values.get("reflow") is not None else None
+        return config_from_dict(cls, values, nested=nested)
 
 
 class FlowMatchingObjective:
@@ -90,11 +97,18 @@ class FlowMatchingObjective:
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """images (B, C, H, W) in [−1, 1] -> (scalar loss, metrics). Draws, in this order from ``generator``
-        (or the global RNG): t (B,), ε (B, C, H, W), and (conditional only) the dropout coins (B,)."""
+        (or the global RNG): t (B,), ε (B, C, H, W), and (conditional only) the dropout coins (B,).
+
+        A reflowed flow's ``images`` are its pairs (B, 2C, H, W): the teacher's sample x₀ in the first C channels
+        and the noise ε it was drawn from in the last C (genladder.flow.reflow); no ε is drawn then.
+        """
         B, device = images.shape[0], images.device
         rng_device = generator.device if generator is not None else device
         t = self.sample_times(B, generator, rng_device).to(device)
-        eps = torch.randn(images.shape, generator=generator, device=rng_device, dtype=images.dtype).to(device)
+        if self.config.reflow is not None:
+            images, eps = images.chunk(2, dim=1)  # the coupling (x₀, ε) = (ODE(ε), ε) (Liu et al. 2023, eq. 6)
+        else:
+            eps = torch.randn(images.shape, generator=generator, device=rng_device, dtype=images.dtype).to(device)
         x_t = flow_path(images, eps, t)
         timesteps = (t * TIME_SCALE).to(images.dtype)
         output, metrics = forward_with_label_dropout(model, x_t, timesteps, labels, self.num_classes,
