@@ -348,6 +348,15 @@ def compare_fields(mixture: GaussianMixture2D = TOY_MIXTURE, seed: int = 0, n: i
     return ToyComparison(mixture, fields, data, noise, floor)
 
 
+def toy_comparison(seed: int = 0, quick: bool = False) -> ToyComparison:
+    """``compare_fields(seed=seed)``, or with ``quick`` a small one (500 samples, a 200-step reflow on 1,000
+    pairs) for smoke tests: seconds, and rougher numbers."""
+    if not quick:
+        return compare_fields(seed=seed)
+    reflow = fit_reflow(rectified_flow_velocity(TOY_MIXTURE), pairs=1000, train_steps=200, seed=seed)
+    return compare_fields(seed=seed, n=500, reflow=reflow)
+
+
 def format_comparison(comparison: ToyComparison) -> str:
     """A table of the comparison's numbers, one line per field."""
     steps = list(comparison.fields[0].euler_errors)
@@ -373,11 +382,11 @@ def _limits(comparison: ToyComparison) -> tuple[float, float, float, float]:
 
 
 def draw_toy_trajectories(path: str | Path, seed: int = 0, comparison: ToyComparison | None = None,
-                          count: int = 50) -> Path:
+                          count: int = 50, quick: bool = False) -> Path:
     """Three panels (VP PF-ODE, 1-rectified flow, 2-rectified flow): the data, ``count`` ODE trajectories
     from the same noise (Heun, 100 steps, coloured by t) and their ends; each title gives the straightness S,
     the chord deviation and the sliced W₂ of 2-step Euler samples. ``comparison`` defaults to
-    ``compare_fields(seed=seed)``; its table is printed. Saved atomically as a PNG; returns the path."""
+    ``toy_comparison(seed, quick)``; its table is printed. Saved atomically as a PNG; returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -386,7 +395,7 @@ def draw_toy_trajectories(path: str | Path, seed: int = 0, comparison: ToyCompar
 
     from genladder.plotting import _save_figure
 
-    comparison = comparison or compare_fields(seed=seed)
+    comparison = comparison or toy_comparison(seed, quick)
     print(format_comparison(comparison), flush=True)
     x_low, x_high, y_low, y_high = _limits(comparison)
     figure, axes = plt.subplots(1, 3, figsize=(14, 5.4), dpi=100, sharex=True, sharey=True, layout="constrained")
@@ -422,9 +431,11 @@ def draw_toy_trajectories(path: str | Path, seed: int = 0, comparison: ToyCompar
     return _save_figure(figure, path)
 
 
-def draw_toy_steps(path: str | Path, seed: int = 0, comparison: ToyComparison | None = None) -> Path:
+def draw_toy_steps(path: str | Path, seed: int = 0, comparison: ToyComparison | None = None,
+                   quick: bool = False) -> Path:
     """Samples of each field (rows) after 1, 2, 4, 8 Euler steps (columns) over the data, each titled with its
-    sliced W₂ to the data. Saved atomically as a PNG; returns the path."""
+    sliced W₂ to the data; ``comparison`` defaults to ``toy_comparison(seed, quick)``. Saved atomically as a
+    PNG; returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -432,7 +443,7 @@ def draw_toy_steps(path: str | Path, seed: int = 0, comparison: ToyComparison | 
 
     from genladder.plotting import _save_figure
 
-    comparison = comparison or compare_fields(seed=seed)
+    comparison = comparison or toy_comparison(seed, quick)
     steps, rows = list(comparison.fields[0].euler_errors), len(comparison.fields)
     x_low, x_high, y_low, y_high = _limits(comparison)
     figure, axes = plt.subplots(rows, len(steps), figsize=(2.6 * len(steps) + 0.6, 2.6 * rows + 0.5), dpi=100,
@@ -466,7 +477,7 @@ if __name__ == "__main__":
     parser.add_argument("--trajectories", help="PNG path for draw_toy_trajectories")
     parser.add_argument("--steps", help="PNG path for draw_toy_steps")
     args = parser.parse_args()
-    result = compare_fields(seed=args.seed)
+    result = toy_comparison(args.seed)
     if args.trajectories:
         draw_toy_trajectories(args.trajectories, comparison=result)
     else:
