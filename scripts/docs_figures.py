@@ -6,7 +6,8 @@
     python scripts/docs_figures.py --dry-run         # print every command instead of running it
     python scripts/docs_figures.py --recipe quick --out /tmp/figs --data-dir tests/data/mnist-mini   # seconds (tests)
 
-Each figure needs at most one trained run (``ae``, ``vae``, ``vae2d``, ``cvae``, ``cvae-tutorial``, ``cddpm``).
+Each figure needs at most one trained run (``ae``, ``vae``, ``vae2d``, ``cvae``, ``cvae-tutorial``, ``cddpm``);
+the 2-D flow toy's figures need none (``genladder.flow.toy``: closed forms and a seconds-long reflow fit).
 A run folder that already holds a checkpoint is reused as it is; otherwise it is trained first with the
 recipe's command. Recipes:
 
@@ -23,6 +24,7 @@ The figure verbs run in this process through ``genladder.cli.main``, exactly as 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import sys
@@ -65,6 +67,7 @@ class Figure:
     name: str
     run: str | None
     argv: tuple[str, ...]  # the command, RUN standing for the run folder; () = copy the run's loss.png
+    function: str = ""  # "module:function" called as function(path, quick=...) instead of a command (argv ())
 
 
 def figures(quick: bool) -> list[Figure]:
@@ -96,6 +99,8 @@ def figures(quick: bool) -> list[Figure]:
         Figure("cddpm-trajectory", "cddpm", ("trajectory", RUN, *trajectory, "--sampler", "ddpm", "--guidance", "2")),
         Figure("cddpm-guidance-sweep", "cddpm", ("guidance-sweep", RUN, "--guidance-weights", "0,0.5,1,2,4,8",
                                                  "--steps", steps, "--seed", "3")),
+        Figure("flow-toy-trajectories", None, (), "genladder.flow.toy:draw_toy_trajectories"),  # no training
+        Figure("flow-toy-steps", None, (), "genladder.flow.toy:draw_toy_steps"),
     ]
 
 
@@ -135,6 +140,12 @@ def prepare_run(name: str, folder: Path, recipe: str, data_dir: str | None, dry_
 def draw(figure: Figure, run: Path | None, out: Path, quick: bool, data_dir: str | None, dry_run: bool) -> Path:
     """Make one figure into ``out``; returns its path."""
     path = out / f"{figure.name}.png"
+    if figure.function:  # drawn in closed form (plus seconds of fitting) by a function of genladder
+        module, name = figure.function.split(":")
+        print(f"python -c 'from {module} import {name}; {name}(\"{path}\", quick={quick})'", flush=True)
+        if not dry_run:
+            getattr(importlib.import_module(module), name)(path, quick=quick)
+        return path
     if not figure.argv:  # the loss curve the training loop drew
         print(f"cp {run / 'loss.png'} {path}", flush=True)
         if not dry_run:

@@ -31,6 +31,12 @@ NOT_REDRAWN = {
     "ablation-previews.png": "the last training previews of three ablation runs (docs/performance.md)",
     "cpu-fast-training-curve.png": "benchmarks/time_to_quality.py on the full-budget cpu-fast run",
 }
+# Pictures the script draws and commits before the page that shows them is written, with that page. An entry
+# must go once its page shows the picture (the test below fails until it does).
+AWAITING_PAGE = {
+    "flow-toy-trajectories.png": "docs/flow-matching.md (genladder.flow.toy: VP PF-ODE, 1- and 2-rectified flow)",
+    "flow-toy-steps.png": "docs/flow-matching.md (genladder.flow.toy: their samples at 1, 2, 4, 8 Euler steps)",
+}
 
 
 def _script(name: str):
@@ -111,7 +117,8 @@ class TestFigures:
     def test_every_image_the_pages_show_is_made_by_the_script(self):
         made = {f"{figure.name}.png" for figure in docs_figures.figures(quick=False)}
         committed = {path.name for path in (DOCS / "images").glob("*.png")}
-        assert _images_shown([DOCS / f"{page}.md" for page in LEARNING]) == made
+        assert set(AWAITING_PAGE) <= made and not set(AWAITING_PAGE) & _images_shown(DOCS.glob("*.md"))
+        assert _images_shown([DOCS / f"{page}.md" for page in LEARNING]) == made - set(AWAITING_PAGE)
         assert made <= committed
         # The reference pages show the script's pictures too, and a few made otherwise (listed, with their source).
         others = _images_shown([DOCS / f"{page}.md" for page in REFERENCE]) - made
