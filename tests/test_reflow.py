@@ -46,10 +46,11 @@ class TestPairedObjective:
         pairs = torch.cat([x0, eps], dim=1)
         straight, _ = paired(_VelocityNet(gaussian_reflow_velocity(mean, std)), pairs,
                              generator=torch.Generator().manual_seed(1))
-        curved, _ = paired(_VelocityNet(gaussian_velocity(mean, std)), pairs, generator=torch.Generator().manual_seed(1))
+        first_flow = _VelocityNet(gaussian_velocity(mean, std))
+        curved, _ = paired(first_flow, pairs, generator=torch.Generator().manual_seed(1))
         assert straight.item() < 1e-20 and curved.item() > 0.05
         independent = FlowMatchingObjective(FlowObjectiveConfig(time_sampling="uniform"))
-        loss, _ = independent(_VelocityNet(gaussian_velocity(mean, std)), x0, generator=torch.Generator().manual_seed(1))
+        loss, _ = independent(first_flow, x0, generator=torch.Generator().manual_seed(1))
         t = torch.rand(200_000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
         expected = gaussian_flow_loss(std, t).mean().item()  # E_t L*(t) under uniform t
         assert loss.item() == pytest.approx(expected, rel=0.05) and expected > 0.1
