@@ -22,13 +22,15 @@ REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 BEGIN, END = "<!-- using-it:begin -->", "<!-- using-it:end -->"
 DIFFUSION = ("ddpm", "cddpm")
+FLOW = ("flow", "cflow")
 # Tiny networks of the same kind: as in scripts/docs_figures.py's quick recipe.
 TINY_NETWORK = {"ae": ["--width", "16"], "vae": ["--width", "16"], "cvae": ["--width", "16"],
-                "ddpm": ["--widths", "8,8,8", "--T", "20"], "cddpm": ["--widths", "8,8,8", "--T", "20"]}
+                "ddpm": ["--widths", "8,8,8", "--T", "20"], "cddpm": ["--widths", "8,8,8", "--T", "20"],
+                "flow": ["--widths", "8,8,8"], "cflow": ["--widths", "8,8,8"]}
 # 256 training digits at the default batch of 128 make 2 steps an epoch, so 3 steps end one epoch and stop
 # in the middle of the next: an autoencoder's run folder then holds both kinds of sample grid the README names.
 # A diffusion run stops at the epoch's end: its per-epoch grid is a 20-step guided chain, seconds even when tiny.
-TRAIN_STEPS = {"ae": "3", "vae": "3", "cvae": "3", "ddpm": "2", "cddpm": "2"}
+TRAIN_STEPS = {"ae": "3", "vae": "3", "cvae": "3", "ddpm": "2", "cddpm": "2", "flow": "2", "cflow": "2"}
 RESUME_STEPS = "6"
 TINY_EVALUATION = {  # evaluate: a few samples, and the likelihood bounds on a few digits
     "ae": ["--memorisation-samples", "10"],
@@ -36,7 +38,10 @@ TINY_EVALUATION = {  # evaluate: a few samples, and the likelihood bounds on a f
     "cvae": ["--iwae-k", "2", "--iwae-images", "5", "--memorisation-samples", "10"],
     "ddpm": ["--bpd-images", "2", "--bpd-timesteps", "2", "--memorisation-samples", "10"],
     "cddpm": ["--bpd-images", "2", "--bpd-timesteps", "2", "--memorisation-samples", "10"],
+    "flow": ["--bpd-images", "2", "--ode-steps", "2", "--memorisation-samples", "10"],
+    "cflow": ["--bpd-images", "2", "--ode-steps", "2", "--memorisation-samples", "10"],
 }
+TINY_REFLOW = ["--pairs", "40", "--teacher-steps", "2", "--steps", "2", "--batch-size", "16"]
 LARGEST_N = {"sample": 100, "evaluate": 40, "guidance-curve": 20}  # --n caps per verb
 SAMPLING_VERBS = ("sample", "trajectory", "guidance-sweep", "evaluate", "guidance-curve")
 
@@ -81,6 +86,11 @@ def shrink(words: list[str], kinds: dict[str, str]) -> list[str]:
                 "--test-limit", "64", *TINY_NETWORK[kind], "--no-progress"]
     run = args[0] if args and not args[0].startswith("-") else None
     kind = kinds.get(run)
+    if verb == "reflow":  # a flow trained on its teacher's pairs: a run of the teacher's kind
+        kinds[_value(args, "--run-dir")] = kind
+        for option in ("--pairs", "--teacher-steps", "--steps"):
+            args = _set(args, option, None)
+        return ["reflow", *args, *TINY_REFLOW, "--no-progress"]
     if verb in LARGEST_N and _value(args, "--n") is not None:
         args = _set(args, "--n", str(min(int(_value(args, "--n")), LARGEST_N[verb])))
     elif verb in ("evaluate", "guidance-curve"):
@@ -88,8 +98,8 @@ def shrink(words: list[str], kinds: dict[str, str]) -> list[str]:
     if verb == "evaluate":
         args += TINY_EVALUATION[kind]
     if verb in SAMPLING_VERBS:
-        if kind in DIFFUSION:
-            args = _set(args, "--steps", "4")  # the tiny networks have T = 20
+        if kind in DIFFUSION or (kind in FLOW and _value(args, "--steps") is not None):
+            args = _set(args, "--steps", "4")  # the tiny diffusion networks have T = 20
         args.append("--no-progress")
     return [verb, *args]
 
@@ -126,7 +136,7 @@ def test_the_using_it_block_runs_top_to_bottom_and_writes_what_it_names(pasted):
             assert (folder / _value(words, "--run-dir") / "latest.json").is_file()
     runs = [_value(words, "--run-dir") for words in written if "--run-dir" in words]
     for words in written:  # every folder a command reads was written by a line above it
-        if words[1] not in ("train", "noising"):
+        if words[1] not in ("train", "noising"):  # (reflow reads its teacher and writes its --run-dir)
             named = [word for word in words[2:] if word.startswith("runs/")]
             assert named and set(named) <= set(runs), shlex.join(words)
 
