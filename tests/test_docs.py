@@ -16,7 +16,8 @@ from genladder.errors import GenladderError
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
-LEARNING = ("README", "ae", "vae", "cvae", "ddpm", "guided-ddpm", "samplers", "flow-matching", "ladder")  # the learning path
+# the learning path
+LEARNING = ("README", "ae", "vae", "cvae", "ddpm", "guided-ddpm", "samplers", "flow-matching", "ladder")
 REFERENCE = ("usage", "results", "performance", "scaling", "reliability", "tutorial-changes", "development",
              "architecture")
 PAGES = LEARNING + REFERENCE
