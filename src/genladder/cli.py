@@ -339,6 +339,17 @@ def _add_evaluate_parsers(subparsers) -> None:
     p.add_argument("--classifier", help=argparse.SUPPRESS)
     p.add_argument("--second-classifier", help=argparse.SUPPRESS)
 
+    p = subparsers.add_parser("steps-curve", help="diffusion/flow: accuracy, FID, KID, precision and recall "
+                              "against the solver's steps, as a table and a plot (before and after reflow)")
+    p.add_argument("run_dir", help="a diffusion or flow run folder")
+    p.add_argument("--steps-list", default="1,2,4,8,20", help="comma-separated solver steps (default 1,2,4,8,20)")
+    p.add_argument("--n", type=positive_int, default=10_000, help="samples per point (default 10000)")
+    p.add_argument("--out", required=True, help="the plot, .png (the table is printed and written beside it as .md "
+                   "and .json)")
+    _add_sampling_options(p)
+    p.add_argument("--classifier", help=argparse.SUPPRESS)
+    p.add_argument("--second-classifier", help=argparse.SUPPRESS)
+
     p = subparsers.add_parser("report", help="one Markdown table comparing evaluated runs side by side")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders evaluated by 'genladder evaluate'")
     p.add_argument("--out", help="write the table to this .md file (default: print it)")
@@ -562,6 +573,19 @@ def _guidance_curve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steps_curve(args: argparse.Namespace) -> int:
+    from genladder.evaluate.curves import steps_curve
+    from genladder.presets import parse_ints
+
+    if args.steps is not None:
+        raise GenladderError("steps-curve varies the steps itself: give them with --steps-list, not --steps")
+    steps = parse_ints(args.steps_list, "--steps-list")
+    if not steps or min(steps) < 1:
+        raise GenladderError(f"--steps-list takes whole numbers >= 1, at least one, got {args.steps_list!r}")
+    steps_curve(args.run_dir, list(steps), _evaluation_config(args), args.out, progress=not args.no_progress)
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from genladder.checkpoint import atomic_write_bytes
     from genladder.evaluate import markdown_table, read_evaluation
@@ -620,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
             return _guidance_curve(args)
         if args.command == "reflow":
             return _reflow(args)
+        if args.command == "steps-curve":
+            return _steps_curve(args)
         if args.command == "serve":
             from genladder.serve_http import serve
 
