@@ -186,6 +186,19 @@ class TestFlowCommands:
         code, out, _ = run_cli(capsys, "report", flow_runs["cflow"])
         assert code == 0 and "heun 3 steps, 12 evaluations, w=1" in out and "ODE, 2 heun steps, 784 px" in out
 
+    def test_steps_curve(self, flow_runs, tmp_path, capsys):
+        out = tmp_path / "steps.png"
+        argv = ["steps-curve", flow_runs["cflow"], "--steps-list", "1,3", "--n", 20, "--guidance", 1, "--sampler",
+                "midpoint", "--out", out, "--no-progress"]
+        code, table, err = run_cli(capsys, *argv)
+        assert code == 0 and out.exists(), err
+        curve = json.loads(out.with_suffix(".json").read_text())
+        assert curve["knob"] == "steps" and curve["values"] == [1, 3] and curve["fixed"] == "midpoint, w = 1"
+        assert [row["network_evaluations"] for row in curve["rows"]] == [4, 12]  # 2 calls a step, guided twice
+        assert "| network calls / image | ms / image |" in table
+        code, _, err = run_cli(capsys, *argv[:-3], "--steps", 2, "--out", out)
+        assert code == 2 and "give them with --steps-list, not --steps" in err
+
     def test_pipeline(self, flow_runs):
         import genladder
 
