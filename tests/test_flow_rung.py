@@ -199,6 +199,18 @@ class TestFlowCommands:
         code, _, err = run_cli(capsys, *argv[:-3], "--steps", 2, "--out", out)
         assert code == 2 and "give them with --steps-list, not --steps" in err
 
+    def test_web_demo_fields(self, flow_runs):
+        from genladder.serve import parse_sampler
+        from genladder.serve_page import _sampler_choices
+
+        run = load_run(flow_runs["cflow"])
+        config = parse_sampler(run, "heun", 5, 2)
+        assert (config.sampler, config.steps, config.guidance) == ("heun", 5, 2.0)
+        with pytest.raises(GenladderError, match="the dpmpp sampler is for diffusion runs"):
+            parse_sampler(run, "dpmpp", 5, 0)
+        assert _sampler_choices("cflow") == {"choices": ["euler", "heun", "midpoint"], "value": "heun"}
+        assert _sampler_choices("cddpm")["value"] == "dpmpp" and _sampler_choices("vae")["value"] == "dpmpp"
+
     def test_pipeline(self, flow_runs):
         import genladder
 

@@ -134,6 +134,9 @@ class TestReflowCommand:
         assert code == 2 and "never saw the null label (label dropout 0; its reflow pairs were drawn at w = 1" in err
         assert run_cli(capsys, "sample", run_dir, "--steps", 1, "--sampler", "euler", "--out", tmp_path / "x.png",
                        "--no-progress")[0] == 0
+        from genladder.serve import parse_sampler
+
+        assert parse_sampler(load_run(run_dir), "euler", 1, 2).guidance == 0.0  # the demo's slider is hidden
         code, _, err = run_cli(capsys, *argv)
         assert code == 2 and "already holds a run; continue its training with 'genladder train --resume" in err
         assert run_cli(capsys, "train", "--resume", run_dir, "--steps", 2, "--no-progress")[0] == 0

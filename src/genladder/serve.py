@@ -32,7 +32,7 @@ from genladder.figures import AUTOENCODERS, ITERATIVE, draw_samples, latent_acti
 from genladder.plotting import grid_image
 from genladder.rungs import decode_image, encode_mean, kinds, rung
 from genladder.runs import Run, load_run
-from genladder.sampling import SAMPLERS, SamplerConfig
+from genladder.sampling import SAMPLERS, SamplerConfig, can_guide
 
 HOST = "127.0.0.1"  # local only: the page can load any run folder whose path is typed in
 MAX_FLOW_STEPS = 1000  # a flow's ODE has no T; 1,000 Heun steps are already far past any visible change
@@ -177,7 +177,7 @@ def parse_sampler(run: Run, sampler: str, steps, guidance) -> SamplerConfig | No
         raise GenladderError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     steps = whole_number(steps, "steps", 1, run.schedule.T if rung(run.kind).diffusion else MAX_FLOW_STEPS)
     weight = 0.0
-    if rung(run.kind).guided:  # guidance needs the null label of a conditional network
+    if can_guide(run.config):  # guidance needs the null label of a conditional network (not a reflowed one's)
         try:
             weight = float(guidance)
         except (TypeError, ValueError):

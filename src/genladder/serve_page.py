@@ -12,7 +12,7 @@ import os
 from genladder.errors import GenladderError
 from genladder.figures import AUTOENCODERS, ITERATIVE
 from genladder.rungs import rung
-from genladder.sampling import DEFAULT_SAMPLER, FAMILY_SAMPLERS
+from genladder.sampling import DEFAULT_SAMPLER, FAMILY_SAMPLERS, can_guide
 from genladder.serve import (
     LATENT_KINDS,
     MAX_IMAGES,
@@ -71,7 +71,7 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
                                    "ODE solvers euler, heun, midpoint (flow)")
                 steps = gr.Number(value=20, precision=0, label="steps", elem_id="gen-steps")
                 guidance = gr.Slider(0, 8, value=2, step=0.5, label="guidance weight w (cddpm, cflow)",
-                                     visible=rung(first.kind).guided, elem_id="gen-guidance")
+                                     visible=can_guide(first.config), elem_id="gen-guidance")
             seed = gr.Number(value=0, precision=0, label="seed", elem_id="gen-seed")
             button = gr.Button("Generate", variant="primary", elem_id="gen-button")
         with gr.Column(scale=2):
@@ -91,7 +91,7 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
         conditional = loaded.conditional
         digit = gr.update(visible=True) if conditional else gr.update(visible=False, value="all")
         return (digit, gr.update(visible=loaded.kind in ITERATIVE), gr.update(**_sampler_choices(loaded.kind)),
-                gr.update(visible=rung(loaded.kind).guided), "")
+                gr.update(visible=can_guide(loaded.config)), "")
 
     button.click(on_generate, [run, digit, n, sampler, steps, guidance, seed], [grid, status])
     run.change(on_run, run, [digit, diffusion_options, sampler, guidance, status])
