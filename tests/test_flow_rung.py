@@ -80,6 +80,17 @@ class TestGuidedVelocity:
         two = generate(net, description, 5, SamplerConfig(steps=3, guidance=1.0, batch_size=2), labels=labels)
         assert torch.allclose(one, two, atol=1e-6)
 
+    def test_no_guidance_without_the_null_label(self):
+        from genladder.diffusion.objective import DiffusionObjectiveConfig
+        from genladder.sampling import can_guide, check_sampling
+
+        net = tiny_unet()
+        never = ModelDescription("cddpm", net.config, DiffusionObjectiveConfig(label_dropout=0.0))
+        assert not can_guide(never) and can_guide(ModelDescription("cflow", net.config, FlowObjectiveConfig(label_dropout=0.1)))
+        with pytest.raises(GenladderError, match="never saw the null label .label dropout 0.: sample it without"):
+            check_sampling(never, SamplerConfig(guidance=1.0).for_rung(never.rung), torch.tensor([0]))
+        check_sampling(never, SamplerConfig().for_rung(never.rung), torch.tensor([0]))  # w = 0 is fine
+
     def test_network_evaluations(self):
         assert SamplerConfig(sampler="heun", steps=5).network_evaluations(guided=False) == 10
         assert SamplerConfig(sampler="heun", steps=5, guidance=1).network_evaluations(guided=True) == 20
