@@ -86,7 +86,8 @@ class TestGuidedVelocity:
 
         net = tiny_unet()
         never = ModelDescription("cddpm", net.config, DiffusionObjectiveConfig(label_dropout=0.0))
-        assert not can_guide(never) and can_guide(ModelDescription("cflow", net.config, FlowObjectiveConfig(label_dropout=0.1)))
+        dropped = ModelDescription("cflow", net.config, FlowObjectiveConfig(label_dropout=0.1))
+        assert not can_guide(never) and can_guide(dropped)
         with pytest.raises(GenladderError, match="never saw the null label .label dropout 0.: sample it without"):
             check_sampling(never, SamplerConfig(guidance=1.0).for_rung(never.rung), torch.tensor([0]))
         check_sampling(never, SamplerConfig().for_rung(never.rung), torch.tensor([0]))  # w = 0 is fine
