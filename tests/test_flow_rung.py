@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from genladder.cli import main
+from genladder.diffusion.objective import DiffusionObjectiveConfig
 from genladder.errors import GenladderError
 from genladder.flow import FLOW_SOLVERS, FlowMatchingObjective, FlowObjectiveConfig, flow_noise_level, network_velocity
 from genladder.models.unet import UNet, UNetConfig
@@ -89,8 +90,8 @@ class TestGuidedVelocity:
         dropped = ModelDescription("cflow", net.config, FlowObjectiveConfig(label_dropout=0.1))
         assert not can_guide(never) and can_guide(dropped)
         with pytest.raises(GenladderError, match="never saw the null label .label dropout 0.: sample it without"):
-            check_sampling(never, SamplerConfig(guidance=1.0).for_rung(never.rung), torch.tensor([0]))
-        check_sampling(never, SamplerConfig().for_rung(never.rung), torch.tensor([0]))  # w = 0 is fine
+            check_sampling(never, SamplerConfig(guidance=1.0).for_model(never), torch.tensor([0]))
+        check_sampling(never, SamplerConfig().for_model(never), torch.tensor([0]))  # w = 0 is fine
 
     def test_network_evaluations(self):
         assert SamplerConfig(sampler="heun", steps=5).network_evaluations(guided=False) == 10
@@ -220,8 +221,9 @@ class TestFlowCommands:
         assert (config.sampler, config.steps, config.guidance) == ("heun", 5, 2.0)
         with pytest.raises(GenladderError, match="the dpmpp sampler is for diffusion runs"):
             parse_sampler(run, "dpmpp", 5, 0)
-        assert _sampler_choices("cflow") == {"choices": ["euler", "heun", "midpoint"], "value": "heun"}
-        assert _sampler_choices("cddpm")["value"] == "dpmpp" and _sampler_choices("vae")["value"] == "dpmpp"
+        assert _sampler_choices(run.config) == {"choices": ["euler", "heun", "midpoint"], "value": "heun"}
+        cddpm = ModelDescription("cddpm", run.config.model, DiffusionObjectiveConfig(label_dropout=0.1))
+        assert _sampler_choices(cddpm)["value"] == "dpmpp"
 
     def test_pipeline(self, flow_runs):
         import genladder
@@ -229,7 +231,7 @@ class TestFlowCommands:
         pipe = genladder.load(flow_runs["cflow"])
         images = pipe.sample(labels=[3, 7], steps=2, guidance=1.0)
         assert images.shape == (2, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
-        with pytest.raises(GenladderError, match="the ddim sampler is for diffusion runs"):
+        with pytest.raises(GenladderError, match="the ddim sampler is for diffusion runs; this cflow run samples"):
             pipe.sample(2, sampler="ddim")
 
 
@@ -245,8 +247,8 @@ class TestFlowErrors:
         assert code == 2 and message in err and err.count("\n") == 1, err
 
     @pytest.mark.parametrize("extra,message", [
-        (["--sampler", "dpmpp"], "the dpmpp sampler is for diffusion runs; a cflow run samples with euler, heun or "
-                                 "midpoint"),
+        (["--sampler", "dpmpp"], "the dpmpp sampler is for diffusion runs; this cflow run samples with euler, heun "
+                                 "or midpoint"),
         (["--spacing", "karras"], "--spacing applies to the ddpm, ddim and dpmpp samplers only, not heun"),
         (["--sampler", "euler", "--eta", "0.5"], "--eta applies to the ddim sampler only, not euler"),
     ])

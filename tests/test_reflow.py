@@ -16,7 +16,8 @@ from genladder.flow import (
     gaussian_reflow_velocity,
     gaussian_velocity,
 )
-from genladder.flow.reflow import CHUNK, PAIRS_DIR, ReflowConfig, draw_pairs, pair_noise, read_pairs
+from genladder.flow.reflow import ReflowConfig, pair_noise
+from genladder.reflow_pairs import CHUNK, PAIRS_DIR, draw_pairs, read_pairs
 from genladder.runs import load_run
 from tests.test_cli import run_cli
 from tests.test_flow_rung import flow_runs  # noqa: F401 (the module's tiny flow and cflow runs)
@@ -157,7 +158,7 @@ class TestReflowCommand:
         assert code == 2 and "reflow needs a flow or cflow run as the teacher" in err
 
     def test_other_pair_settings_are_refused(self, flow_runs, tmp_path):  # noqa: F811
-        from genladder.flow.reflow import check_pairs_folder
+        from genladder.reflow_pairs import check_pairs_folder
 
         reflow = ReflowConfig(teacher="t", checkpoint="c", weights="ema", pairs=40)
         check_pairs_folder(tmp_path, reflow)

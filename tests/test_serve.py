@@ -70,11 +70,14 @@ def catalog(runs):
 
 
 def fake_run(kind: str, num_classes: int = 0) -> Run:
-    """A run without a network: its config only (a 50-step schedule for the diffusion rungs)."""
+    """A run without a network: its config only (a 50-step schedule for the diffusion rungs, label dropout for the
+    guided ones, whose guidance needs the null label)."""
     spec = rung(kind)
     model = spec.model_config(kind=kind, num_classes=num_classes) if spec.codes else \
         spec.model_config(num_classes=num_classes)
-    objective = spec.objective_config(schedule=ScheduleConfig(T=50)) if spec.diffusion else spec.objective_config()
+    dropout = {"label_dropout": 0.1} if spec.guided else {}
+    objective = spec.objective_config(schedule=ScheduleConfig(T=50), **dropout) if spec.diffusion else \
+        spec.objective_config(**dropout)
     return Run(kind, None, ModelDescription(kind, model, objective), Path("."), "model")
 
 
@@ -114,7 +117,7 @@ class TestFormChecks:
         for args, expected in [(("dpmpp", 0, 0), "steps must be in 1..50, got 0"),
                                (("dpmpp", 51, 0), "steps must be in 1..50, got 51"),
                                (("rk4", 5, 0), "sampler must be one of ddpm, ddim, dpmpp"),
-                               (("euler", 5, 0), "the euler sampler is for flow runs; a cddpm run samples with"),
+                               (("euler", 5, 0), "the euler sampler is for flow runs; this cddpm run samples with"),
                                (("dpmpp", 5, -1), "guidance weight must be in 0..100, got -1.0"),
                                (("dpmpp", 5, "x"), "guidance weight must be a number")]:
             with pytest.raises(GenladderError, match=expected):

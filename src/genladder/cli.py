@@ -475,7 +475,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _reflow(args: argparse.Namespace) -> int:
-    from genladder.flow.reflow import ReflowConfig, check_pairs_folder, draw_pairs, student_config
+    from genladder.flow.reflow import ReflowConfig
+    from genladder.reflow_pairs import check_pairs_folder, draw_pairs, student_config
     from genladder.runs import CONFIG, check_run_dir, load_run, run_training
 
     given = vars(args)
@@ -502,6 +503,7 @@ def _reflow(args: argparse.Namespace) -> int:
     train_fields = ("steps", "batch_size", "lr", "warmup_images", "ema_half_life_images", "time_budget",
                     "checkpoint_every", "seed")
     config = student_config(teacher.config, reflow, {k: given[k] for k in train_fields if k in given})
+    config = config.replace(genladder_version=__version__)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_pairs_folder(run_dir, reflow)
     print(f"genladder: drawing {reflow.pairs} pairs with {args.teacher} ({reflow.sampler} {reflow.steps} steps, "

@@ -121,17 +121,17 @@ def sampler_config(args: argparse.Namespace):
     return SamplerConfig(**given, batch_size=args.batch_size)
 
 
-def refuse_ignored_sampling_options(args: argparse.Namespace, kind: str) -> None:
+def refuse_ignored_sampling_options(args: argparse.Namespace, run: Run) -> None:
     """One-line error for a sampling option the run (or the chosen sampler) would ignore."""
     from genladder.sampling import SamplerConfig
 
     given = [name for name in ITERATIVE_SAMPLING_OPTIONS if getattr(args, name, None) is not None]
-    if kind not in ITERATIVE:
+    if run.kind not in ITERATIVE:
         if given:
             raise GenladderError(f"--{given[0].replace('_', '-')} applies to diffusion and flow runs (ddpm, cddpm, "
-                                 f"flow, cflow); this run is a {kind}, which samples its prior in one step")
+                                 f"flow, cflow); this run is a {run.kind}, which samples its prior in one step")
         return
-    sampler = SamplerConfig(sampler=getattr(args, "sampler", None)).for_rung(rung(kind)).sampler
+    sampler = SamplerConfig(sampler=getattr(args, "sampler", None)).for_model(run.config).sampler
     for option, owners in SOLVER_OPTIONS.items():
         if option in given and sampler not in owners:
             names = owners[0] if len(owners) == 1 else f"{', '.join(owners[:-1])} and {owners[-1]}"
@@ -182,7 +182,7 @@ def draw_samples(run: Run, n: int, *, label: int | None = None, grid: bool = Fal
 def sample_command(args: argparse.Namespace) -> Path:
     out = _check_out(args.out, (".png", ".npz"))
     run = load_run(args.run_dir, weights=args.weights, device=args.device)
-    refuse_ignored_sampling_options(args, run.kind)
+    refuse_ignored_sampling_options(args, run)
     n = args.n
     if n is None:  # 64 images, or a grid of ten per class
         n = 10 * run.num_classes if args.grid else 64

@@ -130,6 +130,18 @@ class ModelDescription:
         return (self.model.in_channels, self.model.image_size, self.model.image_size)
 
     @property
+    def family(self) -> str:
+        """How the network generates: its rung's family ("autoencoder", "diffusion", "flow", "classifier"); for a
+        rung whose objective may be either (the latent rung), the family of its objective."""
+        from genladder.diffusion.objective import DiffusionObjectiveConfig
+        from genladder.flow.objective import FlowObjectiveConfig
+
+        if self.rung.family != "latent":
+            return self.rung.family
+        return "diffusion" if isinstance(self.objective, DiffusionObjectiveConfig) else (
+            "flow" if isinstance(self.objective, FlowObjectiveConfig) else self.rung.family)
+
+    @property
     def value_range(self) -> tuple[float, float]:
         """The pixel range the network works in: [−1, 1] for diffusion and flow, [0, 1] for the others."""
         return (-1.0, 1.0) if self.rung.iterative else (0.0, 1.0)
@@ -137,14 +149,14 @@ class ModelDescription:
     @property
     def schedule(self):
         """The diffusion rungs' ScheduleConfig (None for the others)."""
-        return self.objective.schedule if self.rung.diffusion else None
+        return self.objective.schedule if self.family == "diffusion" else None
 
     @property
     def prediction(self) -> str | None:
         """What a diffusion network predicts ("eps", "x0" or "v"), "velocity" for a flow; None for the others."""
-        if self.rung.flow:
+        if self.family == "flow":
             return "velocity"
-        return self.objective.schedule.prediction if self.rung.diffusion else None
+        return self.objective.schedule.prediction if self.family == "diffusion" else None
 
     def build_model(self):
         return build_model(self.kind, self.model)

@@ -146,7 +146,7 @@ def run_training(
     with distributed.session(pick_device(device)) as ctx, contextlib.ExitStack() as held:
         with ctx.local_main_first():  # one download per machine at most
             if getattr(config.objective, "reflow", None) is not None:  # the teacher's pairs, in the run folder
-                from genladder.flow.reflow import reflow_training_data
+                from genladder.reflow_pairs import reflow_training_data
 
                 data = reflow_training_data(run_dir, config)
             else:

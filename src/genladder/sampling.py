@@ -42,7 +42,7 @@ class SamplerConfig:
     """How to sample: which solver, how many network evaluations, how much guidance."""
 
     # diffusion: "ddpm" (ancestral), "ddim", "dpmpp" (DPM-Solver++(2M)); flow: "euler", "heun", "midpoint";
-    # None: the run's family default (DEFAULT_SAMPLER), filled in by for_rung()
+    # None: the run's family default (DEFAULT_SAMPLER), filled in by for_model()
     sampler: str | None = None
     steps: int | None = 20  # solver steps (None: all T, ancestral only); Heun and midpoint evaluate twice a step
     guidance: float = 0.0  # classifier-free guidance weight w (conditional models only)
@@ -77,16 +77,17 @@ class SamplerConfig:
         if self.batch_size < 1:
             raise GenladderError(f"--batch-size must be at least 1, got {self.batch_size}")
 
-    def for_rung(self, spec) -> SamplerConfig:
-        """This config for a run of rung ``spec`` (genladder.rungs.Rung): the family's default sampler filled in,
-        and a sampler of the other family refused in one line."""
-        if spec.family not in FAMILY_SAMPLERS:
-            raise GenladderError(f"a {spec.name} run has no sampler: it draws in one step, or not at all")
-        choices = FAMILY_SAMPLERS[spec.family]
-        sampler = self.sampler or DEFAULT_SAMPLER[spec.family]
+    def for_model(self, description: ModelDescription) -> SamplerConfig:
+        """This config for a network so described: its family's default sampler filled in, and a sampler of the
+        other family refused in one line."""
+        family = description.family
+        if family not in FAMILY_SAMPLERS:
+            raise GenladderError(f"a {description.kind} run has no sampler: it draws in one step, or not at all")
+        choices = FAMILY_SAMPLERS[family]
+        sampler = self.sampler or DEFAULT_SAMPLER[family]
         if sampler not in choices:
-            family = next(name for name, names in FAMILY_SAMPLERS.items() if sampler in names)
-            raise GenladderError(f"the {sampler} sampler is for {family} runs; a {spec.name} run samples with "
+            other = next(name for name, names in FAMILY_SAMPLERS.items() if sampler in names)
+            raise GenladderError(f"the {sampler} sampler is for {other} runs; this {description.kind} run samples with "
                                  f"{', '.join(choices[:-1])} or {choices[-1]}")
         return self if sampler == self.sampler else replace(self, sampler=sampler)
 
@@ -100,7 +101,7 @@ class SamplerConfig:
 
 def check_sampling(description: ModelDescription, sampler: SamplerConfig, labels: torch.Tensor | None) -> None:
     """Validate a sampler config against a run's model (one-line errors before any work)."""
-    if description.rung.diffusion:
+    if description.family == "diffusion":
         T = description.schedule.T
         if sampler.steps is not None and sampler.steps > T:
             raise GenladderError(f"--steps {sampler.steps} exceeds the {T} diffusion steps this model was trained "
@@ -182,8 +183,8 @@ def generate(
     generator seeded from (``seed``, i) (genladder.noise): the same seed gives the same images at any batch size.
     ``callback(step, t, x_t, x0_hat)``: t is the diffusion timestep (an int) or the flow time (a float in [0, 1]).
     """
-    flow = description.rung.flow
-    sampler = sampler.for_rung(description.rung)
+    flow = description.family == "flow"
+    sampler = sampler.for_model(description)
     check_sampling(description, sampler, labels)
     device = next(model.parameters()).device
     schedule = None if flow else description.schedule.build().to(device)
@@ -220,8 +221,8 @@ def preview_sampler(description: ModelDescription, count: int):
 
     guided = description.rung.guided
     guidance = 2.0 if can_guide(description) else 0.0
-    steps = 10 if description.rung.flow else min(20, description.schedule.T)
-    sampler = SamplerConfig(steps=steps, guidance=guidance).for_rung(description.rung)
+    steps = 10 if description.family == "flow" else min(20, description.schedule.T)
+    sampler = SamplerConfig(steps=steps, guidance=guidance).for_model(description)
 
     def preview(model, seed):
         device = next(model.parameters()).device

@@ -175,7 +175,7 @@ def parse_sampler(run: Run, sampler: str, steps, guidance) -> SamplerConfig | No
         return None
     if sampler not in SAMPLERS:
         raise GenladderError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    steps = whole_number(steps, "steps", 1, run.schedule.T if rung(run.kind).diffusion else MAX_FLOW_STEPS)
+    steps = whole_number(steps, "steps", 1, run.schedule.T if run.config.family == "diffusion" else MAX_FLOW_STEPS)
     weight = 0.0
     if can_guide(run.config):  # guidance needs the null label of a conditional network (not a reflowed one's)
         try:
@@ -184,7 +184,7 @@ def parse_sampler(run: Run, sampler: str, steps, guidance) -> SamplerConfig | No
             raise GenladderError(f"guidance weight must be a number, got {guidance!r}") from None
         if not 0 <= weight <= 100:
             raise GenladderError(f"guidance weight must be in 0..100, got {weight}")
-    return SamplerConfig(sampler=sampler, steps=steps, guidance=weight, batch_size=MAX_IMAGES).for_rung(rung(run.kind))
+    return SamplerConfig(sampler=sampler, steps=steps, guidance=weight, batch_size=MAX_IMAGES).for_model(run.config)
 
 
 def _check_kind(run: Run, kinds: tuple[str, ...], what: str) -> None:

@@ -66,7 +66,7 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
                                 label="digit (conditional runs; 'all' = one row per digit)")
             n = gr.Number(value=100, precision=0, label=f"images (1–{MAX_IMAGES})", elem_id="gen-n")
             with gr.Group(visible=first.kind in ITERATIVE) as diffusion_options:
-                sampler = gr.Radio(**_sampler_choices(first.kind), elem_id="gen-sampler",
+                sampler = gr.Radio(**_sampler_choices(first.config), elem_id="gen-sampler",
                                    label="sampler: ancestral ddpm, ddim, dpmpp = DPM-Solver++(2M) (diffusion); the "
                                    "ODE solvers euler, heun, midpoint (flow)")
                 steps = gr.Number(value=20, precision=0, label="steps", elem_id="gen-steps")
@@ -90,17 +90,17 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
             return gr.update(), gr.update(), gr.update(), gr.update(), message(str(error), error=True)
         conditional = loaded.conditional
         digit = gr.update(visible=True) if conditional else gr.update(visible=False, value="all")
-        return (digit, gr.update(visible=loaded.kind in ITERATIVE), gr.update(**_sampler_choices(loaded.kind)),
+        return (digit, gr.update(visible=loaded.kind in ITERATIVE), gr.update(**_sampler_choices(loaded.config)),
                 gr.update(visible=can_guide(loaded.config)), "")
 
     button.click(on_generate, [run, digit, n, sampler, steps, guidance, seed], [grid, status])
     run.change(on_run, run, [digit, diffusion_options, sampler, guidance, status])
 
 
-def _sampler_choices(kind: str) -> dict:
-    """The sampler field's choices and default for a run: its family's samplers (diffusion's for the others,
-    whose sampler field is hidden)."""
-    family = rung(kind).family if rung(kind).iterative else "diffusion"
+def _sampler_choices(description) -> dict:
+    """The sampler field's choices and default for a run (its ModelDescription): its family's samplers
+    (diffusion's for the others, whose sampler field is hidden)."""
+    family = description.family if description.family in FAMILY_SAMPLERS else "diffusion"
     return {"choices": list(FAMILY_SAMPLERS[family]), "value": DEFAULT_SAMPLER[family]}
 
 

@@ -315,7 +315,7 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
     }
     spec = rung(run.kind)
     if spec.iterative:  # the family's default sampler named, so that eval.json says what drew the samples
-        evaluation = replace(evaluation, sampling=evaluation.sampling.for_rung(spec))
+        evaluation = replace(evaluation, sampling=evaluation.sampling.for_model(run.config))
         result["evaluation"] = asdict(evaluation)
     if not spec.generative:  # the classifier: its accuracy is all there is
         result["test_accuracy"] = classifier_accuracy(run.model, test_images, test_labels)
@@ -337,7 +337,7 @@ def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None
             sampling = evaluation.sampling
             result["sampling"].update(sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
                                       network_evaluations=sampling.network_evaluations(spec.guided))
-            if spec.diffusion:
+            if run.config.family == "diffusion":
                 result["sampling"]["spacing"] = sampling.spacing
         floor_count = min(evaluation.n, len(train_images))
         # A seeded random subset, not the first n: MNIST's first 1,000 training digits scored a floor of 28.6

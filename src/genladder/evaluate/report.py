@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from genladder.rungs import kinds, rung
+from genladder.rungs import kinds
 
 ROLES = ("primary", "second")
 
@@ -105,8 +105,10 @@ def summary(result: dict) -> dict[str, str]:
     sampling = result.get("sampling", {})
     how = ""
     if "sampler" in sampling:
-        # eval.json files of genladder <= 0.3 name no spacing: theirs was trailing. Flow runs have none.
-        spacing = "" if rung(result["kind"]).flow else f" {sampling.get('spacing', 'trailing')}"
+        # eval.json files of genladder <= 0.3 name no spacing: theirs was trailing. Flow samplers have none (and
+        # say how many network calls an image took, which the older files do not).
+        flow = "network_evaluations" in sampling and "spacing" not in sampling
+        spacing = "" if flow else f" {sampling.get('spacing', 'trailing')}"
         evaluations = f", {sampling['network_evaluations']} evaluations" if "network_evaluations" in sampling else ""
         how = (f" ({sampling['sampler']} {sampling['steps'] or 'all'} steps{spacing}{evaluations}, "
                f"w={sampling['guidance']:g})")

@@ -16,24 +16,22 @@ coupling, conditional on the label and with no label dropout: it samples at w = 
 (guidance distilled, as InstaFlow, Liu et al. 2024, reflows a guided Stable Diffusion). It has never seen the
 null label, so it cannot be guided again (``genladder.sampling`` refuses).
 
-The pairs live in the student's run folder, ``reflow-pairs/``, in chunks of ``CHUNK`` written atomically: a
-killed ``genladder reflow`` draws only the chunks it had not finished. Pair i's noise is the noise
-``genladder.sampling.generate`` draws for image i under the seed (genladder.noise), so the pairs are
-deterministic given the teacher, its sampler and the seed, and the noise need not be trusted from disk.
+This module is the maths and the record (``ReflowConfig``, what a pair's noise and label are); drawing the
+pairs with a trained run, keeping them on disk and setting up the student's run is ``genladder.reflow_pairs``.
+Pair i's noise is the noise ``genladder.sampling.generate`` draws for image i under the seed (genladder.noise),
+so the pairs are deterministic given the teacher, its sampler and the seed.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
 from genladder.config import config_from_dict
 from genladder.errors import GenladderError
+from genladder.noise import image_generators, standard_normal
 
-PAIRS_DIR = "reflow-pairs"
-CHUNK = 500  # pairs per file: a killed run loses at most this many samples' work
 TEST_SHARE = 0.05  # the last pairs are the run's test set (its test loss)
 
 
@@ -62,11 +60,6 @@ class ReflowConfig:
     def test_count(self) -> int:
         return max(1, round(self.pairs * TEST_SHARE))
 
-    def sampler_config(self, batch_size: int):
-        from genladder.sampling import SamplerConfig
-
-        return SamplerConfig(sampler=self.sampler, steps=self.steps, guidance=self.guidance, batch_size=batch_size)
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -82,114 +75,4 @@ def pair_labels(count: int, num_classes: int) -> torch.Tensor | None:
 
 def pair_noise(reflow: ReflowConfig, image_shape: tuple[int, ...], first: int, count: int) -> torch.Tensor:
     """ε of pairs first … first + count − 1: exactly the x₁ that ``generate`` starts image i from."""
-    from genladder.noise import image_generators, standard_normal
-
     return standard_normal((count, *image_shape), image_generators(reflow.seed, count, first, "cpu"), "cpu")
-
-
-def _chunk_path(run_dir: Path, index: int) -> Path:
-    return run_dir / PAIRS_DIR / f"pairs-{index:06d}.safetensors"
-
-
-def draw_pairs(teacher, reflow: ReflowConfig, run_dir: str | Path, batch_size: int = 100,
-               progress: bool = True) -> int:
-    """Draw the pairs chunk by chunk into ``run_dir/reflow-pairs/``; chunks already there are kept. ``teacher`` is
-    a loaded flow run (genladder.runs.Run). Returns how many chunks were drawn now."""
-    from safetensors.torch import save
-
-    from genladder.checkpoint import atomic_write_bytes
-    from genladder.sampling import generate
-
-    run_dir = Path(run_dir)
-    (run_dir / PAIRS_DIR).mkdir(parents=True, exist_ok=True)
-    sampler = reflow.sampler_config(batch_size)
-    labels = pair_labels(reflow.pairs, teacher.num_classes)
-    drawn = 0
-    for index, first in enumerate(range(0, reflow.pairs, CHUNK)):
-        path = _chunk_path(run_dir, index)
-        if path.exists():
-            continue
-        count = min(CHUNK, reflow.pairs - first)
-        part = labels[first : first + count] if labels is not None else None
-        images = generate(teacher.model, teacher.config, count, sampler, labels=part, seed=reflow.seed,
-                          first_index=first, progress=progress).float().cpu()
-        atomic_write_bytes(path, save({"images": images.contiguous()}))
-        drawn += 1
-    return drawn
-
-
-def read_pairs(run_dir: str | Path, reflow: ReflowConfig, image_shape: tuple[int, ...],
-               num_classes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """All pairs as one tensor (N, 2C, H, W), x₀ in the first C channels and ε in the last C, and their labels."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    run_dir = Path(run_dir)
-    parts = []
-    for index, first in enumerate(range(0, reflow.pairs, CHUNK)):
-        path = _chunk_path(run_dir, index)
-        count = min(CHUNK, reflow.pairs - first)
-        if not path.exists():
-            raise GenladderError(f"{run_dir} lacks {path.name} of its reflow pairs; draw them again with "
-                                 f"'genladder reflow {reflow.teacher} --run-dir {run_dir}'")
-        try:
-            images = load(path.read_bytes())["images"]
-        except (SafetensorError, KeyError, OSError) as error:
-            raise GenladderError(f"{path} is not a reflow pairs file ({str(error)[:80]}); delete it and run "
-                                 f"'genladder reflow {reflow.teacher} --run-dir {run_dir}' to draw it again") from None
-        if tuple(images.shape) != (count, *image_shape):
-            raise GenladderError(f"{path} holds pairs of shape {tuple(images.shape)}, not {(count, *image_shape)}; "
-                                 "delete it and draw it again")
-        parts.append(torch.cat([images, pair_noise(reflow, image_shape, first, count)], dim=1))
-    return torch.cat(parts), pair_labels(reflow.pairs, num_classes)
-
-
-def reflow_training_data(run_dir: str | Path, config):
-    """The training loop's data for a reflowed run (genladder.run_config.RunConfig): the pairs, the last
-    ``TEST_SHARE`` of them held out; in the model's range already (x₀ in [−1, 1], ε as drawn)."""
-    from genladder.training.loop import TrainingData
-
-    reflow = config.objective.reflow
-    pairs, labels = read_pairs(run_dir, reflow, config.image_shape, config.num_classes)
-    split = reflow.pairs - reflow.test_count
-    no_labels = torch.zeros(len(pairs), dtype=torch.int64)  # the loop indexes labels; an unconditional run ignores them
-    labels = labels if labels is not None else no_labels
-    return TrainingData(train_images=pairs[:split], train_labels=labels[:split], test_images=pairs[split:],
-                        test_labels=labels[split:], to_model_range=lambda x: x)
-
-
-# The student's training, unless the command line says otherwise: a fine-tune of the teacher, so a quarter of
-# cpu-fast's learning rate, a short warm-up, and an EMA short enough to leave the teacher's weights behind
-# within the run (half-life 100 steps of 128; the teacher's 88,700 images would outlast the 51,200 trained).
-REFLOW_TRAIN_DEFAULTS = {"steps": 400, "lr": 5e-4, "warmup_images": 6_400, "lr_schedule": "cosine",
-                         "ema_half_life_images": 12_800, "ema_decay": None}
-SETTINGS_FILE = "reflow.json"  # in reflow-pairs/: the ReflowConfig the chunks there were drawn with
-
-
-def student_config(teacher_config, reflow: ReflowConfig, train_overrides: dict):
-    """The reflowed run's RunConfig: the teacher's network, data and recipe, the reflow objective (no label
-    dropout: the student learns the guided coupling), and the student's training settings."""
-    from dataclasses import replace
-
-    from genladder import __version__
-    from genladder.training.loop import TrainConfig
-
-    objective = replace(teacher_config.objective, reflow=reflow, label_dropout=0.0)
-    train = TrainConfig.from_dict({**teacher_config.train.to_dict(), **REFLOW_TRAIN_DEFAULTS, **train_overrides})
-    return teacher_config.replace(objective=objective, train=train, genladder_version=__version__)
-
-
-def check_pairs_folder(run_dir: str | Path, reflow: ReflowConfig) -> None:
-    """Refuse a run folder whose pairs were drawn with other settings; record the settings in a new one."""
-    from genladder.checkpoint import atomic_write_json, read_json
-
-    settings = Path(run_dir) / PAIRS_DIR / SETTINGS_FILE
-    if settings.exists():
-        stored = read_json(settings)
-        if stored != reflow.to_dict():
-            changed = next(k for k in reflow.to_dict() if stored.get(k) != reflow.to_dict()[k])
-            raise GenladderError(f"{run_dir} holds reflow pairs drawn with {changed} = {stored.get(changed)!r}, not "
-                                 f"{reflow.to_dict()[changed]!r}; use another --run-dir, or the same settings")
-        return
-    settings.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(settings, reflow.to_dict())
