@@ -81,8 +81,9 @@ class TestConfig:
 
     def test_old_config_without_the_key_is_dense(self):
         stored = AutoencoderConfig.preset("vae", "default").to_dict()
-        del stored["latent_channels"]
+        assert "latent_channels" not in stored  # a dense config is written as before the option existed
         config = AutoencoderConfig.from_dict(stored)
+        assert AutoencoderConfig.from_dict({**stored, "latent_channels": None}) == config
         assert config.latent_channels is None and config.latent_shape == (64,)
         model = build_model("vae", config.to_dict())
         assert model.mu_head[0].in_features == 64 * 4 * 4  # the dense heads (and their weight names) as before

@@ -130,7 +130,12 @@ class AutoencoderConfig:
         return (self.latent_dim,)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if values["latent_channels"] is None:
+            # A dense config is written exactly as before the option existed: older genladder versions still read
+            # it, and TOML (which has no null) can be written from it.
+            del values["latent_channels"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> AutoencoderConfig:
