@@ -40,7 +40,7 @@ from genladder.noise import Generators, standard_normal
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 # A spatial latent sits after this many 2× down-samplings: s/4, 8×8 for 32-px images as in latent diffusion's
-# f = 4 autoencoders (Rombach et al. 2022, who find f = 4..8 keeps detail while making the U-Net cheap).
+# f = 4 autoencoders (Rombach et al. 2022 find f = 4 to 16 balances kept detail against the U-Net's cost).
 SPATIAL_LATENT_STAGES = 2
 AUTOENCODER_KINDS = ("ae", "vae", "cvae")
 
