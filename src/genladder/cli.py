@@ -87,6 +87,10 @@ def _add_train_parser(subparsers) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--latent-dim", type=int_in(1, MAX_LATENT),
                        help="latent size of the AE/VAE/CVAE (tutorial: 64)")
+    model.add_argument("--latent-channels", type=int_in(1, MAX_WIDTH), metavar="C",
+                       help="AE/VAE/CVAE: a convolutional latent of C×8×8 for 32-px images (C × size/4 × size/4), "
+                       "for latent diffusion, in place of the dense --latent-dim bottleneck (codes stay flat: "
+                       "C·64 numbers at 32 px)")
     model.add_argument("--width", type=int_in(1, MAX_WIDTH), help="conv filters of the AE/VAE/CVAE (tutorial: 64)")
     model.add_argument("--likelihood", choices=("gaussian", "bernoulli"),
                        help="decoder likelihood: gaussian = summed L2 (tutorial), bernoulli = BCE in nats")

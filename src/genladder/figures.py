@@ -308,6 +308,10 @@ def latent_map_command(args: argparse.Namespace) -> Path:
     """A 2-d VAE's latent space: test digits at their posterior means beside the images a grid of z decodes to."""
     out, run = _open_run(args, "latent-map", ("vae",))
     latent_dim = run.config.model.latent_dim
+    if run.config.model.latent_channels is not None:
+        shape = "×".join(map(str, run.config.model.latent_shape))
+        raise GenladderError(f"'latent-map' draws a 2-d latent space; this VAE has a spatial {shape} latent "
+                             "(--latent-channels); train one with --latent-dim 2")
     if latent_dim != 2:
         raise GenladderError(f"'latent-map' draws a 2-d latent space; this VAE has {latent_dim} dimensions "
                              "(train one with --latent-dim 2)")

@@ -27,6 +27,8 @@ EXECUTION_OPTIONS = frozenset({"command", "kind", "config", "run_dir", "resume",
 def _model_and_objective(kind: str, preset: str, given: dict, shape: dict) -> tuple[dict, dict, dict]:
     """(model config, objective config, the preset's training defaults) of a rung, as JSON."""
     spec = rung(kind)
+    if "latent_channels" in given and not spec.codes:
+        raise GenladderError(f"--latent-channels applies to the autoencoders (ae, vae, cvae), not {kind}")
     if spec.iterative:
         from genladder.presets import diffusion_config, flow_config
 
@@ -37,7 +39,7 @@ def _model_and_objective(kind: str, preset: str, given: dict, shape: dict) -> tu
         return classifier_config(preset, given, **shape)
     from genladder.models import AutoencoderConfig
 
-    overrides = {k: given[k] for k in ("latent_dim", "width", "likelihood") if k in given}
+    overrides = {k: given[k] for k in ("latent_dim", "latent_channels", "width", "likelihood") if k in given}
     model = AutoencoderConfig.preset(kind, preset, **overrides, **shape).to_dict()
     objective = {"kl_weight": given["kl_weight"]} if spec.variational and "kl_weight" in given else {}
     if "kl_weight" in given and not spec.variational:

@@ -248,6 +248,7 @@ def resume_config(run_dir: str | Path, train_overrides: dict, write: bool = True
 # the "train" and "data" sections are named after their fields and land there.
 FLAG_PATHS = {
     "latent_dim": ("model", "latent_dim"), "width": ("model", "width"), "likelihood": ("model", "likelihood"),
+    "latent_channels": ("model", "latent_channels"),
     "widths": ("model", "widths"), "blocks_per_level": ("model", "blocks_per_level"),
     "attention": ("model", "attention_resolutions"), "dropout": ("model", "dropout"),
     "patch_size": ("model", "patch_size"), "kl_weight": ("objective", "kl_weight"),
@@ -289,6 +290,10 @@ def config_with_flags(config: RunConfig, given: dict) -> RunConfig:
     data's facts (channels, size, classes) are worked out again, and must still fit the model.
     """
     values = config.to_dict()
+    if "latent_channels" in given and not rung(config.kind).codes:
+        raise GenladderError(f"--latent-channels applies to the autoencoders (ae, vae, cvae), not {config.kind}")
+    if "latent_channels" in given and "latent_dim" not in given:  # the file's latent_dim belongs to its old latent
+        values["model"]["latent_dim"] = None  # derived again from the new shape (AutoencoderConfig)
     train_fields, data_fields = {f.name for f in fields(TrainConfig)}, {f.name for f in fields(DataConfig)}
     for name, value in given.items():
         if name in FLAG_PATHS:
