@@ -130,6 +130,12 @@ def _add_train_parser(subparsers) -> None:
                            f"{train_default_help('ema_half_life_images')})")
     diffusion.add_argument("--min-snr-gamma", type=float_in(0, 1e6, low_open=True), help="Min-SNR-gamma loss "
                            "weighting (Hang et al. 2023; 5 in the paper; default off)")
+    latent = p.add_argument_group("latent diffusion (latent)")
+    latent.add_argument("--autoencoder", metavar="RUN_DIR", help="latent: the trained ae/vae/cvae run whose spatial "
+                        "latent to model (train one with --latent-channels 4); frozen, its latents scaled to unit "
+                        "variance")
+    latent.add_argument("--denoiser", choices=("flow", "diffusion"), help="latent: a flow (rectified flow, the "
+                        "default) or a diffusion (the cddpm's objective) in the latent space")
     data = p.add_argument_group("data")
     data.add_argument("--data", "--dataset", dest="dataset", metavar="DATA",
                       help="mnist (default), fashion-mnist, or your own images: a folder (one sub-folder per class "

@@ -47,6 +47,25 @@ def _model_and_objective(kind: str, preset: str, given: dict, shape: dict) -> tu
     return model, objective, {}
 
 
+LATENT_ONLY_FLAGS = ("autoencoder", "denoiser")
+
+
+def _latent_model_and_objective(preset: str, given: dict, data: DataConfig, shape: dict) -> tuple[dict, dict, dict]:
+    """The latent rung's configs: its autoencoder run checked against the data, its latents measured."""
+    from genladder.latent_data import check_same_data, latent_statistics, load_autoencoder
+    from genladder.presets import latent_config
+    from genladder.runs import load_data_split
+
+    if "autoencoder" not in given:
+        raise GenladderError("train latent needs --autoencoder RUN_DIR: a trained ae, vae or cvae run with a spatial "
+                             "latent (genladder train vae --latent-channels 4)")
+    autoencoder = load_autoencoder(given["autoencoder"])
+    check_same_data(autoencoder, data)
+    train = load_data_split(data, "train", limit=data.limit)
+    statistics = latent_statistics(autoencoder, train.images, train.labels)
+    return latent_config(preset, given, autoencoder, statistics, **shape)
+
+
 def resolve_from_preset(given: dict) -> RunConfig:
     """A new run from ``given["kind"]``, ``given.get("preset", "default")`` and the explicit flags."""
     kind = given.get("kind")
@@ -59,7 +78,13 @@ def resolve_from_preset(given: dict) -> RunConfig:
     from genladder.runs import model_shape
 
     shape = model_shape(kind, facts, data.dataset)  # channels, size and classes come from the data
-    model, objective, train_defaults = _model_and_objective(kind, preset, given, shape)
+    if rung(kind).latent:
+        model, objective, train_defaults = _latent_model_and_objective(preset, given, data, shape)
+    else:
+        model, objective, train_defaults = _model_and_objective(kind, preset, given, shape)
+        for flag in LATENT_ONLY_FLAGS:
+            if flag in given:
+                raise GenladderError(f"--{flag} applies to the latent rung only, not {kind}")
     if "epochs" in given and "steps" not in given:  # an explicit --epochs beats a preset's step budget
         train_defaults.pop("steps", None)
     if "ema_decay" in given and "ema_half_life_images" not in given:  # and --ema-decay a preset's half-life
@@ -81,6 +106,10 @@ def resolve_from_file(given: dict) -> RunConfig:
         raise GenladderError("--preset and --config do not mix: the file holds a preset already resolved; change its "
                              "values, or give the flags that differ")
     flags = {k: v for k, v in given.items() if k not in EXECUTION_OPTIONS}
+    for flag in LATENT_ONLY_FLAGS:
+        if flag in flags:
+            raise GenladderError(f"--{flag} and --config do not mix: the file's latent rung has its autoencoder and "
+                                 "denoiser already; start from --autoencoder instead")
     return config_with_flags(config, flags).replace(genladder_version=__version__)
 
 

@@ -71,6 +71,8 @@ def migrate(values: dict, source: str = "the config") -> dict:
 def _typed(cls: type, values: object, source: str, section: str):
     """``cls.from_dict(values)`` with errors naming the file and section (and the nearest known key for a typo)."""
     expect_type(values, dict, f"{source}: '{section}'")
+    if hasattr(cls, "config_class_for"):  # a section of either of two kinds (the latent rung's objective)
+        cls = cls.config_class_for(values)
     known = [f.name for f in fields(cls)]
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -128,6 +130,11 @@ class ModelDescription:
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the images the network reads and draws."""
         return (self.model.in_channels, self.model.image_size, self.model.image_size)
+
+    @property
+    def noise_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of what a sampler integrates: the image, or the latent rung's latent."""
+        return tuple(self.model.latent_shape) if self.rung.latent else self.image_shape
 
     @property
     def family(self) -> str:

@@ -19,6 +19,7 @@ from genladder.diffusion.objective import DiffusionObjectiveConfig
 from genladder.errors import GenladderError
 from genladder.flow.objective import FlowObjectiveConfig
 from genladder.models import AUTOENCODER_CLASSES, AutoencoderConfig, ClassifierConfig, DigitClassifier
+from genladder.models.latent import LatentGenerator, LatentModelConfig
 from genladder.models.unet import UNet, UNetConfig
 from genladder.noise import image_generators
 from genladder.objectives import (
@@ -36,7 +37,7 @@ class Rung:
     """One rung: its family and what it can do. The flags are what callers branch on."""
 
     name: str
-    family: str  # "autoencoder", "diffusion", "flow" or "classifier" (the evaluation's feature network)
+    family: str  # "autoencoder", "diffusion", "flow", "latent" or "classifier" (the evaluation's feature network)
     conditional: bool  # the generator takes a class label (cvae, cddpm): labels to sample, guidance for diffusion
     samples: bool  # draws new images (a prior or a reverse process); the AE and the classifier do not
     codes: bool  # encode/decode to a latent code (the autoencoders)
@@ -58,9 +59,14 @@ class Rung:
         return self.family == "flow"
 
     @property
+    def latent(self) -> bool:
+        """A flow or diffusion model in a frozen autoencoder's latent space (its objective says which)."""
+        return self.family == "latent"
+
+    @property
     def iterative(self) -> bool:
-        """Draws images by integrating a U-Net from noise in solver steps, in [−1, 1] (diffusion or flow)."""
-        return self.family in ("diffusion", "flow")
+        """Draws images by integrating a U-Net from noise in solver steps, in [−1, 1] (diffusion, flow, latent)."""
+        return self.family in ("diffusion", "flow", "latent")
 
     @property
     def guided(self) -> bool:
@@ -97,6 +103,19 @@ def _unet_objective(objective: DiffusionObjectiveConfig | FlowObjectiveConfig, m
 
 
 _AE = {"model_config": AutoencoderConfig, "family": "autoencoder", "codes": True}
+class LatentObjectiveConfig:
+    """The latent rung's objective config: a flow's (FlowObjectiveConfig) or a diffusion's
+    (DiffusionObjectiveConfig), told apart by the diffusion's "schedule" entry (``train latent --denoiser``)."""
+
+    @staticmethod
+    def config_class_for(values: object) -> type:
+        return DiffusionObjectiveConfig if isinstance(values, dict) and "schedule" in values else FlowObjectiveConfig
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        return cls.config_class_for(values).from_dict(values)
+
+
 _UNET = {"model_config": UNetConfig, "samples": True, "codes": False, "variational": False, "build": UNet,
          "objective": _unet_objective}
 _DIFFUSION = {**_UNET, "family": "diffusion", "objective_config": DiffusionObjectiveConfig}
@@ -113,6 +132,10 @@ RUNGS: dict[str, Rung] = {r.name: r for r in (
     Rung("cddpm", **_DIFFUSION, conditional=True, unconditional_twin="ddpm"),
     Rung("flow", **_FLOW, conditional=False),
     Rung("cflow", **_FLOW, conditional=True, unconditional_twin="flow"),
+    # a guided flow (or diffusion) on a frozen autoencoder's latents (genladder.models.latent)
+    Rung("latent", "latent", conditional=True, samples=True, codes=False, variational=False,
+         model_config=LatentModelConfig, objective_config=LatentObjectiveConfig, build=LatentGenerator,
+         objective=_unet_objective),
     # trains the feature network of genladder.evaluate with the same loop and run folders
     Rung("classifier", "classifier", conditional=False, samples=False, codes=False, variational=False,
          model_config=ClassifierConfig, objective_config=ClassifierObjectiveConfig,

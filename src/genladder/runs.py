@@ -183,6 +183,10 @@ def run_training(
         model = build_model_checked(kind, config.model, run_dir / CONFIG).to(ctx.device)
         if initial_state is not None and not resume:
             model.load_state_dict(initial_state)
+        if config.rung.latent:  # the digits as latents of the frozen autoencoder (whose weights it loads)
+            from genladder.latent_data import latent_training_data
+
+            data = latent_training_data(run_dir, config, model, data, resume, write=ctx.is_main)
         objective = make_objective(kind, config.objective, config.model)
         description = config.description().to_dict()
         return train(

@@ -157,12 +157,14 @@ def velocity_function(model: torch.nn.Module, description: ModelDescription, lab
     return as_velocity_fn(guided_output(model, description, labels, guidance, interval, flow_noise_level))
 
 
-def run_sampler(eps_fn, schedule, x_T: torch.Tensor, sampler: SamplerConfig, generator, callback=None):
-    """Run the sampler ``sampler`` names (genladder.diffusion.samplers.SOLVERS) with the options it reads."""
+def run_sampler(eps_fn, schedule, x_T: torch.Tensor, sampler: SamplerConfig, generator, callback=None,
+                clip_x0: bool = True):
+    """Run the sampler ``sampler`` names (genladder.diffusion.samplers.SOLVERS) with the options it reads.
+    ``clip_x0``: clamp x̂₀ to the data range [−1, 1] (pixels; not a latent rung's latents, which have none)."""
     solver = SOLVERS[sampler.sampler]
     options = {name: getattr(sampler, name) for name in solver.options}
     return solver.fn(eps_fn, schedule, x_T, steps=sampler.steps, spacing=sampler.spacing, generator=generator,
-                     callback=callback, **options)
+                     callback=callback, clip_x0=clip_x0, **options)
 
 
 @torch.no_grad()
@@ -182,8 +184,11 @@ def generate(
     Image i (counted from ``first_index``, for a request split into parts) draws all its noise from its own
     generator seeded from (``seed``, i) (genladder.noise): the same seed gives the same images at any batch size.
     ``callback(step, t, x_t, x0_hat)``: t is the diffusion timestep (an int) or the flow time (a float in [0, 1]).
+    The latent rung integrates in its autoencoder's latent space and decodes at the end (and decodes x_t and x̂₀
+    for the callback, so that it sees images there too).
     """
     flow = description.family == "flow"
+    latent = description.rung.latent
     sampler = sampler.for_model(description)
     check_sampling(description, sampler, labels)
     device = next(model.parameters()).device
@@ -195,10 +200,12 @@ def generate(
         count = min(sampler.batch_size, n - start)
         batch_labels = labels[start : start + count].to(device) if labels is not None else None
         generators = image_generators(seed, count, first_index + start, device)
-        x_T = standard_normal((count, *description.image_shape), generators, device)
+        x_T = standard_normal((count, *description.noise_shape), generators, device)
 
-        def tick(i, t, x_t, x0_hat, count=count):
+        def tick(i, t, x_t, x0_hat, count=count, labels=batch_labels):
             bar.update(count)
+            if callback is not None and latent:  # the callback sees images, in [−1, 1] as the other rungs'
+                x_t, x0_hat = (model.decode(z, labels) * 2 - 1 for z in (x_t, x0_hat))
             if callback is not None:
                 callback(i, t, x_t, x0_hat)
 
@@ -208,7 +215,9 @@ def generate(
         else:
             eps_fn = eps_function(model, description, schedule, batch_labels, sampler.guidance,
                                   sampler.guidance_interval)
-            images = run_sampler(eps_fn, schedule, x_T, sampler, generators, callback=tick)
+            images = run_sampler(eps_fn, schedule, x_T, sampler, generators, callback=tick, clip_x0=not latent)
+        if latent:  # D(z / scale): the frozen autoencoder's decoder, [0, 1] -> the [−1, 1] of every sampler's output
+            images = model.decode(images, batch_labels) * 2 - 1
         outputs.append(images.clamp(-1, 1))
     bar.close()
     return torch.cat(outputs)
