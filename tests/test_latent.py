@@ -1,0 +1,173 @@
+"""The latent rung: a frozen spatial-latent autoencoder and a guided flow or diffusion on its scaled latents —
+the network's contract, the run's data and scale, training that learns and resumes exactly, sampling that
+decodes, and one-line refusals of an autoencoder run that does not fit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from genladder.cli import main
+from genladder.errors import GenladderError
+from genladder.models import AutoencoderConfig
+from genladder.models.latent import LatentGenerator, LatentModelConfig
+from genladder.models.unet import UNetConfig
+from genladder.runs import load_run
+from tests.test_cli import run_cli
+from tests.test_training import assert_same_state
+
+TINY = ["--data-dir", "MINI", "--limit", 512, "--test-limit", 64, "--batch-size", 32, "--no-progress"]
+
+
+def tiny(args, mini):
+    return [str(mini) if a == "MINI" else a for a in args]
+
+
+@pytest.fixture(scope="module")
+def latent_runs(tmp_path_factory):
+    """A spatial-latent VAE (2×8×8) and latent flow, latent diffusion runs on it."""
+    from tests.conftest import MINI_MNIST
+
+    root = tmp_path_factory.mktemp("latent-runs")
+    runs = {"vae": root / "vae", "flow": root / "latent", "diffusion": root / "latent-diffusion"}
+    assert main([str(a) for a in ["train", "vae", "--latent-channels", 2, "--width", 16, "--steps", 40,
+                                  "--run-dir", runs["vae"], *tiny(TINY, MINI_MNIST)]]) == 0
+    for denoiser in ("flow", "diffusion"):
+        argv = ["train", "latent", "--autoencoder", runs["vae"], "--denoiser", denoiser, "--preset", "cpu-fast",
+                "--widths", "16,16,16", "--attention", "", "--steps", 6, "--run-dir", runs[denoiser],
+                *tiny(TINY, MINI_MNIST)]
+        assert main([str(a) for a in argv]) == 0
+    return runs
+
+
+def _config(latent_channels=2, num_classes=10, **changes) -> LatentModelConfig:
+    autoencoder = AutoencoderConfig.preset("cvae", "default", width=16, latent_channels=latent_channels)
+    denoiser = UNetConfig(widths=(8, 8), attention_resolutions=(), image_size=8, in_channels=latent_channels or 2,
+                          num_classes=num_classes)
+    return LatentModelConfig(**{"autoencoder": autoencoder, "denoiser": denoiser, "scale": 2.0, **changes})
+
+
+class TestNetwork:
+    def test_config_round_trip_and_what_it_answers(self):
+        config = _config()
+        assert LatentModelConfig.from_dict(config.to_dict()) == config
+        assert config.latent_shape == (2, 8, 8) and (config.in_channels, config.image_size) == (1, 32)
+        assert config.num_classes == 10
+
+    def test_a_dense_autoencoder_or_a_mismatched_denoiser_is_refused(self):
+        autoencoder = AutoencoderConfig.preset("vae", "default", width=16)  # dense 64-number code
+        with pytest.raises(GenladderError, match="needs an autoencoder with a spatial latent"):
+            _config(autoencoder=autoencoder)
+        with pytest.raises(GenladderError, match="the denoiser reads 2×8×8 but the autoencoder's latent is 4×8×8"):
+            _config(autoencoder=AutoencoderConfig.preset("vae", "default", width=16, latent_channels=4))
+        with pytest.raises(GenladderError, match="scale must be positive"):
+            _config(scale=0.0)
+
+    def test_encode_decode_is_the_autoencoders_and_the_autoencoder_is_frozen(self):
+        torch.manual_seed(0)
+        config = _config(latent_mean=0.25)
+        model = LatentGenerator(config).train()
+        assert not model.autoencoder.training and model.denoiser.training
+        assert all(not p.requires_grad for p in model.autoencoder.parameters())
+        x, y = torch.rand(3, 1, 32, 32), torch.tensor([1, 2, 3])
+        z = model.encode(x, y)
+        assert z.shape == (3, 2, 8, 8)
+        codes = model.autoencoder.encode(x, y).mu
+        assert torch.allclose(z, (codes.view(3, 2, 8, 8) - 0.25) * 2.0)  # (E(x) − mean)·scale
+        expected = model.autoencoder.output_to_image(model.autoencoder.decode(codes, y))
+        assert torch.allclose(model.decode(z, y), expected, atol=1e-6)
+        t = torch.full((3,), 500.0)
+        model.eval()  # (the denoiser's dropout)
+        assert torch.equal(model(z, t, y), model.denoiser(z, t, y))
+
+
+class TestRuns:
+    def test_latents_are_stored_scaled_to_unit_variance(self, latent_runs):
+        from safetensors.torch import load_file
+
+        config = json.loads((latent_runs["flow"] / "config.json").read_text())
+        assert config["kind"] == "latent" and config["model"]["autoencoder_run"] == str(latent_runs["vae"])
+        assert config["model"]["denoiser"]["in_channels"] == 2 and config["model"]["denoiser"]["image_size"] == 8
+        stored = load_file(latent_runs["flow"] / "latents.safetensors")
+        assert stored["train"].shape == (512, 2, 8, 8) and stored["test"].shape == (64, 2, 8, 8)
+        # the scale was measured on these training digits: mean 0, variance 1 after the shift and the scale
+        assert abs(stored["train"].mean().item()) < 1e-3 and stored["train"].std().item() == pytest.approx(1.0, abs=1e-3)
+        assert "schedule" in json.loads((latent_runs["diffusion"] / "config.json").read_text())["objective"]
+
+    @pytest.mark.parametrize("denoiser,sampler", [("flow", "heun"), ("flow", "euler"), ("diffusion", "dpmpp")])
+    def test_samples_are_decoded_images(self, latent_runs, tmp_path, capsys, denoiser, sampler):
+        import numpy as np
+
+        out = tmp_path / "s.npz"
+        argv = ["sample", latent_runs[denoiser], "--grid", "--n", 20, "--guidance", 1, "--sampler", sampler,
+                "--steps", 3, "--out", out, "--no-progress"]
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 0, err
+        images = np.load(out)["images"]
+        assert images.shape == (20, 1, 32, 32) and images.min() >= -1 and images.max() <= 1
+
+    def test_a_model_file_alone_samples(self, latent_runs):
+        import genladder
+        from genladder.checkpoint import latest_checkpoint
+
+        pipe = genladder.load(latest_checkpoint(latent_runs["flow"]) / "model.safetensors")
+        assert pipe.sample(labels=[4, 5], steps=2).shape == (2, 1, 32, 32)
+
+    def test_figures_and_evaluation(self, latent_runs, tmp_path, capsys):
+        for argv in (["trajectory", latent_runs["flow"], "--n", 2, "--steps", 3, "--frames", 2],
+                     ["guidance-sweep", latent_runs["diffusion"], "--guidance-weights", "0,1", "--steps", 2]):
+            out = tmp_path / f"{argv[0]}.png"
+            code, _, err = run_cli(capsys, *argv, "--out", out, "--no-progress")
+            assert code == 0 and out.exists(), err
+        code, _, err = run_cli(capsys, "evaluate", latent_runs["flow"], "--n", 20, "--steps", 2,
+                               "--memorisation-samples", 10, "--no-progress")
+        assert code == 0, err
+        result = json.loads((latent_runs["flow"] / "eval.json").read_text())
+        assert result["sampling"]["sampler"] == "heun" and "judges" in result
+
+    def test_resume_is_bitwise_identical(self, latent_runs, tmp_path, mini_mnist, capsys):
+        base = ["train", "latent", "--autoencoder", latent_runs["vae"], "--preset", "cpu-fast", "--widths", "8,8,8",
+                "--attention", "", "--checkpoint-every", 3, *tiny(TINY, mini_mnist)]
+        straight, split = tmp_path / "straight", tmp_path / "split"
+        assert run_cli(capsys, *base, "--steps", 8, "--run-dir", straight)[0] == 0
+        assert run_cli(capsys, *base, "--steps", 5, "--run-dir", split)[0] == 0
+        assert run_cli(capsys, "train", "--resume", split, "--steps", 8, "--no-progress")[0] == 0
+        assert_same_state(straight, split)
+
+    def test_a_latent_flow_learns(self, latent_runs, tmp_path, mini_mnist, capsys):
+        from genladder.training.loop import read_metrics
+
+        run_dir = tmp_path / "learn"
+        argv = ["train", "latent", "--autoencoder", latent_runs["vae"], "--preset", "cpu-fast", "--widths",
+                "32,32,32", "--steps", 120, "--log-every", 10, "--run-dir", run_dir, *tiny(TINY, mini_mnist)]
+        assert run_cli(capsys, *argv)[0] == 0
+        losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl").records if r.get("split") == "train"]
+        assert losses[-1] < 0.75 * losses[0], losses
+
+
+class TestRefusals:
+    def test_autoencoder_runs_that_do_not_fit(self, latent_runs, tmp_path, mini_mnist, capsys):
+        from tests.test_flow_rung import tiny_flow_args
+
+        assert run_cli(capsys, *tiny_flow_args("flow", tmp_path / "f", mini_mnist))[0] == 0
+        dense = tmp_path / "dense"
+        assert run_cli(capsys, "train", "vae", "--width", 8, "--steps", 2, "--run-dir", dense,
+                       *tiny(TINY, mini_mnist))[0] == 0
+        cases = [
+            (["--autoencoder", tmp_path / "f"], "is a flow run; the latent rung needs an ae, vae or cvae run"),
+            (["--autoencoder", dense], "has a dense 64-number code; train one with a spatial latent"),
+            (["--autoencoder", latent_runs["vae"], "--resize", "resize"], "the autoencoder was trained on mnist (pad)"),
+            ([], "train latent needs --autoencoder RUN_DIR"),
+            (["--autoencoder", tmp_path / "missing"], "does not exist"),
+        ]
+        for extra, message in cases:
+            code, _, err = run_cli(capsys, "train", "latent", *extra, "--data-dir", mini_mnist, "--dry-run")
+            assert code == 2 and message in err and err.count("\n") == 1, (extra, err)
+
+    def test_latent_flags_elsewhere(self, capsys):
+        code, _, err = run_cli(capsys, "train", "cflow", "--denoiser", "flow", "--dry-run")
+        assert code == 2 and "--denoiser applies to the latent rung only, not cflow" in err
+        code, _, err = run_cli(capsys, "train", "vae", "--latent-channels", 4, "--autoencoder", "x", "--dry-run")
+        assert code == 2 and "--autoencoder applies to the latent rung only, not vae" in err
