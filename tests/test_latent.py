@@ -14,7 +14,6 @@ from genladder.errors import GenladderError
 from genladder.models import AutoencoderConfig
 from genladder.models.latent import LatentGenerator, LatentModelConfig
 from genladder.models.unet import UNetConfig
-from genladder.runs import load_run
 from tests.test_cli import run_cli
 from tests.test_training import assert_same_state
 
