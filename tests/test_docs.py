@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 # the learning path
 LEARNING = ("README", "ae", "vae", "cvae", "ddpm", "guided-ddpm", "samplers", "flow-matching", "ladder")
-REFERENCE = ("usage", "results", "performance", "scaling", "reliability", "tutorial-changes", "development",
-             "architecture")
+REFERENCE = ("usage", "results", "performance", "latent-diffusion", "scaling", "reliability", "tutorial-changes",
+             "development", "architecture")
 PAGES = LEARNING + REFERENCE
 # Pictures of the reference pages that scripts/docs_figures.py does not draw, with what made them.
 NOT_REDRAWN = {
