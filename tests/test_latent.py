@@ -83,6 +83,18 @@ class TestNetwork:
 
 
 class TestRuns:
+    def test_config_round_trip(self, latent_runs):
+        from genladder.diffusion.objective import DiffusionObjectiveConfig
+        from genladder.flow import FlowObjectiveConfig
+        from genladder.run_config import RunConfig
+        from genladder.runs import read_run_config
+
+        for denoiser, objective in (("flow", FlowObjectiveConfig), ("diffusion", DiffusionObjectiveConfig)):
+            config = read_run_config(latent_runs[denoiser])
+            assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+            assert isinstance(config.model, LatentModelConfig) and isinstance(config.objective, objective)
+            assert config.family == denoiser and config.noise_shape == (2, 8, 8) and config.image_shape == (1, 32, 32)
+
     def test_latents_are_stored_scaled_to_unit_variance(self, latent_runs):
         from safetensors.torch import load_file
 
