@@ -43,7 +43,7 @@ class TestSolvers:
         x1 = _x1()
         exact = MEAN + STD * x1  # x_t = (1 − t)·μ + σ_t·z, so x₀ = μ + s·z
         x0 = FLOW_SOLVERS["heun"].fn(gaussian_velocity(MEAN, STD), x1, steps=400)
-        assert (x0 - exact).abs().max() < 1e-5
+        assert (x0 - exact).abs().max() < 5e-5  # (Heun's last step is Euler's: a local error of order h²)
 
     @pytest.mark.parametrize("name", list(FLOW_SOLVERS))
     def test_error_falls_at_the_solvers_order(self, name):
@@ -67,7 +67,7 @@ class TestSolvers:
                 return gaussian_velocity(MEAN, STD)(x, t)
 
             solver.fn(counted, _x1(2), steps=5)
-            assert len(calls) == 5 * solver.evaluations_per_step, name
+            assert len(calls) == solver.evaluations(5), name
             assert calls[0] == 1.0 and min(calls) >= 0.0
 
     def test_callback_sees_the_clean_image_estimate(self):

@@ -94,8 +94,9 @@ class TestGuidedVelocity:
         check_sampling(never, SamplerConfig().for_model(never), torch.tensor([0]))  # w = 0 is fine
 
     def test_network_evaluations(self):
-        assert SamplerConfig(sampler="heun", steps=5).network_evaluations(guided=False) == 10
-        assert SamplerConfig(sampler="heun", steps=5, guidance=1).network_evaluations(guided=True) == 20
+        assert SamplerConfig(sampler="heun", steps=5).network_evaluations(guided=False) == 9  # no correction at t = 0
+        assert SamplerConfig(sampler="heun", steps=5, guidance=1).network_evaluations(guided=True) == 18
+        assert SamplerConfig(sampler="midpoint", steps=5).network_evaluations(guided=False) == 10
         assert SamplerConfig(sampler="euler", steps=10).network_evaluations(guided=True) == 10  # w = 0
         assert SamplerConfig(sampler="dpmpp", steps=20, guidance=1).network_evaluations(guided=True) == 40
 
@@ -191,13 +192,13 @@ class TestFlowCommands:
                 10, "--bpd-images", 4, "--ode-steps", 2, "--no-progress"]
         assert run_cli(capsys, *argv)[0] == 0
         result = json.loads((flow_runs["cflow"] / "eval.json").read_text())
-        assert result["sampling"]["sampler"] == "heun" and result["sampling"]["network_evaluations"] == 12
+        assert result["sampling"]["sampler"] == "heun" and result["sampling"]["network_evaluations"] == 10
         assert "spacing" not in result["sampling"] and result["evaluation"]["sampling"]["sampler"] == "heun"
         bits = result["ode_bits_per_dim_given_label"]  # p(x | y) of the conditional flow, on the 784 digit pixels
         assert bits["dims"] == 784 and bits["steps"] == 2 and bits["images"] == 4 and bits["probes"] == 2
         assert bits["bits_per_dim"] > 0 and bits["dequantized"]
         code, out, _ = run_cli(capsys, "report", flow_runs["cflow"])
-        assert code == 0 and "heun 3 steps, 12 evaluations, w=1" in out and "ODE, 2 heun steps, 784 px" in out
+        assert code == 0 and "heun 3 steps, 10 evaluations, w=1" in out and "ODE, 2 heun steps, 784 px" in out
 
     def test_steps_curve(self, flow_runs, tmp_path, capsys):
         out = tmp_path / "steps.png"

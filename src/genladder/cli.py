@@ -277,7 +277,8 @@ def _add_sampling_options(p: argparse.ArgumentParser, guidance: bool = True) -> 
     # defaults), so that one a run or sampler would ignore can be refused.
     p.add_argument("--sampler", choices=SAMPLERS,
                    help="diffusion: ancestral ddpm, ddim, or DPM-Solver++(2M) (default dpmpp); flow: the ODE solvers "
-                   "euler, heun or midpoint (default heun; heun and midpoint evaluate the network twice a step)")
+                   "euler, heun or midpoint (default heun; heun and midpoint evaluate the network twice a step, "
+                   "heun's last step once)")
     p.add_argument("--steps", type=int_in(1, MAX_T), help="solver steps (default 20; ddpm: the full chain)")
     if guidance:
         p.add_argument("--guidance", type=float_in(*GUIDANCE_RANGE),

@@ -33,7 +33,7 @@ FLOW_SAMPLERS = tuple(FLOW_SOLVERS)  # "euler", "heun", "midpoint": ODE solvers 
 SAMPLERS = DIFFUSION_SAMPLERS + FLOW_SAMPLERS
 FAMILY_SAMPLERS = {"diffusion": DIFFUSION_SAMPLERS, "flow": FLOW_SAMPLERS}
 # A sampler left unnamed is the family's default: DPM-Solver++(2M) for diffusion; Heun for flow (at 10 steps its
-# 20 network evaluations equal DPM-Solver++'s 20).
+# 19 network evaluations are about DPM-Solver++'s 20).
 DEFAULT_SAMPLER = {"diffusion": "dpmpp", "flow": "heun"}
 
 
@@ -44,7 +44,8 @@ class SamplerConfig:
     # diffusion: "ddpm" (ancestral), "ddim", "dpmpp" (DPM-Solver++(2M)); flow: "euler", "heun", "midpoint";
     # None: the run's family default (DEFAULT_SAMPLER), filled in by for_model()
     sampler: str | None = None
-    steps: int | None = 20  # solver steps (None: all T, ancestral only); Heun and midpoint evaluate twice a step
+    steps: int | None = 20  # solver steps (None: all T, ancestral only); Heun and midpoint call the network twice
+    # a step (Heun's last step once): network_evaluations() counts them
     guidance: float = 0.0  # classifier-free guidance weight w (conditional models only)
     eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 ancestral-like
     variance: str = "beta"  # ancestral σ²: "beta" (β_t, the tutorial's) or "posterior" (β̃_t)
@@ -95,8 +96,8 @@ class SamplerConfig:
         """Network passes per image of a resolved config (a guided pass counts twice: the batch is [c; ∅])."""
         if self.steps is None:
             return None
-        per_step = FLOW_SOLVERS[self.sampler].evaluations_per_step if self.sampler in FLOW_SOLVERS else 1
-        return self.steps * per_step * (2 if guided and self.guidance else 1)
+        calls = FLOW_SOLVERS[self.sampler].evaluations(self.steps) if self.sampler in FLOW_SOLVERS else self.steps
+        return calls * (2 if guided and self.guidance else 1)
 
 
 def check_sampling(description: ModelDescription, sampler: SamplerConfig, labels: torch.Tensor | None) -> None:
