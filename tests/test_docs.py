@@ -31,6 +31,9 @@ NOT_REDRAWN = {
     "mnist-test-grid.png": "the first ten MNIST test digits of each class (docs/performance.md says how)",
     "ablation-previews.png": "the last training previews of three ablation runs (docs/performance.md)",
     "cpu-fast-training-curve.png": "benchmarks/time_to_quality.py on the full-budget cpu-fast run",
+    "cflow-grid-w05.png": "genladder sample --grid --guidance 0.5 --sampler euler --steps 10 on the cpu-fast cflow",
+    "latent-grid-w1.png": "genladder sample --grid --guidance 1 --steps 5 on the cpu-fast latent run",
+    "vae-spatial-reconstructions.png": "genladder reconstruct --n 16 on the 4×8×8 spatial VAE",
 }
 
 
