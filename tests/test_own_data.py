@@ -264,6 +264,7 @@ class TestErrors:
 
     @pytest.mark.parametrize("kind,message", [("cvae", "cvae is class-conditional but"),
                                               ("cddpm", "has no labels; put the images in one sub-folder"),
+                                              ("cflow", "has no labels; put the images in one sub-folder"),
                                               ("classifier", "classifier learns labels but")])
     def test_conditional_rungs_refuse_unlabelled_data(self, tmp_path, capsys, kind, message):
         path = save_npz(tmp_path / "d.npz", images=np.zeros((4, 8, 8), np.uint8))
@@ -292,7 +293,8 @@ class TestErrors:
 class TestEveryRung:
     @pytest.mark.parametrize("kind,preset", [("ae", "default"), ("ae", "tutorial"), ("vae", "default"),
                                              ("cvae", "tutorial"), ("ddpm", "small"), ("ddpm", "cpu-fast"),
-                                             ("cddpm", "default"), ("cddpm", "tutorial")])
+                                             ("cddpm", "default"), ("cddpm", "tutorial"), ("flow", "small"),
+                                             ("cflow", "cpu-fast")])
     @pytest.mark.parametrize("channels,size", [(3, 24), (1, 40)])
     def test_network_fits_the_data(self, tmp_path, capsys, kind, preset, channels, size):
         images = np.zeros((6, channels, size, size), np.uint8)
@@ -303,11 +305,11 @@ class TestEveryRung:
         assert config["data"]["channels"] == channels and config["data"]["image_size"] == size
         model = build_model(kind, config["model"]).eval()
         x = torch.rand(2, channels, size, size)
-        conditional = kind in ("cvae", "cddpm")
+        conditional = kind in ("cvae", "cddpm", "cflow")
         labels = torch.tensor([0, 2]) if conditional else None
         assert config["model"]["num_classes"] == (3 if conditional else 0)
         with torch.no_grad():
-            if kind in ("ddpm", "cddpm"):
+            if kind in ("ddpm", "cddpm", "flow", "cflow"):
                 output = model(x, torch.tensor([0, 5]), labels)
             else:
                 output = model(x, labels) if kind != "ae" else model(x)
