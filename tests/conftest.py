@@ -23,6 +23,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def train_tiny_runs(tmp_path_factory, folder: str, kinds: tuple[str, ...], arguments) -> dict[str, Path]:
+    """One run per kind trained through the CLI on the committed extract: ``arguments(kind, run_dir, data_dir)``
+    gives each one's ``genladder train`` arguments (the module fixtures of the rung tests)."""
+    from genladder.cli import main
+
+    root = tmp_path_factory.mktemp(folder)
+    runs = {kind: root / kind for kind in kinds}
+    for kind, run_dir in runs.items():
+        assert main([str(a) for a in arguments(kind, run_dir, MINI_MNIST)]) == 0
+    return runs
+
+
 @pytest.fixture
 def mini_mnist() -> Path:
     """The committed MNIST extract (3,000 train / 1,000 test digits), loadable like the full files."""

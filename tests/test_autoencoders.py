@@ -65,9 +65,11 @@ class TestShapes:
 
 
 class TestConditioning:
-    def test_cvae_label_changes_decoding(self):
-        model = make("cvae")
-        z = torch.randn(2, 64)
+    @pytest.mark.parametrize("preset,overrides,code", [("tutorial", {}, 64),
+                                                       ("default", {"width": 16, "latent_channels": 4}, 256)])
+    def test_cvae_label_changes_decoding(self, preset, overrides, code):
+        model = make("cvae", preset, **overrides)  # the dense code and the spatial 4×8×8 latent
+        z = torch.randn(2, code)
         a = model.decode(z, torch.tensor([1, 1]))
         b = model.decode(z, torch.tensor([7, 7]))
         assert not torch.allclose(a, b)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genladder.cli import main
 from genladder.runs import load_run
 from tests.test_cli import run_cli
 
@@ -21,13 +20,9 @@ def tiny_diffusion_args(kind, run_dir, data_dir, *extra):
 
 @pytest.fixture(scope="module")
 def diffusion_runs(tmp_path_factory):
-    from tests.conftest import MINI_MNIST
+    from tests.conftest import train_tiny_runs
 
-    root = tmp_path_factory.mktemp("diffusion-runs")
-    runs = {kind: root / kind for kind in ("ddpm", "cddpm")}
-    for kind, run_dir in runs.items():
-        assert main([str(a) for a in tiny_diffusion_args(kind, run_dir, MINI_MNIST)]) == 0
-    return runs
+    return train_tiny_runs(tmp_path_factory, "diffusion-runs", ("ddpm", "cddpm"), tiny_diffusion_args)
 
 
 class TestDiffusionCommands:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from genladder.cli import main
 from genladder.diffusion.objective import DiffusionObjectiveConfig
 from genladder.errors import GenladderError
 from genladder.flow import FLOW_SOLVERS, FlowMatchingObjective, FlowObjectiveConfig, flow_noise_level, network_velocity
@@ -30,13 +29,9 @@ def tiny_flow_args(kind, run_dir, data_dir, *extra):
 
 @pytest.fixture(scope="module")
 def flow_runs(tmp_path_factory):
-    from tests.conftest import MINI_MNIST
+    from tests.conftest import train_tiny_runs
 
-    root = tmp_path_factory.mktemp("flow-runs")
-    runs = {kind: root / kind for kind in ("flow", "cflow")}
-    for kind, run_dir in runs.items():
-        assert main([str(a) for a in tiny_flow_args(kind, run_dir, MINI_MNIST)]) == 0
-    return runs
+    return train_tiny_runs(tmp_path_factory, "flow-runs", ("flow", "cflow"), tiny_flow_args)
 
 
 def tiny_unet(num_classes: int = 3) -> UNet:

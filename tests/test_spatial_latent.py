@@ -13,18 +13,13 @@ from genladder.cli import main
 from genladder.errors import GenladderError
 from genladder.models import AutoencoderConfig
 from genladder.rungs import build_model, decode_image, encode_mean
+from tests.test_cli import run_cli
 
 
 def make(kind, width=16, **overrides):
     torch.manual_seed(0)
     return build_model(kind, AutoencoderConfig.preset(kind, "default", width=width, latent_channels=4,
                                                       **overrides).to_dict())
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 class TestShapes:
@@ -104,14 +99,7 @@ class TestConfig:
         assert "\n" not in str(error.value)
 
 
-class TestConditioning:
-    def test_cvae_decoding_depends_on_the_label(self):
-        model = make("cvae")
-        z = torch.randn(2, 256)
-        a = model.decode(z, torch.tensor([1, 1]))
-        b = model.decode(z, torch.tensor([7, 7]))
-        assert not torch.allclose(a, b, atol=1e-5)
-
+class TestConditioning:  # (that the decoding depends on the label: tests/test_autoencoders.py)
     def test_label_rides_in_broadcast_channels(self):
         model = make("cvae")
         assert model.decoder[0].in_channels == 2 * 16  # feature map ⊕ label channels
