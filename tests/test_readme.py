@@ -22,15 +22,17 @@ REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 BEGIN, END = "<!-- using-it:begin -->", "<!-- using-it:end -->"
 DIFFUSION = ("ddpm", "cddpm")
-FLOW = ("flow", "cflow")
+FLOW = ("flow", "cflow", "latent")  # (the latent rung samples with the flow solvers by default)
 # Tiny networks of the same kind: as in scripts/docs_figures.py's quick recipe.
 TINY_NETWORK = {"ae": ["--width", "16"], "vae": ["--width", "16"], "cvae": ["--width", "16"],
                 "ddpm": ["--widths", "8,8,8", "--T", "20"], "cddpm": ["--widths", "8,8,8", "--T", "20"],
-                "flow": ["--widths", "8,8,8"], "cflow": ["--widths", "8,8,8"]}
+                "flow": ["--widths", "8,8,8"], "cflow": ["--widths", "8,8,8"],
+                "latent": ["--widths", "8,8,8", "--attention", ""]}
 # 256 training digits at the default batch of 128 make 2 steps an epoch, so 3 steps end one epoch and stop
 # in the middle of the next: an autoencoder's run folder then holds both kinds of sample grid the README names.
 # A diffusion run stops at the epoch's end: its per-epoch grid is a 20-step guided chain, seconds even when tiny.
-TRAIN_STEPS = {"ae": "3", "vae": "3", "cvae": "3", "ddpm": "2", "cddpm": "2", "flow": "2", "cflow": "2"}
+TRAIN_STEPS = {"ae": "3", "vae": "3", "cvae": "3", "ddpm": "2", "cddpm": "2", "flow": "2", "cflow": "2",
+               "latent": "2"}
 RESUME_STEPS = "6"
 TINY_EVALUATION = {  # evaluate: a few samples, and the likelihood bounds on a few digits
     "ae": ["--memorisation-samples", "10"],
@@ -40,6 +42,7 @@ TINY_EVALUATION = {  # evaluate: a few samples, and the likelihood bounds on a f
     "cddpm": ["--bpd-images", "2", "--bpd-timesteps", "2", "--memorisation-samples", "10"],
     "flow": ["--bpd-images", "2", "--ode-steps", "2", "--memorisation-samples", "10"],
     "cflow": ["--bpd-images", "2", "--ode-steps", "2", "--memorisation-samples", "10"],
+    "latent": ["--memorisation-samples", "10"],
 }
 TINY_REFLOW = ["--pairs", "40", "--teacher-steps", "2", "--steps", "2", "--batch-size", "16"]
 LARGEST_N = {"sample": 100, "evaluate": 40, "guidance-curve": 20}  # --n caps per verb
