@@ -221,6 +221,22 @@ class TestFlowCommands:
         cddpm = ModelDescription("cddpm", run.config.model, DiffusionObjectiveConfig(label_dropout=0.1))
         assert _sampler_choices(cddpm)["value"] == "dpmpp"
 
+    def test_sampling_cost_benchmark(self, flow_runs, monkeypatch, capsys):
+        """benchmarks/sampling_cost.py: calls and FLOPs per image follow the sampler (Heun 3 = 5 calls, guided 10)."""
+        import sys
+        from pathlib import Path
+
+        monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+        import sampling_cost
+
+        monkeypatch.setattr(sys, "argv", ["sampling_cost.py", f"{flow_runs['cflow']}:heun:3",
+                                          f"{flow_runs['cflow']}:euler:5", "--n", "4", "--threads", "1"])
+        assert sampling_cost.main() == 0
+        rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if "| cflow |" in line]
+        assert [row[4] for row in rows] == ["10", "10"]  # calls per guided image: Heun 3 = 5, Euler 5 = 5
+        per_call = float(rows[0][5])
+        assert per_call > 0 and float(rows[0][7]) == pytest.approx(10 * per_call, rel=0.02)
+
     def test_pipeline(self, flow_runs):
         import genladder
 
