@@ -33,6 +33,7 @@ NOT_REDRAWN = {
     "cpu-fast-training-curve.png": "benchmarks/time_to_quality.py on the full-budget cpu-fast run",
     "cflow-grid-w05.png": "genladder sample --grid --guidance 0.5 --sampler euler --steps 10 on the cpu-fast cflow",
     "latent-grid-w1.png": "genladder sample --grid --guidance 1 --steps 5 on the cpu-fast latent run",
+    "reflow-vs-teacher-1-2-steps.png": "genladder sample --grid --sampler euler --steps 1|2 on cflow and its reflow",
     "latent-3440-grid-w1.png": "genladder sample --grid --guidance 1 --steps 5 on the 3,440-step latent run",
     "vae-spatial-reconstructions.png": "genladder reconstruct --n 16 on the 4×8×8 spatial VAE",
 }
