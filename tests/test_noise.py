@@ -21,7 +21,8 @@ def cddpm():
     model = UNet(UNetConfig(widths=(8, 16), blocks_per_level=1, attention_resolutions=(), image_size=8,
                             num_classes=3, dropout=0.0)).eval()
     config = ModelDescription("cddpm", model.config,
-                              DiffusionObjectiveConfig(schedule=ScheduleConfig(kind="cosine", T=50, prediction="v")))
+                              DiffusionObjectiveConfig(schedule=ScheduleConfig(kind="cosine", T=50, prediction="v"),
+                                                       label_dropout=0.1))
     return model, config
 
 

@@ -25,10 +25,10 @@ STATISTICS_IMAGES = 10_000  # training digits whose latents set the mean and the
 BATCH = 500
 
 
-def load_autoencoder(run_dir: str | Path, checkpoint: str | None = None):
-    """A trained ae/vae/cvae run with a spatial latent (genladder.runs.Run), or a one-line error saying why not."""
+def load_autoencoder(run_dir: str | Path, load_run, checkpoint: str | None = None):
+    """A trained ae/vae/cvae run with a spatial latent, loaded by ``load_run`` (genladder.runs.load_run: passed
+    in, as genladder.runs calls this module), or a one-line error saying why not."""
     from genladder.rungs import kinds
-    from genladder.runs import load_run
 
     run = load_run(run_dir, checkpoint_name=checkpoint)
     if not run.config.rung.codes:
@@ -72,7 +72,7 @@ def latent_statistics(autoencoder, images: torch.Tensor, labels: torch.Tensor | 
     return codes.mean().item(), codes.std().item()
 
 
-def latent_training_data(run_dir: str | Path, config, model, pixels: TrainingData, resume: bool,
+def latent_training_data(run_dir: str | Path, config, model, pixels: TrainingData, resume: bool, load_run,
                          write: bool = True) -> TrainingData:
     """The run's training and test digits as scaled latents (N, c, h, w): encoded now with the autoencoder of
     ``config.model`` (its weights loaded into ``model.autoencoder``) and written to ``latents.safetensors``, or,
@@ -86,7 +86,7 @@ def latent_training_data(run_dir: str | Path, config, model, pixels: TrainingDat
                                  "encoded digits: start it again in a new folder") from None
         train, test = stored["train"], stored["test"]
     else:
-        autoencoder = load_autoencoder(config.model.autoencoder_run, config.model.autoencoder_checkpoint)
+        autoencoder = load_autoencoder(config.model.autoencoder_run, load_run, config.model.autoencoder_checkpoint)
         model.autoencoder.load_state_dict(autoencoder.model.state_dict())
         model.autoencoder.to(next(model.parameters()).device)
         train = _encode(model, pixels.train_images, pixels.train_labels)

@@ -54,12 +54,12 @@ def _latent_model_and_objective(preset: str, given: dict, data: DataConfig, shap
     """The latent rung's configs: its autoencoder run checked against the data, its latents measured."""
     from genladder.latent_data import check_same_data, latent_statistics, load_autoencoder
     from genladder.presets import latent_config
-    from genladder.runs import load_data_split
+    from genladder.runs import load_data_split, load_run
 
     if "autoencoder" not in given:
         raise GenladderError("train latent needs --autoencoder RUN_DIR: a trained ae, vae or cvae run with a spatial "
                              "latent (genladder train vae --latent-channels 4)")
-    autoencoder = load_autoencoder(given["autoencoder"])
+    autoencoder = load_autoencoder(given["autoencoder"], load_run)
     check_same_data(autoencoder, data)
     train = load_data_split(data, "train", limit=data.limit)
     statistics = latent_statistics(autoencoder, train.images, train.labels)

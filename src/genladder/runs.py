@@ -186,7 +186,7 @@ def run_training(
         if config.rung.latent:  # the digits as latents of the frozen autoencoder (whose weights it loads)
             from genladder.latent_data import latent_training_data
 
-            data = latent_training_data(run_dir, config, model, data, resume, write=ctx.is_main)
+            data = latent_training_data(run_dir, config, model, data, resume, load_run, write=ctx.is_main)
         objective = make_objective(kind, config.objective, config.model)
         description = config.description().to_dict()
         return train(

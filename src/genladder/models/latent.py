@@ -104,16 +104,17 @@ class LatentGenerator(nn.Module):
     def encode(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [0, 1] (B, C, H, W) -> scaled latents (B, c, h, w): (E(x) − mean)·scale, E(x) the code (the
         posterior mean of a VAE)."""
-        from genladder.rungs import encode_mean
-
-        kind = self.config.autoencoder.kind
-        codes = encode_mean(kind, self.autoencoder, images, self._conditioning(labels))  # (B, c·h·w)
+        # (the autoencoder's own methods, not genladder.rungs, which imports this module)
+        conditioning = self._conditioning(labels)
+        encoded = self.autoencoder.encode(images) if not hasattr(self.autoencoder, "reparameterize") else \
+            self.autoencoder.encode(images, conditioning).mu
+        codes = encoded  # (B, c·h·w): z for an AE, the posterior mean for a VAE
         return (codes.view(len(images), *self.config.latent_shape) - self.config.latent_mean) * self.config.scale
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled latents (B, c, h, w) -> images in [0, 1] (B, C, H, W): D(z / scale + mean)."""
-        from genladder.rungs import decode_image
-
         codes = (latents / self.config.scale + self.config.latent_mean).flatten(1)
-        return decode_image(self.config.autoencoder.kind, self.autoencoder, codes, self._conditioning(labels))
+        output = self.autoencoder.decode(codes) if not hasattr(self.autoencoder, "reparameterize") else \
+            self.autoencoder.decode(codes, self._conditioning(labels))
+        return self.autoencoder.output_to_image(output)
