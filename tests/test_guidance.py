@@ -127,11 +127,12 @@ class TestUnconditional:
 
 class TestGuidanceInterval:
     def test_guided_only_inside_the_sigma_interval(self):
-        from genladder.diffusion import guidance_interval
+        from genladder.diffusion import guidance_interval, schedule_noise_level
 
         schedule = NoiseSchedule.cosine(1000)
         sigmas = ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt()
-        fn = guidance_interval(lambda x, t: torch.ones_like(x), lambda x, t: torch.zeros_like(x), schedule, 0.3, 5.0)
+        fn = guidance_interval(lambda x, t: torch.ones_like(x), lambda x, t: torch.zeros_like(x),
+                               schedule_noise_level(schedule), 0.3, 5.0)
         x = torch.zeros(2, 1, 2, 2)
         for t in (0, 100, 300, 500, 700, 900, 999):
             inside = 0.3 < float(sigmas[t]) <= 5.0
@@ -143,6 +144,6 @@ class TestGuidanceInterval:
         from genladder.sampling import SamplerConfig
 
         with pytest.raises(GenladderError, match="interval"):
-            guidance_interval(None, None, NoiseSchedule.cosine(10), 2.0, 1.0)
+            guidance_interval(None, None, lambda t: 1.0, 2.0, 1.0)
         with pytest.raises(GenladderError, match="interval"):
             SamplerConfig(guidance_interval=(3.0, 3.0))

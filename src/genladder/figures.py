@@ -14,6 +14,7 @@ import torch
 from genladder.checkpoint import atomic_write_bytes
 from genladder.data import to_unit
 from genladder.data.config import DataConfig
+from genladder.diffusion.samplers import SOLVERS
 from genladder.errors import GenladderError
 from genladder.plotting import save_grid, save_image_table, save_labelled_grid, save_latent_map
 from genladder.rungs import decode_image, encode_mean, grid_labels, kinds, rung
@@ -107,7 +108,9 @@ def latent_activity(run: Run, x: torch.Tensor, labels: torch.Tensor) -> torch.Te
 # The sampling options of the CLI that only a diffusion or flow run reads, and the samplers each solver option
 # belongs to. Their command-line default is None ("not given"), so a given one that would be ignored is refused.
 ITERATIVE_SAMPLING_OPTIONS = ("sampler", "steps", "guidance", "eta", "variance", "spacing", "guidance_interval")
-SOLVER_OPTIONS = {"eta": ("ddim",), "variance": ("ddpm",), "spacing": ("ddpm", "ddim", "dpmpp")}
+# (eta and variance: the diffusion solvers that list them; spacing: every diffusion solver, no flow solver)
+SOLVER_OPTIONS = {option: tuple(name for name, solver in SOLVERS.items() if option in solver.options)
+                  for option in ("eta", "variance")} | {"spacing": tuple(SOLVERS)}
 
 
 def sampler_config(args: argparse.Namespace):

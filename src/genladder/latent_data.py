@@ -53,22 +53,24 @@ def check_same_data(autoencoder, data) -> None:
 
 
 @torch.no_grad()
-def encode_codes(kind: str, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """uint8 images (N, C, H, W) -> their flat codes (N, D), BATCH at a time (the posterior mean of a VAE)."""
-    from genladder.rungs import encode_mean, rung
-
+def _in_batches(encode, images: torch.Tensor, labels: torch.Tensor | None, device="cpu") -> torch.Tensor:
+    """``encode(x in [0, 1], labels)`` over uint8 images (N, C, H, W), BATCH at a time, gathered on the CPU."""
     parts = []
     for start in range(0, len(images), BATCH):
-        x = to_unit(images[start : start + BATCH])
-        y = labels[start : start + BATCH] if labels is not None and rung(kind).conditional else None
-        parts.append(encode_mean(kind, model, x, y))
+        x = to_unit(images[start : start + BATCH]).to(device)
+        y = labels[start : start + BATCH].to(device) if labels is not None else None
+        parts.append(encode(x, y).float().cpu())
     return torch.cat(parts)
 
 
 def latent_statistics(autoencoder, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[float, float]:
-    """(mean, standard deviation) of every latent number over the first STATISTICS_IMAGES training digits."""
-    codes = encode_codes(autoencoder.kind, autoencoder.model, images[:STATISTICS_IMAGES],
-                         labels[:STATISTICS_IMAGES] if labels is not None else None).double()
+    """(mean, standard deviation) of every latent number over the first STATISTICS_IMAGES training digits: their
+    flat codes (the posterior mean of a VAE)."""
+    from genladder.rungs import encode_mean
+
+    codes = _in_batches(lambda x, y: encode_mean(autoencoder.kind, autoencoder.model, x, y),
+                        images[:STATISTICS_IMAGES], labels[:STATISTICS_IMAGES] if labels is not None else None)
+    codes = codes.double()
     return codes.mean().item(), codes.std().item()
 
 
@@ -89,8 +91,9 @@ def latent_training_data(run_dir: str | Path, config, model, pixels: TrainingDat
         autoencoder = load_autoencoder(config.model.autoencoder_run, load_run, config.model.autoencoder_checkpoint)
         model.autoencoder.load_state_dict(autoencoder.model.state_dict())
         model.autoencoder.to(next(model.parameters()).device)
-        train = _encode(model, pixels.train_images, pixels.train_labels)
-        test = _encode(model, pixels.test_images, pixels.test_labels)
+        device = next(model.parameters()).device  # the LatentGenerator's frozen encoder, scaled latents (N, c, h, w)
+        train = _in_batches(model.encode, pixels.train_images, pixels.train_labels, device)
+        test = _in_batches(model.encode, pixels.test_images, pixels.test_labels, device)
         if write:
             atomic_write_bytes(path, save({"train": train.contiguous(), "test": test.contiguous()}))
     if len(train) != len(pixels.train_images) or len(test) != len(pixels.test_images):
@@ -99,14 +102,3 @@ def latent_training_data(run_dir: str | Path, config, model, pixels: TrainingDat
     return TrainingData(train_images=train, train_labels=pixels.train_labels, test_images=test,
                         test_labels=pixels.test_labels, to_model_range=lambda z: z)
 
-
-@torch.no_grad()
-def _encode(model, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """uint8 digits -> scaled latents (N, c, h, w) with the LatentGenerator's frozen encoder, BATCH at a time."""
-    device = next(model.parameters()).device
-    parts = []
-    for start in range(0, len(images), BATCH):
-        x = to_unit(images[start : start + BATCH]).to(device)
-        y = labels[start : start + BATCH].to(device) if labels is not None else None
-        parts.append(model.encode(x, y).float().cpu())
-    return torch.cat(parts)

@@ -225,12 +225,10 @@ def latent_config(preset: str, given: dict, autoencoder, statistics: tuple[float
                               autoencoder_run=str(given["autoencoder"]), latent_mean=mean,
                               autoencoder_checkpoint=autoencoder.checkpoint.name).to_dict()
     train_preset = preset if preset in _TRAIN_DEFAULTS else "default"
-    if denoiser == "flow":
-        _, objective, _ = flow_config("cflow", train_preset, {k: v for k, v in given.items() if k != "denoiser"},
-                                      in_channels, image_size, num_classes)
-    else:
-        _, objective, _ = diffusion_config("cddpm", train_preset, {k: v for k, v in given.items() if k != "denoiser"},
-                                           in_channels, image_size, num_classes)
+    # the objective of the pixel-space rung of that family (its U-Net, built there from the same flags, unused)
+    pixel_rung, configure = ("cflow", flow_config) if denoiser == "flow" else ("cddpm", diffusion_config)
+    flags = {k: v for k, v in given.items() if k != "denoiser"}
+    _, objective, _ = configure(pixel_rung, train_preset, flags, in_channels, image_size, num_classes)
     return model, objective, dict(_TRAIN_DEFAULTS[train_preset])
 
 

@@ -9,22 +9,27 @@ the teacher's samples alone.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import save
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
-from genladder.checkpoint import atomic_write_bytes
+from genladder.checkpoint import atomic_write_bytes, atomic_write_json, read_json
 from genladder.errors import GenladderError
 from genladder.flow.reflow import ReflowConfig, pair_labels, pair_noise
 from genladder.sampling import SamplerConfig, generate
+from genladder.training.loop import TrainConfig, TrainingData
 
 PAIRS_DIR = "reflow-pairs"
 CHUNK = 500  # pairs per file: a killed run loses at most this many samples' work
 
 
-def _chunk_path(run_dir: Path, index: int) -> Path:
-    return run_dir / PAIRS_DIR / f"pairs-{index:06d}.safetensors"
+def _chunks(run_dir: Path, reflow: ReflowConfig):
+    """(file, first pair, pair count) of each chunk of the pairs, in order."""
+    for index, first in enumerate(range(0, reflow.pairs, CHUNK)):
+        yield run_dir / PAIRS_DIR / f"pairs-{index:06d}.safetensors", first, min(CHUNK, reflow.pairs - first)
 
 
 def draw_pairs(teacher, reflow: ReflowConfig, run_dir: str | Path, batch_size: int = 100,
@@ -37,11 +42,9 @@ def draw_pairs(teacher, reflow: ReflowConfig, run_dir: str | Path, batch_size: i
                             batch_size=batch_size)
     labels = pair_labels(reflow.pairs, teacher.num_classes)
     drawn = 0
-    for index, first in enumerate(range(0, reflow.pairs, CHUNK)):
-        path = _chunk_path(run_dir, index)
+    for path, first, count in _chunks(run_dir, reflow):
         if path.exists():
             continue
-        count = min(CHUNK, reflow.pairs - first)
         part = labels[first : first + count] if labels is not None else None
         images = generate(teacher.model, teacher.config, count, sampler, labels=part, seed=reflow.seed,
                           first_index=first, progress=progress).float().cpu()
@@ -53,14 +56,9 @@ def draw_pairs(teacher, reflow: ReflowConfig, run_dir: str | Path, batch_size: i
 def read_pairs(run_dir: str | Path, reflow: ReflowConfig, image_shape: tuple[int, ...],
                num_classes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """All pairs as one tensor (N, 2C, H, W), x₀ in the first C channels and ε in the last C, and their labels."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     run_dir = Path(run_dir)
     parts = []
-    for index, first in enumerate(range(0, reflow.pairs, CHUNK)):
-        path = _chunk_path(run_dir, index)
-        count = min(CHUNK, reflow.pairs - first)
+    for path, first, count in _chunks(run_dir, reflow):
         if not path.exists():
             raise GenladderError(f"{run_dir} lacks {path.name} of its reflow pairs; draw them again with "
                                  f"'genladder reflow {reflow.teacher} --run-dir {run_dir}'")
@@ -79,8 +77,6 @@ def read_pairs(run_dir: str | Path, reflow: ReflowConfig, image_shape: tuple[int
 def reflow_training_data(run_dir: str | Path, config):
     """The training loop's data for a reflowed run (genladder.run_config.RunConfig): the pairs, the last
     ``TEST_SHARE`` of them held out; in the model's range already (x₀ in [−1, 1], ε as drawn)."""
-    from genladder.training.loop import TrainingData
-
     reflow = config.objective.reflow
     pairs, labels = read_pairs(run_dir, reflow, config.image_shape, config.num_classes)
     split = reflow.pairs - reflow.test_count
@@ -101,10 +97,6 @@ SETTINGS_FILE = "reflow.json"  # in reflow-pairs/: the ReflowConfig the chunks t
 def student_config(teacher_config, reflow: ReflowConfig, train_overrides: dict):
     """The reflowed run's RunConfig: the teacher's network, data and recipe, the reflow objective (no label
     dropout: the student learns the guided coupling), and the student's training settings."""
-    from dataclasses import replace
-
-    from genladder.training.loop import TrainConfig
-
     objective = replace(teacher_config.objective, reflow=reflow, label_dropout=0.0)
     train = TrainConfig.from_dict({**teacher_config.train.to_dict(), **REFLOW_TRAIN_DEFAULTS, **train_overrides})
     return teacher_config.replace(objective=objective, train=train)  # (the caller stamps its genladder version)
@@ -112,15 +104,13 @@ def student_config(teacher_config, reflow: ReflowConfig, train_overrides: dict):
 
 def check_pairs_folder(run_dir: str | Path, reflow: ReflowConfig) -> None:
     """Refuse a run folder whose pairs were drawn with other settings; record the settings in a new one."""
-    from genladder.checkpoint import atomic_write_json, read_json
-
-    settings = Path(run_dir) / PAIRS_DIR / SETTINGS_FILE
+    settings, wanted = Path(run_dir) / PAIRS_DIR / SETTINGS_FILE, reflow.to_dict()
     if settings.exists():
         stored = read_json(settings)
-        if stored != reflow.to_dict():
-            changed = next(k for k in reflow.to_dict() if stored.get(k) != reflow.to_dict()[k])
+        if stored != wanted:
+            changed = next(k for k in wanted if stored.get(k) != wanted[k])
             raise GenladderError(f"{run_dir} holds reflow pairs drawn with {changed} = {stored.get(changed)!r}, not "
-                                 f"{reflow.to_dict()[changed]!r}; use another --run-dir, or the same settings")
+                                 f"{wanted[changed]!r}; use another --run-dir, or the same settings")
         return
     settings.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(settings, reflow.to_dict())
+    atomic_write_json(settings, wanted)

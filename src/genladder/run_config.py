@@ -141,12 +141,10 @@ class ModelDescription:
         """How the network generates: its rung's family ("autoencoder", "diffusion", "flow", "classifier"); for a
         rung whose objective may be either (the latent rung), the family of its objective."""
         from genladder.diffusion.objective import DiffusionObjectiveConfig
-        from genladder.flow.objective import FlowObjectiveConfig
 
         if self.rung.family != "latent":
             return self.rung.family
-        return "diffusion" if isinstance(self.objective, DiffusionObjectiveConfig) else (
-            "flow" if isinstance(self.objective, FlowObjectiveConfig) else self.rung.family)
+        return "diffusion" if isinstance(self.objective, DiffusionObjectiveConfig) else "flow"
 
     @property
     def value_range(self) -> tuple[float, float]:

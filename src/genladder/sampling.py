@@ -21,6 +21,7 @@ from genladder.diffusion import (
     classifier_free_guidance,
     conditional,
     guidance_interval,
+    schedule_noise_level,
     unconditional,
 )
 from genladder.errors import GenladderError
@@ -107,8 +108,6 @@ def check_sampling(description: ModelDescription, sampler: SamplerConfig, labels
         if sampler.steps is not None and sampler.steps > T:
             raise GenladderError(f"--steps {sampler.steps} exceeds the {T} diffusion steps this model was trained "
                                  "with")
-    elif sampler.steps is None:
-        raise GenladderError(f"the {sampler.sampler} sampler needs --steps")
     num_classes = description.num_classes
     if not num_classes and sampler.guidance:
         raise GenladderError("--guidance needs a conditional model (cddpm, cflow); this run is unconditional")
@@ -144,7 +143,7 @@ def eps_function(model: torch.nn.Module, description: ModelDescription, schedule
                  labels: torch.Tensor | None, guidance: float, interval: tuple[float, float] | None = None):
     """The ε-function ``(x_t, t) -> ε̂`` of a trained diffusion network, guided when it is conditional (only for
     σ_t in ``interval`` when one is given)."""
-    fn = guided_output(model, description, labels, guidance, interval, schedule)
+    fn = guided_output(model, description, labels, guidance, interval, schedule_noise_level(schedule))
     return as_eps_fn(fn, schedule, description.prediction)
 
 

@@ -7,7 +7,13 @@ Typical use::
     images = sample_ddim(eps_fn, schedule, torch.randn(len(labels), 1, 32, 32), steps=50)
 """
 
-from genladder.diffusion.guidance import classifier_free_guidance, conditional, guidance_interval, unconditional
+from genladder.diffusion.guidance import (
+    classifier_free_guidance,
+    conditional,
+    guidance_interval,
+    schedule_noise_level,
+    unconditional,
+)
 from genladder.diffusion.objective import DiffusionObjective, DiffusionObjectiveConfig, as_eps_fn
 from genladder.diffusion.samplers import (
     SOLVERS,
@@ -43,6 +49,7 @@ __all__ = [
     "classifier_free_guidance",
     "conditional",
     "guidance_interval",
+    "schedule_noise_level",
     "ddim_step",
     "ddpm_step",
     "sample_ddim",

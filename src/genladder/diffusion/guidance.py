@@ -7,6 +7,8 @@ result in ``objective.as_eps_fn``. They do not change the model's train/eval mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -73,27 +75,29 @@ def classifier_free_guidance(model: nn.Module, labels: torch.Tensor, guidance_we
     return fn
 
 
-def guidance_interval(guided: OutputFn, unguided: OutputFn, noise_level, sigma_low: float,
-                      sigma_high: float) -> OutputFn:
+def guidance_interval(guided: OutputFn, unguided: OutputFn, noise_level: Callable[[torch.Tensor], float],
+                      sigma_low: float, sigma_high: float) -> OutputFn:
     """Guidance only at mid noise levels (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval"):
     ``guided`` where the noise level σ lies in (sigma_low, sigma_high], ``unguided`` elsewhere.
 
-    ``noise_level`` maps the network's time input (B,) to σ: a :class:`NoiseSchedule` (σ_t = √((1 − ᾱ_t)/ᾱ_t),
-    EDM's σ of a DDPM step) or any function of t (the flow rungs' σ = t/(1 − t), the same σ in their
-    coordinates). At high noise guidance pushes every sample of a class towards one template (it costs
-    diversity); at low noise it only sharpens noise. The samplers call ``fn`` with one t for the whole batch,
-    so the choice is per call, and the unguided calls skip the unconditional half of the batch.
+    ``noise_level`` maps the network's time input (B,) to σ: :func:`schedule_noise_level` for a DDPM
+    (σ_t = √((1 − ᾱ_t)/ᾱ_t), EDM's σ of its step), ``genladder.flow.flow_noise_level`` for the flow rungs
+    (σ = t/(1 − t), the same σ in their coordinates). At high noise guidance pushes every sample of a class
+    towards one template (it costs diversity); at low noise it only sharpens noise. The samplers call ``fn`` with
+    one t for the whole batch, so the choice is per call, and the unguided calls skip the unconditional half of
+    the batch.
     """
     if not 0 <= sigma_low < sigma_high:
         raise GenladderError(f"the guidance interval needs 0 <= low < high, got ({sigma_low}, {sigma_high})")
-    if hasattr(noise_level, "alpha_bar"):
-        sigmas = ((1 - noise_level.alpha_bar) / noise_level.alpha_bar).sqrt().double().cpu()
-
-        def noise_level(t: torch.Tensor) -> float:
-            return float(sigmas[int(t[0])])
 
     def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         sigma = noise_level(t)
         return guided(x_t, t) if sigma_low < sigma <= sigma_high else unguided(x_t, t)
 
     return fn
+
+
+def schedule_noise_level(schedule) -> Callable[[torch.Tensor], float]:
+    """σ_t = √((1 − ᾱ_t)/ᾱ_t) of a DDPM's timestep (one t per batch), for :func:`guidance_interval`."""
+    sigmas = ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt().double().cpu()
+    return lambda t: float(sigmas[int(t[0])])

@@ -210,7 +210,6 @@ def _diffusion_likelihood(run: Run, test: torch.Tensor, test_labels: torch.Tenso
     fn = conditional(run.model, test_labels[:count].to(device)) if conditional_run else unconditional(run.model)
     eps_fn = as_eps_fn(fn, schedule, run.prediction)
     dims = _padded_digit_pixels(run, images)
-    padded = dims is not None
     bound = {}
     for name, fn_ in (("model", eps_fn), ("floor", oracle_eps_function(schedule, images))):
         generator = torch.Generator(device=device).manual_seed(evaluation.seed)
@@ -219,7 +218,7 @@ def _diffusion_likelihood(run: Run, test: torch.Tensor, test_labels: torch.Tenso
                                             generator=generator, dims=dims)
     key = "bits_per_dim_given_label" if conditional_run else "bits_per_dim"
     return {key: {**bound["model"], "floor": {v: bound["floor"][v] for v in ("beta", "posterior")},
-                  "pixels": "the 28×28 digit (the padding's terms included)" if padded else "every pixel"}}
+                  "pixels": _pixels_label(dims)}}
 
 
 def _padded_digit_pixels(run: Run, images: torch.Tensor) -> int | None:
@@ -228,6 +227,11 @@ def _padded_digit_pixels(run: Run, images: torch.Tensor) -> int | None:
     data = run.config.data
     padded = data.is_named and data.resize == "pad" and tuple(images.shape[-2:]) == (32, 32)
     return 28 * 28 * images.shape[1] if padded else None
+
+
+def _pixels_label(dims: int | None) -> str:
+    """What a likelihood's bits are shared over, for eval.json (``dims`` from _padded_digit_pixels)."""
+    return "the 28×28 digit (the padding's terms included)" if dims is not None else "every pixel"
 
 
 def _flow_likelihood(run: Run, test: torch.Tensor, test_labels: torch.Tensor, evaluation: EvaluationConfig) -> dict:
@@ -242,12 +246,11 @@ def _flow_likelihood(run: Run, test: torch.Tensor, test_labels: torch.Tensor, ev
     conditional_run = rung(run.kind).conditional
     velocity = network_velocity(run.model, test_labels[:count].to(device) if conditional_run else None)
     generator = torch.Generator(device=device).manual_seed(evaluation.seed)
-    bits = flow_bits_per_dim(velocity, images, dims=_padded_digit_pixels(run, images), steps=evaluation.ode_steps,
-                             solver="heun", divergence="hutchinson", probes=evaluation.ode_probes,
-                             generator=generator)
-    padded = _padded_digit_pixels(run, images) is not None
+    dims = _padded_digit_pixels(run, images)
+    bits = flow_bits_per_dim(velocity, images, dims=dims, steps=evaluation.ode_steps, solver="heun",
+                             divergence="hutchinson", probes=evaluation.ode_probes, generator=generator)
     key = "ode_bits_per_dim_given_label" if conditional_run else "ode_bits_per_dim"
-    return {key: {**bits, "pixels": "the 28×28 digit (the padding's terms included)" if padded else "every pixel"}}
+    return {key: {**bits, "pixels": _pixels_label(dims)}}
 
 
 def _training_summary(run_dir: Path, run: Run) -> dict:

@@ -97,6 +97,11 @@ class LatentGenerator(nn.Module):
         """The U-Net on scaled latents (B, C, h, w): ε̂, v̂ or the velocity, as its objective trained it."""
         return self.denoiser(z_t, t) if labels is None else self.denoiser(z_t, t, labels)
 
+    @property
+    def _variational(self) -> bool:
+        """A VAE/CVAE (encode gives a posterior; encode and decode take the conditioning), not a plain AE."""
+        return hasattr(self.autoencoder, "reparameterize")
+
     def _conditioning(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         return labels if self.autoencoder.num_classes else None  # only a CVAE reads the label
 
@@ -104,17 +109,16 @@ class LatentGenerator(nn.Module):
     def encode(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [0, 1] (B, C, H, W) -> scaled latents (B, c, h, w): (E(x) − mean)·scale, E(x) the code (the
         posterior mean of a VAE)."""
-        # (the autoencoder's own methods, not genladder.rungs, which imports this module)
-        conditioning = self._conditioning(labels)
-        encoded = self.autoencoder.encode(images) if not hasattr(self.autoencoder, "reparameterize") else \
-            self.autoencoder.encode(images, conditioning).mu
-        codes = encoded  # (B, c·h·w): z for an AE, the posterior mean for a VAE
+        # z for an AE, the posterior mean for a VAE (B, c·h·w): the autoencoder's own methods, as genladder.rungs
+        # imports this module
+        codes = self.autoencoder.encode(images, self._conditioning(labels)).mu if self._variational else \
+            self.autoencoder.encode(images)
         return (codes.view(len(images), *self.config.latent_shape) - self.config.latent_mean) * self.config.scale
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled latents (B, c, h, w) -> images in [0, 1] (B, C, H, W): D(z / scale + mean)."""
         codes = (latents / self.config.scale + self.config.latent_mean).flatten(1)
-        output = self.autoencoder.decode(codes) if not hasattr(self.autoencoder, "reparameterize") else \
-            self.autoencoder.decode(codes, self._conditioning(labels))
+        output = self.autoencoder.decode(codes, self._conditioning(labels)) if self._variational else \
+            self.autoencoder.decode(codes)
         return self.autoencoder.output_to_image(output)
