@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -470,6 +471,10 @@ class TestEvaluateCommand:
         assert lines[0].startswith("| run | model | parameters |") and "| FID |" in lines[0]
         assert "cvae (default)" in lines[2] and "ddpm (small)" in lines[3]
         assert "evaluated at different n" in table.read_text()  # 100 (or 50) vs 40: FIDs not comparable
+        # every line of the table has as many cells as its header: a "|" inside a header ("−log p(x | y)") or a
+        # cell must be escaped, or Markdown splits it into two columns
+        cells = [len(re.split(r"(?<!\\)\|", line)) for line in lines[:4]]
+        assert "p(x \\| y)" in lines[0] and len(set(cells)) == 1, cells
 
     def test_a_shared_cache_embeds_the_real_digits_once(self, evaluated_runs, monkeypatch):
         import genladder.evaluate.evaluation as evaluation_module

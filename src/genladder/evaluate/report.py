@@ -160,6 +160,10 @@ def ranking_disagreements(results: list[dict], names: list[str] | None = None) -
     return lines
 
 
+def _escape_pipes(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def markdown_table(results: Iterable[dict]) -> str:
     """One Markdown table, a row per evaluated run, the columns of :func:`summary` that any row fills, then a
     line for every pair of runs the two feature networks rank differently."""
@@ -168,8 +172,9 @@ def markdown_table(results: Iterable[dict]) -> str:
     if not rows:
         return ""
     columns = [c for c in rows[0] if any(row[c] != "–" for row in rows)]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row[column].replace("|", "\\|") for column in columns) + " |" for row in rows]
+    # A "|" inside a header ("−log p(x | y)") or a cell is escaped, or Markdown would split it into two columns.
+    lines = ["| " + " | ".join(_escape_pipes(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_escape_pipes(row[column]) for column in columns) + " |" for row in rows]
     counts = sorted({r["sampling"]["n"] for r in results if "sampling" in r})
     notes = [f"evaluated at different n ({', '.join(map(str, counts))}): FID depends on n, so compare each FID only "
              "with its own floor"] if len(counts) > 1 else []
