@@ -65,3 +65,54 @@ class TestReport:
         report.record(record(1))
         report.close()
         assert stream.getvalue() == ""
+
+
+class TestTensorBoard:
+    """``--tensorboard``: the records of metrics.jsonl and the preview grids, read back with TensorBoard's reader."""
+
+    @staticmethod
+    def read_events(run_dir):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+        events.Reload()
+        return events
+
+    def test_scalars_and_grids_match_the_run_and_a_resume_drops_what_it_forgets(self, tmp_path, capsys, mini_mnist):
+        from genladder.training.loop import read_metrics
+        from tests.test_cli import run_cli, tiny_train_args
+
+        run_dir = tmp_path / "ae"
+        args = tiny_train_args("ae", run_dir, mini_mnist, "--log-every", 2, "--checkpoint-every", 4,
+                               "--keep-checkpoints", 5, "--tensorboard")
+        assert run_cli(capsys, *args)[0] == 0
+        # lose the last checkpoint: the resume restarts at step 8, and the first session's events for
+        # steps 9..12 must be dropped (else TensorBoard shows them twice, one of them from a run nobody kept)
+        (run_dir / "latest.json").unlink()
+        for stale in sorted((run_dir / "checkpoints").glob("step_*"))[-1:]:
+            for file in stale.iterdir():
+                file.unlink()
+            stale.rmdir()
+        assert run_cli(capsys, "train", "--resume", run_dir, "--tensorboard", "--no-progress")[0] == 0
+
+        events = self.read_events(run_dir)
+        records = read_metrics(run_dir / "metrics.jsonl").records
+        for split in ("train", "test"):
+            wanted = [(r["step"], r["loss"]) for r in records if r["split"] == split]
+            got = [(e.step, e.value) for e in events.Scalars(f"{split}/loss")]
+            assert [step for step, _ in got] == [step for step, _ in wanted]  # each step once, in order
+            assert [value for _, value in got] == pytest.approx([value for _, value in wanted], rel=1e-6)
+        lr = [e.step for e in events.Scalars("train/lr")]
+        assert lr == [2, 4, 6, 8, 10, 12]
+        grids = events.Images("samples")  # the previews: the epoch's end (8 steps of 32) and the run's end
+        assert [grid.step for grid in grids] == [8, 12]
+        assert all(grid.encoded_image_string.startswith(b"\x89PNG") and grid.width > 0 for grid in grids)
+
+    def test_missing_package_is_a_one_line_error(self, tmp_path, capsys, mini_mnist, monkeypatch):
+        import sys
+
+        from tests.test_cli import run_cli, tiny_train_args
+
+        monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import of it raises ImportError
+        code, _, err = run_cli(capsys, *tiny_train_args("ae", tmp_path / "ae", mini_mnist, "--tensorboard"))
+        assert code == 2 and "pip install 'genladder[tensorboard]'" in err and not (tmp_path / "ae").exists()

@@ -182,6 +182,8 @@ def _add_train_parser(subparsers) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bar: plain lines (--log-format lines)")
     run.add_argument("--log-format", choices=LOG_FORMATS, help="progress on stderr: auto (default: the bar on a "
                      "terminal, plain lines otherwise), bar, lines, or json (one object per record)")
+    run.add_argument("--tensorboard", action="store_true", help="also log the loss, learning rate, test figures and "
+                     "sample grids for TensorBoard in RUN_DIR/tensorboard/ (pip install 'genladder[tensorboard]')")
     run.add_argument("--compile", action="store_true", help="torch.compile the training step (faster after a "
                      "warm-up of about a minute on CPU)")
     run.add_argument("--precision", choices=("fp32", "bf16"), help="fp32 (default) or bf16 autocast (GPUs, and "
@@ -462,6 +464,10 @@ def _train(args: argparse.Namespace) -> int:
         if main_process:
             print(json.dumps(config.to_dict(), indent=2))
         return 0
+    if given.get("tensorboard"):
+        from genladder.training.tensorboard import check_tensorboard
+
+        check_tensorboard()  # before the data is read: a missing extra is a one-line error, not a late one
     if "threads" in given:
         import torch
 
@@ -474,7 +480,7 @@ def _train(args: argparse.Namespace) -> int:
 
     log_format = "lines" if given.get("no_progress") else given.get("log_format", "auto")
     result = run_training(config, run_dir, resume="resume" in given, device=given.get("device", "auto"),
-                          log_format=log_format, on_start=announce)
+                          log_format=log_format, on_start=announce, tensorboard=given.get("tensorboard", False))
     if not main_process:
         return 0
     test = ", ".join(f"{TEST_FIGURE_NAMES.get(k, k.replace('_', ' '))} {v:.4g}" for k, v in result.last_test.items())

@@ -21,7 +21,7 @@ from genladder.training.loop import TrainConfig
 
 # Options that say how to run, not what the run is: never part of a RunConfig.
 EXECUTION_OPTIONS = frozenset({"command", "kind", "config", "run_dir", "resume", "device", "no_progress",
-                               "log_format", "dry_run", "threads"})
+                               "log_format", "tensorboard", "dry_run", "threads"})
 
 
 def _model_and_objective(kind: str, preset: str, given: dict, shape: dict) -> tuple[dict, dict, dict]:

@@ -125,13 +125,14 @@ def _preview_for(config: RunConfig, data: TrainingData):
 def run_training(
     config: RunConfig | dict, run_dir: str | Path, *, resume: bool = False, device: str = "auto",
     show_progress: bool = True, log_format: str = "auto", on_start: Callable[[], None] | None = None,
-    initial_state: dict[str, torch.Tensor] | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None, tensorboard: bool = False,
 ) -> TrainResult:
     """Train (or resume) the run described by ``config`` (a RunConfig, or its JSON form) in ``run_dir``.
 
     ``on_start`` is called once the data is loaded and the run folder is taken, just before the first step
     (the CLI's "training …" line, so that a refused run does not first announce itself). ``initial_state``: the
     weights a fresh run starts from (a reflowed flow starts from its teacher's); a resumed run ignores it.
+    ``tensorboard``: also log for TensorBoard in ``run_dir/tensorboard`` (genladder.training.tensorboard).
 
     Under torchrun this is one of several processes training together (``genladder.training.distributed``);
     only the main process writes to ``run_dir``.
@@ -192,7 +193,7 @@ def run_training(
         return train(
             model, objective, data, train_config, run_dir, description,
             preview=_preview_for(config, data), resume=resume, show_progress=show_progress, distributed=ctx,
-            log_format=log_format,
+            log_format=log_format, tensorboard=tensorboard,
         )
 
 

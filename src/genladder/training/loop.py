@@ -35,6 +35,7 @@ from genladder.plotting import prepare_plotting, save_grid, save_loss_curve
 from genladder.safe_io import os_error_message, parse_json, read_bounded_bytes
 from genladder.training.distributed import Distributed, EpochPlan
 from genladder.training.progress import ProgressReport
+from genladder.training.tensorboard import TensorBoardLog
 
 Objective = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 PRECISIONS = ("fp32", "bf16")
@@ -296,6 +297,7 @@ def train(
     show_progress: bool = True,
     distributed: Distributed | None = None,
     log_format: str = "auto",
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Train ``model`` with Adam on ``objective``; write metrics, figures and checkpoints to ``run_dir``.
 
@@ -304,6 +306,7 @@ def train(
     exactly where it stopped (same data order, optimizer moments and random numbers).
     ``distributed``: this process's place under torchrun (default: the lone process). ``log_format``: how
     progress is shown on stderr (genladder.training.progress; nothing when ``show_progress`` is False).
+    ``tensorboard``: also write the records and preview grids for TensorBoard (genladder.training.tensorboard).
     """
     run_dir = Path(run_dir)
     device = next(model.parameters()).device
@@ -382,6 +385,8 @@ def train(
         record = {"split": "test", "step": current_step, "epoch": epoch,
                   "images_seen": plan.images_seen(current_step), **last_test}
         append_metrics(metrics_path, record)
+        if board is not None:
+            board.record(record)
         save_loss_curve(read_metrics(metrics_path).records, run_dir / "loss.png", title=description.get("kind", ""))
         if preview is not None:
             with torch.no_grad():
@@ -391,6 +396,8 @@ def train(
             (run_dir / "samples").mkdir(exist_ok=True)
             name = f"epoch_{epoch:03d}.png" if current_step % per_epoch == 0 else f"step_{current_step:07d}.png"
             save_grid(images, run_dir / "samples" / name, nrow=_preview_columns(len(images)))
+            if board is not None:
+                board.grid(images, current_step, nrow=_preview_columns(len(images)))
 
     if ctx.is_main:
         prepare_plotting()  # import matplotlib now: a Ctrl-C inside its first import surfaced as ImportError
@@ -402,6 +409,7 @@ def train(
     stopped_by_budget = False
     permutation, permutation_epoch = None, -1
     progress = ProgressReport(log_format, step, total_steps, enabled=show_progress and ctx.is_main)
+    board = TensorBoardLog(run_dir, step) if tensorboard and ctx.is_main else None
     try:
         while step < total_steps:
             epoch, position = divmod(step, per_epoch)
@@ -439,6 +447,8 @@ def train(
                           "train_seconds": train_seconds + now - session_start}
                 if ctx.is_main:
                     append_metrics(metrics_path, record)
+                if board is not None:
+                    board.record(record)
                 progress.record(record)
                 running, running_count, tick_start, tick_images = {}, 0, now, 0
 
@@ -453,6 +463,8 @@ def train(
             if budget_hit:
                 stopped_by_budget = True
                 break
+        if step % per_epoch != 0:  # stopped mid-epoch: still give a test figure and a preview
+            end_of_epoch(math.ceil(step / per_epoch), step)
     except KeyboardInterrupt:
         # Ctrl-C: keep what was learnt since the last checkpoint, then let the caller report it. Not with
         # several processes: each stops at its own point, so they cannot meet to gather their RNG states.
@@ -462,8 +474,8 @@ def train(
         raise
     finally:
         progress.close()
-    if step % per_epoch != 0:  # stopped mid-epoch: still give a test figure and a preview
-        end_of_epoch(math.ceil(step / per_epoch), step)
+        if board is not None:
+            board.close()
     return TrainResult(run_dir, step, stopped_by_budget, train_seconds, last_test)
 
 
