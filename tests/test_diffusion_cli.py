@@ -123,4 +123,4 @@ class TestDiffusionErrors:
 
     def test_label_dropout_on_unconditional(self, capsys):
         code, _, err = run_cli(capsys, "train", "ddpm", "--label-dropout", "0.1", "--dry-run")
-        assert code == 2 and "only applies to the conditional rungs (cddpm, cflow), not ddpm" in err
+        assert code == 2 and "--label-dropout applies to the guided rungs (cddpm, cflow, latent) only, not ddpm" in err

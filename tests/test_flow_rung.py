@@ -249,10 +249,13 @@ class TestFlowCommands:
 
 class TestFlowErrors:
     @pytest.mark.parametrize("argv,message", [
-        (["train", "flow", "--prediction", "v"], "--prediction applies to the diffusion rungs (ddpm, cddpm)"),
-        (["train", "cflow", "--T", "100"], "--T applies to the diffusion rungs"),
-        (["train", "cddpm", "--time-sampling", "uniform"], "--time-sampling applies to the flow rungs"),
-        (["train", "flow", "--label-dropout", "0.1"], "only applies to the conditional rungs (cddpm, cflow), not flow"),
+        (["train", "flow", "--prediction", "v"],
+         "--prediction applies to the diffusion objective (ddpm, cddpm, latent) only, not flow"),
+        (["train", "cflow", "--T", "100"], "--T applies to the diffusion objective"),
+        (["train", "cddpm", "--time-sampling", "uniform"],
+         "--time-sampling applies to the flow objective (flow, cflow, latent) only, not cddpm"),
+        (["train", "flow", "--label-dropout", "0.1"],
+         "--label-dropout applies to the guided rungs (cddpm, cflow, latent) only, not flow"),
     ])
     def test_options_of_the_other_family(self, capsys, argv, message):
         code, _, err = run_cli(capsys, *argv, "--dry-run")

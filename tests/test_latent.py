@@ -180,6 +180,6 @@ class TestRefusals:
 
     def test_latent_flags_elsewhere(self, capsys):
         code, _, err = run_cli(capsys, "train", "cflow", "--denoiser", "flow", "--dry-run")
-        assert code == 2 and "--denoiser applies to the latent rung only, not cflow" in err
+        assert code == 2 and "--denoiser applies to the latent rung (latent) only, not cflow" in err
         code, _, err = run_cli(capsys, "train", "vae", "--latent-channels", 4, "--autoencoder", "x", "--dry-run")
-        assert code == 2 and "--autoencoder applies to the latent rung only, not vae" in err
+        assert code == 2 and "--autoencoder applies to the latent rung (latent) only, not vae" in err

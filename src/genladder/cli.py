@@ -207,8 +207,8 @@ def _add_figure_parsers(subparsers) -> None:
     p.add_argument("run_dir", help="a run folder written by 'genladder train'")
     p.add_argument("--n", type=int_in(1, 1000), default=8, help="rows (default 8)")
     p.add_argument("--label", type=int_in(0, 10**6), help="conditional models: this class in every row")
-    p.add_argument("--frames", type=int_in(1, 1000), default=10,
-                   help="columns of x_t before the final image (default 10)")
+    p.add_argument("--frames", type=int_in(1, 1000),
+                   help="columns of x_t before the final image (default 10, or one per solver step when fewer)")
     p.add_argument("--out", required=True, type=output_file, help="output .png")
     _add_sampling_options(p)
 

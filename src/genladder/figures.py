@@ -134,6 +134,11 @@ def refuse_ignored_sampling_options(args: argparse.Namespace, run: Run) -> None:
             raise GenladderError(f"--{given[0].replace('_', '-')} applies to diffusion and flow runs (ddpm, cddpm, "
                                  f"flow, cflow); this run is a {run.kind}, which samples its prior in one step")
         return
+    if "guidance_interval" in given:  # it says where guidance applies: without guidance it would change nothing
+        weights = parse_weights(args.weights_list) if getattr(args, "weights_list", None) else [args.guidance or 0]
+        if not rung(run.kind).conditional or not any(weights):
+            raise GenladderError("--guidance-interval limits where guidance applies: it needs a guided rung (cddpm, "
+                                 "cflow, latent) and a guidance weight above 0")
     sampler = SamplerConfig(sampler=getattr(args, "sampler", None)).for_model(run.config).sampler
     for option, owners in SOLVER_OPTIONS.items():
         if option in given and sampler not in owners:
@@ -212,11 +217,13 @@ def trajectory_command(args: argparse.Namespace) -> Path:
     """The denoising trajectory: x_t at ``--frames`` points of the chain (or of the flow's ODE), one row per
     sample, t above each column."""
     out, run = _open_run(args, "trajectory", ITERATIVE)
-    if args.frames < 2:
-        raise GenladderError(f"--frames must be at least 2, got {args.frames}")
-    labels = sample_labels(run, args.n, args.label, False)
+    refuse_ignored_sampling_options(args, run)
     steps = sampler_config(args).steps or run.schedule.T  # (only ddpm's full chain has no --steps)
-    keep = sorted({round(i * (steps - 1) / (args.frames - 1)) for i in range(args.frames)})
+    frames = args.frames if args.frames is not None else min(10, steps)
+    if not 2 <= frames <= steps:  # more frames than steps would repeat a step's x_t, so they are refused
+        raise GenladderError(f"--frames must be at least 2 and at most the {steps} solver steps, got {frames}")
+    labels = sample_labels(run, args.n, args.label, False)
+    keep = sorted({round(i * (steps - 1) / (frames - 1)) for i in range(frames)})
     # step index -> (its timestep t, x_t of every batch): the sampler runs once per batch of --batch-size images
     frames: dict[int, tuple[int | float, list[torch.Tensor]]] = {}
 
@@ -258,6 +265,7 @@ def guidance_sweep_command(args: argparse.Namespace) -> Path:
         raise GenladderError("'guidance-sweep' needs a conditional model (cddpm, cflow); this run is "
                              "unconditional")
     weights = parse_weights(args.weights_list)
+    refuse_ignored_sampling_options(args, run)
     labels = torch.arange(num_classes)
     sampler = sampler_config(args)
     rows = [_iterative_images(run, labels, num_classes, args, sampler=replace(sampler, guidance=w)) for w in weights]

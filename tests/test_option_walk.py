@@ -1,0 +1,205 @@
+"""No accepted option is silently ignored: every option of every verb that draws a picture, on every rung, either
+changes the picture or is refused in one line.
+
+For each (verb, rung) the verb first runs with a small valid baseline; then once per option with that option
+set to a value other than its default. A run that exits 0 must write a different picture (else the option
+was accepted and ignored); a refusal must be exit 2 with one ``genladder: error:`` line. The few options that
+by design leave the picture as it is (where it is written, the device, the batch size: the same seed gives
+the same images at any batch size) are listed with that reason. The table must name every option the parser
+has, so a new option cannot skip the walk.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from genladder.cli import build_parser, main
+from genladder.rungs import rung
+from tests.conftest import MINI_MNIST
+
+AUTOENCODERS = ("ae", "vae", "cvae", "vae-spatial")
+ITERATIVE = ("ddpm", "cddpm", "flow", "cflow", "latent")
+RUNS = AUTOENCODERS + ITERATIVE
+
+# The baseline of each verb: small and valid wherever the verb applies (``steps`` only for the solvers).
+BASELINE = {
+    "sample": ["--n", 4],
+    "trajectory": ["--n", 2, "--frames", 2],  # of the 3 solver steps
+    "guidance-sweep": ["--guidance-weights", "0,1"],
+    "reconstruct": ["--n", 4, "--data-dir", MINI_MNIST],
+    "interpolate": ["--pairs", 1, "--steps", 3, "--data-dir", MINI_MNIST],
+    "latent-map": ["--n", 64, "--grid", 3, "--data-dir", MINI_MNIST],
+}
+# added to the baseline of the iterative rungs' sampling verbs (3: DPM-Solver++(2M) in 2 steps is DDIM)
+SOLVER_STEPS = ["--steps", 3]
+SAMPLING_VERBS = ("sample", "trajectory", "guidance-sweep")
+
+# Each option's other value: a list of arguments, or a function of the run's kind giving them.
+OTHER_VALUE = {
+    "--n": lambda verb, kind: ["--n", 6],
+    "--label": lambda verb, kind: ["--label", 3],
+    "--grid": lambda verb, kind: ["--grid", 4] if verb == "latent-map" else ["--grid", "--n", 10],
+    "--frames": lambda verb, kind: ["--frames", 3],
+    "--sampler": lambda verb, kind: ["--sampler", "euler" if kind in ("flow", "cflow", "latent") else "ddim"],
+    "--steps": lambda verb, kind: ["--steps", 4],
+    "--guidance": lambda verb, kind: ["--guidance", 1.5],
+    "--eta": lambda verb, kind: ["--eta", 0.5],
+    "--variance": lambda verb, kind: ["--variance", "posterior"],
+    "--spacing": lambda verb, kind: ["--spacing", "trailing"],
+    "--guidance-interval": lambda verb, kind: ["--guidance-interval", "0.3,5"],
+    "--seed": lambda verb, kind: ["--seed", 7],
+    "--weights": lambda verb, kind: ["--weights", "model"],
+    "--guidance-weights": lambda verb, kind: ["--guidance-weights", "0,2"],
+    "--pairs": lambda verb, kind: ["--pairs", 2],
+}
+# Options that leave the picture unchanged on purpose, and why.
+INERT = {
+    "--out": "where the picture goes",
+    "--device": "where it is computed ('cpu' here)",
+    "--no-progress": "what stderr shows",
+    "--batch-size": "each image draws from its own seeded stream: the same images at any batch size",
+    "--data-dir": "already the baseline's data",
+}
+INERT_VALUE = {"--device": ["--device", "cpu"], "--no-progress": ["--no-progress"], "--batch-size": ["--batch-size", 1],
+               "--data-dir": ["--data-dir", MINI_MNIST]}
+
+
+def verb_options(verb: str) -> list[str]:
+    parser = build_parser()._subparsers._group_actions[0].choices[verb]
+    return [action.option_strings[-1] for action in parser._actions
+            if action.option_strings and not isinstance(action, argparse._HelpAction)]
+
+
+@pytest.fixture(scope="module")
+def walk_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("walk-runs")
+    small = ["--data-dir", MINI_MNIST, "--limit", 128, "--test-limit", 32, "--steps", 4, "--batch-size", 32,
+             "--no-progress"]
+    unet = ["--preset", "small", "--widths", "16,16"]
+    arguments = {"ae": ["--width", 16], "vae": ["--width", 16], "cvae": ["--width", 16],
+                 # 40 steps: its decoder draws distinct blurs (after 4 every picture decodes alike)
+                 "vae-spatial": ["vae", "--width", 16, "--latent-channels", 2, "--steps", 40],
+                 "ddpm": [*unet, "--T", 50], "cddpm": [*unet, "--T", 50], "flow": unet, "cflow": unet,
+                 "latent": ["--preset", "cpu-fast", "--widths", "8,8", "--attention", "", "--autoencoder",
+                            root / "vae-spatial"]}
+    runs = {}
+    for name in RUNS:
+        extra = arguments[name]
+        kind = extra[0] if name == "vae-spatial" else name
+        extra = extra[1:] if name == "vae-spatial" else extra
+        runs[name] = root / name
+        assert main([str(a) for a in ["train", kind, "--run-dir", runs[name], *small, *extra]]) == 0
+    return runs
+
+
+def run_verb(capsys, argv) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    _, err = capsys.readouterr()
+    return code, err
+
+
+def test_the_table_names_every_option_of_the_picture_verbs():
+    for verb in BASELINE:
+        unknown = [option for option in verb_options(verb) if option not in OTHER_VALUE and option not in INERT]
+        assert unknown == [], f"{verb}: add {unknown} to OTHER_VALUE or INERT"
+
+
+@pytest.mark.parametrize("verb", list(BASELINE))
+def test_every_option_changes_the_picture_or_is_refused(verb, walk_runs, tmp_path, capsys):
+    problems = []
+    for name, run_dir in walk_runs.items():
+        kind = "vae" if name == "vae-spatial" else name
+        baseline = [verb, run_dir, *BASELINE[verb]]
+        if verb in SAMPLING_VERBS and rung(kind).iterative:
+            baseline += SOLVER_STEPS
+        reference = tmp_path / f"{name}-baseline.png"
+        code, err = run_verb(capsys, [*baseline, "--out", reference])
+        if code != 0:  # the verb does not apply to this rung: it must say so in one line
+            if code != 2 or len(err.splitlines()) != 1 or not err.startswith("genladder: error:"):
+                problems.append(f"{verb} on {name}: baseline exit {code}: {err!r}")
+            continue
+        for option in verb_options(verb):
+            if option == "--out":
+                continue
+            other = INERT_VALUE[option] if option in INERT else OTHER_VALUE[option](verb, kind)
+            out = tmp_path / f"{name}{option}.png"
+            code, err = run_verb(capsys, [*baseline, *other, "--out", out])
+            case = f"{verb} on {name} with {' '.join(map(str, other))}"
+            if code == 2:
+                if len(err.splitlines()) != 1 or not err.startswith("genladder: error:"):
+                    problems.append(f"{case}: refused without a one-line message: {err!r}")
+            elif code != 0:
+                problems.append(f"{case}: exit {code}: {err!r}")
+            elif option in INERT or (option == "--weights" and not any((run_dir / "checkpoints").glob("*/ema.*"))):
+                continue
+            elif out.read_bytes() == reference.read_bytes():
+                problems.append(f"{case}: accepted, and the picture is the baseline's (ignored)")
+    assert problems == [], "\n".join(problems)
+
+
+# ``genladder train``: each option must change the run's resolved config (what ``--dry-run`` prints, what
+# config.json will hold) or be refused. Two values each (every choice of a choice option; None: a flag), so a
+# value that happens to be a preset's default cannot hide an option that works.
+TRAIN_VALUES = {
+    "--preset": ["tutorial", "small"], "--latent-dim": [8, 12], "--latent-channels": [2, 3], "--width": [24, 40],
+    "--kl-weight": [0.3, 0.7], "--max-shift": [1, 3], "--widths": ["16,32", "24,48"], "--blocks-per-level": [1, 3],
+    "--attention": ["16", ""], "--dropout": [0.05, 0.3], "--patch-size": [2, 4], "--T": [123, 321],
+    "--logit-mean": [0.3, -0.3], "--logit-std": [0.7, 1.3], "--label-dropout": [0.05, 0.3],
+    "--ema-decay": [0.9, 0.99], "--ema-half-life-images": [1000, 5000], "--min-snr-gamma": [3, 5],
+    "--test-share": [0.1, 0.2], "--limit": [100, 200], "--test-limit": [50, 60], "--epochs": [2, 3],
+    "--steps": [10, 20], "--batch-size": [16, 48], "--lr": [1e-4, 3e-4], "--warmup-images": [100, 1000],
+    "--adam-beta2": [0.9, 0.95], "--weight-decay": [0.01, 0.1], "--seed": [1, 2], "--grad-clip": [0.5, 2],
+    "--time-budget": ["5m", "7m"], "--checkpoint-every": [10, 20], "--keep-checkpoints": [3, 4],
+    "--log-every": [10, 20], "--compile": [None], "--dataset": ["fashion-mnist"],
+}
+# How to run, not what the run is (never in config.json), or covered by the baseline itself.
+TRAIN_NOT_WALKED = {
+    "--run-dir": "where the run goes", "--device": "where it runs", "--threads": "how many CPU threads",
+    "--no-progress": "what stderr shows", "--log-format": "what stderr shows", "--tensorboard": "an extra log",
+    "--dry-run": "the walk's own option", "--resume": "continues a run (tests/test_cli.py)",
+    "--config": "reads a config file (tests/test_cli.py: round trip, flags win)",
+    "--data-dir": "the baseline's data (the extract)", "--autoencoder": "the latent baseline's autoencoder",
+}
+
+
+def train_values(option: str) -> list:
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                  if option in a.option_strings)
+    return list(action.choices) if action.choices else TRAIN_VALUES[option]
+
+
+def test_the_train_table_names_every_option():
+    options = verb_options("train")
+    unknown = [o for o in options if o not in TRAIN_NOT_WALKED and o not in TRAIN_VALUES and not train_values(o)]
+    assert unknown == []
+
+
+def test_every_train_option_changes_the_config_or_is_refused(walk_runs, capsys):
+    problems = []
+    for kind in ("ae", "vae", "cvae", "ddpm", "cddpm", "flow", "cflow", "latent"):
+        baseline = ["train", kind, "--dry-run", "--data-dir", MINI_MNIST, "--limit", 256]
+        if kind == "latent":
+            baseline += ["--autoencoder", walk_runs["vae-spatial"]]
+        assert main([str(a) for a in baseline]) == 0, kind
+        reference = capsys.readouterr().out
+        for option in verb_options("train"):
+            if option in TRAIN_NOT_WALKED or option == "--data":
+                continue
+            accepted_and_same = []
+            for value in train_values(option):
+                argv = [*baseline, option] + ([] if value is None else [value])
+                code = main([str(a) for a in argv])
+                out, err = capsys.readouterr()
+                case = f"train {kind} {option} {'' if value is None else value}".rstrip()
+                if code == 2:
+                    if len(err.splitlines()) != 1 or not err.startswith("genladder: error:"):
+                        problems.append(f"{case}: refused without a one-line message: {err!r}")
+                elif code != 0:
+                    problems.append(f"{case}: exit {code}: {err!r}")
+                elif out == reference:
+                    accepted_and_same.append(case)
+            if accepted_and_same and len(accepted_and_same) == len(train_values(option)):
+                problems.append(f"{accepted_and_same[0]}: accepted, and the config is the baseline's (ignored)")
+    assert problems == [], "\n".join(problems)
