@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from genladder.runtime import cpu_ticks
+
 # Other processes using more than this many cores on average make the figures not comparable.
 BUSY_CORES = 0.25
 
@@ -57,15 +59,9 @@ def matmul_peak_gflops(device: torch.device, size: int, repeats: int = 5) -> flo
 
 # ------------------------------------------------------------------------------------ other load
 def _busy_jiffies() -> int | None:
-    """Clock ticks all CPUs spent busy since boot (/proc/stat: total minus idle and iowait); None off Linux."""
-    try:
-        with open("/proc/stat") as handle:
-            values = [int(v) for v in handle.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    # guest time is already counted in user/nice; keep the first eight fields (user … steal)
-    return sum(values[:8]) - idle
+    """Clock ticks all CPUs spent busy since boot (genladder.runtime.cpu_ticks); None off Linux."""
+    ticks = cpu_ticks()
+    return None if ticks is None else ticks[1]
 
 
 class OtherLoad:

@@ -188,8 +188,8 @@ def _add_train_parser(subparsers) -> None:
                      "warm-up of about a minute on CPU)")
     run.add_argument("--precision", choices=("fp32", "bf16"), help="fp32 (default) or bf16 autocast (GPUs, and "
                      "CPUs with AMX; slower on other CPUs)")
-    run.add_argument("--threads", type=thread_count, help="CPU threads for torch (default: one per core; use 1 "
-                     "when another busy process shares the machine)")
+    run.add_argument("--threads", type=thread_count, help="CPU threads for torch (default: one per core, fewer "
+                     "when other processes keep cores busy at start-up)")
 
 
 def _add_figure_parsers(subparsers) -> None:
@@ -646,6 +646,24 @@ def _interrupted_run_dir(args: argparse.Namespace | None) -> str | None:
     return getattr(args, "resume", None) or getattr(args, "run_dir", None)
 
 
+# The verbs that run the networks for long enough that a second thread stalled by a busy core matters.
+COMPUTE_VERBS = ("train", "sample", "trajectory", "guidance-sweep", "evaluate", "guidance-curve", "steps-curve",
+                 "reflow")
+
+
+def _avoid_contention() -> None:
+    """Fewer torch threads when other processes keep cores busy (genladder.runtime.avoid_contention), said once."""
+    import torch
+
+    from genladder.runtime import avoid_contention
+
+    cores = torch.get_num_threads()
+    threads = avoid_contention()
+    if threads is not None:
+        print(f"genladder: other processes keep {cores - threads} of {cores} cores busy: using {threads} torch "
+              f"thread{'s' * (threads > 1)} (--threads or OMP_NUM_THREADS to choose)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genladder`` console script; returns the exit code."""
     from genladder.runtime import tune_allocator
@@ -653,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()  # faster CPU steps: see genladder.runtime
     try:
         args = _parse(build_parser(), sys.argv[1:] if argv is None else [str(a) for a in argv])
+        if args.command in COMPUTE_VERBS and getattr(args, "threads", None) is None:
+            _avoid_contention()
         if args.command == "train":
             return _train(args)
         if args.command == "evaluate":

@@ -40,3 +40,60 @@ def tune_allocator() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     applied = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) or mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
     return bool(applied) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+# Threads under contention. OpenMP's threads wait for each other at every parallel region, so when another busy
+# process holds one of two cores, torch's second thread stalls the first: measured by benchmarks/under_load.py
+# (docs/performance.md, "Under load"). Using only the cores that are free at start-up avoids that.
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(all, busy) clock ticks of every CPU since boot, from /proc/stat (busy: all minus idle and iowait); None
+    off Linux. Guest time is counted inside user and nice already, so only the first eight fields are summed."""
+    try:
+        with open("/proc/stat", "rb") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    total = sum(fields[:8])
+    return total, total - idle
+
+
+def busy_cores(interval: float = 0.1) -> float | None:
+    """How many CPUs other processes keep busy: the busy share of the ticks over ``interval`` s, times the CPU
+    count (this process sleeps in between, so it counts only the others). None off Linux."""
+    import os
+    import time
+
+    before = cpu_ticks()
+    time.sleep(interval)
+    after = cpu_ticks()
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return (after[1] - before[1]) / (after[0] - before[0]) * (os.cpu_count() or 1)
+
+
+def threads_for(cores: int, busy: float) -> int:
+    """Torch threads on ``cores`` when other processes keep ``busy`` CPUs busy: the free ones, at least one."""
+    return max(1, min(cores, cores - round(busy)))
+
+
+def avoid_contention() -> int | None:
+    """Lower torch's thread count to the cores left free by other processes (checked once, at start-up).
+
+    Only when nobody chose a count: not with ``OMP_NUM_THREADS`` set, nor when torch already runs one thread.
+    Returns the threads now used when it lowered them, else None.
+    """
+    import os
+
+    import torch
+
+    threads = torch.get_num_threads()
+    if "OMP_NUM_THREADS" in os.environ or threads <= 1:
+        return None
+    busy = busy_cores()
+    if busy is None or threads_for(threads, busy) >= threads:
+        return None
+    torch.set_num_threads(threads_for(threads, busy))
+    return torch.get_num_threads()
