@@ -203,3 +203,40 @@ def test_every_train_option_changes_the_config_or_is_refused(walk_runs, capsys):
             if accepted_and_same and len(accepted_and_same) == len(train_values(option)):
                 problems.append(f"{accepted_and_same[0]}: accepted, and the config is the baseline's (ignored)")
     assert problems == [], "\n".join(problems)
+
+
+def test_evaluation_options_no_run_reads_are_refused(walk_runs, capsys):
+    """``evaluate``, ``guidance-curve`` and ``steps-curve``: every rung-specific option on every rung that does not
+    read it is refused before any work (evaluating each accepted one would take minutes; test_evaluate.py runs
+    them where they apply). With several runs an option is taken when one of them reads it."""
+    from genladder.evaluate.evaluation import EVALUATION_READERS
+    from genladder.runs import read_run_config
+
+    values = {"pr_k": 2, "memorisation_samples": 5, "iwae_k": 3, "iwae_images": 5, "bpd_images": 4,
+              "bpd_timesteps": "all", "ode_steps": 3}
+    assert set(values) == set(EVALUATION_READERS)
+    problems = []
+    for name, run_dir in walk_runs.items():
+        config = read_run_config(run_dir)
+        spec = config.rung
+        for option, (_, reads) in EVALUATION_READERS.items():
+            if reads(spec):
+                continue
+            code, err = run_verb(capsys, ["evaluate", run_dir, "--n", 20, f"--{option.replace('_', '-')}",
+                                          values[option]])
+            if code != 2 or len(err.splitlines()) != 1 or f"--{option.replace('_', '-')} applies to" not in err:
+                problems.append(f"evaluate {name} --{option}: exit {code}: {err!r}")
+        for verb, extra in (("evaluate", []), ("guidance-curve", ["--out", "curve.png"]),
+                            ("steps-curve", ["--out", "curve.png"])):
+            other_family = "ddpm" if config.family == "flow" else "euler"  # (a latent run's family is its denoiser's)
+            for sampling in (["--eta", 0.5], ["--variance", "posterior"], ["--sampler", other_family]):
+                code, err = run_verb(capsys, [verb, run_dir, "--n", 20, *extra, *sampling])
+                if code != 2 or len(err.splitlines()) != 1:
+                    problems.append(f"{verb} {name} {sampling}: exit {code}: {err!r}")
+    assert problems == [], "\n".join(problems)
+    # a comparison of a vae and a flow: --ode-steps is the flow's, --iwae-k the vae's; both pass the check
+    from genladder.cli import _refuse_ignored_evaluation_options, build_parser
+
+    args = build_parser().parse_args(["evaluate", str(walk_runs["vae"]), str(walk_runs["flow"]), "--ode-steps", "3",
+                                      "--iwae-k", "3", "--sampler", "euler"])
+    _refuse_ignored_evaluation_options(args, args.run_dirs)

@@ -307,8 +307,9 @@ def _add_sampling_options(p: argparse.ArgumentParser, guidance: bool = True) -> 
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _optional_steps(text: str) -> int | None:
-    return None if text == "all" else positive_int(text)
+def _optional_steps(text: str) -> int | str:
+    """--bpd-timesteps: a count, or "all" (EvaluationConfig's None: every one of the T terms)."""
+    return "all" if text == "all" else positive_int(text)
 
 
 def _add_evaluate_parsers(subparsers) -> None:
@@ -321,18 +322,18 @@ def _add_evaluate_parsers(subparsers) -> None:
     p.add_argument("--n", type=positive_int, default=10_000, help="samples to draw (default 10000; 1000 for a quick "
                    "look); the real-data floor uses as many training digits")
     _add_sampling_options(p)
-    p.add_argument("--pr-k", type=positive_int, default=3, help="neighbours in precision/recall (default 3)")
-    p.add_argument("--iwae-k", type=positive_int, default=100, help="VAE: importance samples of the IWAE bound "
+    p.add_argument("--pr-k", type=positive_int, default=None, help="neighbours in precision/recall (default 3)")
+    p.add_argument("--iwae-k", type=positive_int, default=None, help="VAE: importance samples of the IWAE bound "
                    "(default 100)")
-    p.add_argument("--iwae-images", type=positive_int, default=1000, help="VAE: test digits in the IWAE bound "
+    p.add_argument("--iwae-images", type=positive_int, default=None, help="VAE: test digits in the IWAE bound "
                    "(default 1000)")
-    p.add_argument("--bpd-images", type=positive_int, default=200, help="diffusion and flow: test digits in the "
+    p.add_argument("--bpd-images", type=positive_int, default=None, help="diffusion and flow: test digits in the "
                    "likelihood (the variational bound; the ODE likelihood) (default 200)")
-    p.add_argument("--bpd-timesteps", type=_optional_steps, default=50, help="diffusion: KL terms scored per digit, "
+    p.add_argument("--bpd-timesteps", type=_optional_steps, default=None, help="diffusion: KL terms scored per digit, "
                    "stratified over t (default 50; 'all' for the exact sum)")
-    p.add_argument("--ode-steps", type=positive_int, default=32, help="flow: Heun steps of the probability-flow "
+    p.add_argument("--ode-steps", type=positive_int, default=None, help="flow: Heun steps of the probability-flow "
                    "ODE in the likelihood (default 32)")
-    p.add_argument("--memorisation-samples", type=positive_int, default=2000, help="samples checked against "
+    p.add_argument("--memorisation-samples", type=positive_int, default=None, help="samples checked against "
                    "their nearest training image (default 2000)")
     p.add_argument("--classifier", help="feature network: a classifier run folder or file (default: the shipped "
                    "MNIST classifier)")
@@ -556,9 +557,28 @@ def _evaluation_config(args: argparse.Namespace, **changes):
     )
     for name in ("pr_k", "iwae_k", "iwae_images", "bpd_images", "bpd_timesteps", "ode_steps",
                  "memorisation_samples", "checkpoint"):
-        if hasattr(args, name):
-            values[name] = getattr(args, name)
+        if getattr(args, name, None) is not None:  # not given: EvaluationConfig's default
+            values[name] = None if getattr(args, name) == "all" else getattr(args, name)
     return EvaluationConfig(**{**values, **changes})
+
+
+def _refuse_ignored_evaluation_options(args: argparse.Namespace, run_dirs: list[str]) -> None:
+    """One-line error for an evaluation option that none of ``run_dirs`` would read (EVALUATION_READERS), or a
+    sampling option that their samplers would ignore (genladder.figures.refuse_ignored_sampling_options)."""
+    from types import SimpleNamespace
+
+    from genladder.evaluate.evaluation import EVALUATION_READERS
+    from genladder.figures import refuse_ignored_sampling_options
+    from genladder.runs import read_run_config
+
+    configs = [read_run_config(run_dir) for run_dir in run_dirs]
+    for option, (readers, reads) in EVALUATION_READERS.items():
+        if getattr(args, option, None) is not None and not any(reads(config.rung) for config in configs):
+            which = f"this run is a {configs[0].kind}" if len(configs) == 1 else "none of these runs is one"
+            raise GenladderError(f"--{option.replace('_', '-')} applies to {readers}; {which}")
+    iterative = [config for config in configs if config.rung.iterative] or configs[:1]
+    for config in iterative:  # a mixed comparison: the sampling options are for its diffusion and flow runs
+        refuse_ignored_sampling_options(args, SimpleNamespace(kind=config.kind, config=config))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -567,6 +587,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from genladder.evaluate import EVAL_FILE, evaluate_run, ranking_disagreements, terminal_table
     from genladder.evaluate.evaluation import RealDigitCache
 
+    _refuse_ignored_evaluation_options(args, args.run_dirs)
     config = _evaluation_config(args)
     results, cache = [], RealDigitCache()  # several runs: the real digits are embedded once
     for run_dir in args.run_dirs:
@@ -589,6 +610,7 @@ def _guidance_curve(args: argparse.Namespace) -> int:
     from genladder.figures import parse_weights
 
     weights = parse_weights(args.weights_list)
+    _refuse_ignored_evaluation_options(args, [args.run_dir])
     guidance_curve(args.run_dir, weights, _evaluation_config(args), args.out, progress=not args.no_progress)
     return 0
 
@@ -602,6 +624,7 @@ def _steps_curve(args: argparse.Namespace) -> int:
     steps = parse_ints(args.steps_list, "--steps-list")
     if not steps or min(steps) < 1:
         raise GenladderError(f"--steps-list takes whole numbers >= 1, at least one, got {args.steps_list!r}")
+    _refuse_ignored_evaluation_options(args, [args.run_dir])
     steps_curve(args.run_dir, list(steps), _evaluation_config(args), args.out, progress=not args.no_progress)
     return 0
 

@@ -292,6 +292,19 @@ class RealDigitCache:
         return self.embeddings[full_key]
 
 
+# Which runs read each rung-specific option of `genladder evaluate` (CLI name → (who, test on the rung)): an
+# option that none of the evaluated runs reads is refused rather than accepted and ignored.
+EVALUATION_READERS = {
+    "pr_k": ("the rungs that draw samples", lambda r: r.samples),
+    "memorisation_samples": ("the rungs that draw samples", lambda r: r.samples),
+    "iwae_k": ("the variational autoencoders (vae, cvae)", lambda r: r.variational),
+    "iwae_images": ("the variational autoencoders (vae, cvae)", lambda r: r.variational),
+    "bpd_images": ("the diffusion and flow rungs (ddpm, cddpm, flow, cflow)", lambda r: r.diffusion or r.flow),
+    "bpd_timesteps": ("the diffusion rungs (ddpm, cddpm)", lambda r: r.diffusion),
+    "ode_steps": ("the flow rungs (flow, cflow)", lambda r: r.flow),
+}
+
+
 def evaluate_run(run_dir: str | Path, evaluation: EvaluationConfig | None = None, *, progress: bool = True,
                  quiet: bool = False, write: bool = True, cache: RealDigitCache | None = None) -> dict:
     """Measure everything that applies to the run in ``run_dir``; write ``eval.json`` there (``write``).
