@@ -35,6 +35,8 @@ NOT_REDRAWN = {
     "latent-grid-w1.png": "genladder sample --grid --guidance 1 --steps 5 on the cpu-fast latent run",
     "reflow-vs-teacher-1-2-steps.png": "genladder sample --grid --sampler euler --steps 1|2 on cflow and its reflow",
     "latent-3440-grid-w1.png": "genladder sample --grid --guidance 1 --steps 5 on the 3,440-step latent run",
+    "latent-quality-grid-w1.png": "genladder sample --grid --guidance 1 --steps 5 on the latent quality run",
+    "latent-quality-curve.png": "benchmarks/time_to_quality.py on the latent quality run",
     "vae-spatial-reconstructions.png": "genladder reconstruct --n 16 on the 4×8×8 spatial VAE",
 }
 
