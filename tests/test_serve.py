@@ -392,9 +392,11 @@ def test_page_in_headless_chromium(server, runs, tmp_path):
             expect(page.locator("#gen-status")).to_contain_text("cddpm: 20 images, one row per digit, dpmpp 5 steps")
 
             # Bad input: a message in the page each time, and the server keeps answering.
+            last_picture = page.locator("#gen-grid img").get_attribute("src")
             type_into("gen-steps", "0")
             generate(expect_image=False)
             expect(page.locator("#gen-status")).to_contain_text("steps must be in 1..50, got 0", timeout=15_000)
+            expect(page.locator("#gen-grid img")).to_have_attribute("src", last_picture)  # kept under the message
             type_into("gen-steps", "5")
             type_into("gen-digit", "12")
             generate(expect_image=False)

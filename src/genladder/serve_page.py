@@ -79,8 +79,8 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
             status = gr.HTML(elem_id="gen-status")
 
     def on_generate(run_name, digit, n, sampler, steps, guidance, seed, progress=gr.Progress()):  # noqa: B008
-        return in_page(generate_grid, 1)(catalog, run_name, digit, n, sampler, steps, guidance, seed,
-                                         progress=progress)
+        return _keep_last_picture(gr, in_page(generate_grid, 1)(catalog, run_name, digit, n, sampler, steps, guidance,
+                                                                seed, progress=progress))
 
     def on_run(run_name):
         """Show the fields this run uses (digit for conditional runs, sampler options for diffusion)."""
@@ -93,8 +93,15 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
         return (digit, gr.update(visible=loaded.kind in ITERATIVE), gr.update(**_sampler_choices(loaded.config)),
                 gr.update(visible=can_guide(loaded.config)), "")
 
-    button.click(on_generate, [run, digit, n, sampler, steps, guidance, seed], [grid, status])
+    # the progress bar on the picture only (on every output it was drawn twice: over the grid and the message)
+    button.click(on_generate, [run, digit, n, sampler, steps, guidance, seed], [grid, status], show_progress_on=grid)
     run.change(on_run, run, [digit, diffusion_options, sampler, guidance, status])
+
+
+def _keep_last_picture(gr, outputs: tuple) -> tuple:
+    """A handler's (picture…, message) with each missing picture (an error's) as "no change": the visitor keeps
+    the last good picture under the message instead of an empty frame."""
+    return tuple(gr.update() if output is None else output for output in outputs)
 
 
 def _sampler_choices(description) -> dict:
@@ -129,10 +136,10 @@ def _latent_tab(gr, catalog: RunCatalog, names: list[str], page) -> None:
             status = gr.HTML(elem_id="latent-status")
 
     def on_point(run_name, digit, dim_x, dim_y, a, b):
-        return in_page(latent_point, 1)(catalog, run_name, digit, dim_x, dim_y, a, b)
+        return _keep_last_picture(gr, in_page(latent_point, 1)(catalog, run_name, digit, dim_x, dim_y, a, b))
 
     def on_sweep(run_name, digit, dim_x, dim_y):
-        return in_page(latent_sweep, 1)(catalog, run_name, digit, dim_x, dim_y)
+        return _keep_last_picture(gr, in_page(latent_sweep, 1)(catalog, run_name, digit, dim_x, dim_y))
 
     def on_run(run_name):
         try:
@@ -180,9 +187,9 @@ def _interpolate_tab(gr, catalog: RunCatalog, names: list[str]) -> None:
             status = gr.HTML(elem_id="interp-status")
 
     def on_interpolate(run_name, first, second, steps):
-        return in_page(interpolate_digits, 1)(catalog, run_name, first, second, steps)
+        return _keep_last_picture(gr, in_page(interpolate_digits, 1)(catalog, run_name, first, second, steps))
 
-    button.click(on_interpolate, [run, first, second, steps], [row, status])
+    button.click(on_interpolate, [run, first, second, steps], [row, status], show_progress_on=row)
 
 
 def import_gradio():
