@@ -75,7 +75,7 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
             seed = gr.Number(value=0, precision=0, label="seed", elem_id="gen-seed")
             button = gr.Button("Generate", variant="primary", elem_id="gen-button")
         with gr.Column(scale=2):
-            grid = gr.Image(type="pil", format="png", label="samples", interactive=False, elem_id="gen-grid")
+            grid = _picture(gr, "samples", "gen-grid")
             status = gr.HTML(elem_id="gen-status")
 
     def on_generate(run_name, digit, n, sampler, steps, guidance, seed, progress=gr.Progress()):  # noqa: B008
@@ -96,6 +96,13 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
     # the progress bar on the picture only (on every output it was drawn twice: over the grid and the message)
     button.click(on_generate, [run, digit, n, sampler, steps, guidance, seed], [grid, status], show_progress_on=grid)
     run.change(on_run, run, [digit, diffusion_options, sampler, guidance, status])
+
+
+def _picture(gr, caption: str, elem_id: str):
+    """An output picture with its caption above it, not on it: Gradio draws an image's own label over the
+    image's top-left corner, where it hid the first row of the latent sweep."""
+    gr.Markdown(caption, elem_id=f"{elem_id}-caption")
+    return gr.Image(type="pil", format="png", label=caption, show_label=False, interactive=False, elem_id=elem_id)
 
 
 def _keep_last_picture(gr, outputs: tuple) -> tuple:
@@ -129,10 +136,11 @@ def _latent_tab(gr, catalog: RunCatalog, names: list[str], page) -> None:
             order = gr.Markdown(note, elem_id="latent-order")
         with gr.Column(scale=2):
             with gr.Row():
-                point = gr.Image(type="pil", format="png", label="decoded at the sliders", interactive=False,
-                                 elem_id="latent-point")
-                sweep = gr.Image(type="pil", format="png", interactive=False, elem_id="latent-sweep",
-                                 label=f"sweep: direction 1 across, direction 2 down, ±{SLIDER_RANGE:g}")
+                with gr.Column():
+                    point = _picture(gr, "decoded at the sliders", "latent-point")
+                with gr.Column():
+                    sweep = _picture(gr, f"sweep: direction 1 across, direction 2 down, ±{SLIDER_RANGE:g}",
+                                     "latent-sweep")
             status = gr.HTML(elem_id="latent-status")
 
     def on_point(run_name, digit, dim_x, dim_y, a, b):
@@ -182,8 +190,7 @@ def _interpolate_tab(gr, catalog: RunCatalog, names: list[str]) -> None:
             steps = gr.Number(value=10, precision=0, label="points on the line (2–32)", elem_id="interp-steps")
             button = gr.Button("Interpolate", variant="primary", elem_id="interp-button")
         with gr.Column(scale=2):
-            row = gr.Image(type="pil", format="png", interactive=False, elem_id="interp-row",
-                           label="original, decoded straight line between the codes, original")
+            row = _picture(gr, "original, decoded straight line between the codes, original", "interp-row")
             status = gr.HTML(elem_id="interp-status")
 
     def on_interpolate(run_name, first, second, steps):
