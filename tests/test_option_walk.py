@@ -12,6 +12,7 @@ has, so a new option cannot skip the walk.
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 
@@ -205,7 +206,7 @@ def test_every_train_option_changes_the_config_or_is_refused(walk_runs, capsys):
     assert problems == [], "\n".join(problems)
 
 
-def test_evaluation_options_no_run_reads_are_refused(walk_runs, capsys):
+def test_evaluation_options_no_run_reads_are_refused(walk_runs, tmp_path, capsys):
     """``evaluate``, ``guidance-curve`` and ``steps-curve``: every rung-specific option on every rung that does not
     read it is refused before any work (evaluating each accepted one would take minutes; test_evaluate.py runs
     them where they apply). With several runs an option is taken when one of them reads it."""
@@ -226,8 +227,8 @@ def test_evaluation_options_no_run_reads_are_refused(walk_runs, capsys):
                                           values[option]])
             if code != 2 or len(err.splitlines()) != 1 or f"--{option.replace('_', '-')} applies to" not in err:
                 problems.append(f"evaluate {name} --{option}: exit {code}: {err!r}")
-        for verb, extra in (("evaluate", []), ("guidance-curve", ["--out", "curve.png"]),
-                            ("steps-curve", ["--out", "curve.png"])):
+        for verb, extra in (("evaluate", []), ("guidance-curve", ["--out", tmp_path / "curve.png"]),
+                            ("steps-curve", ["--out", tmp_path / "curve.png"])):
             other_family = "ddpm" if config.family == "flow" else "euler"  # (a latent run's family is its denoiser's)
             for sampling in (["--eta", 0.5], ["--variance", "posterior"], ["--sampler", other_family]):
                 code, err = run_verb(capsys, [verb, run_dir, "--n", 20, *extra, *sampling])
@@ -240,3 +241,62 @@ def test_evaluation_options_no_run_reads_are_refused(walk_runs, capsys):
     args = build_parser().parse_args(["evaluate", str(walk_runs["vae"]), str(walk_runs["flow"]), "--ode-steps", "3",
                                       "--iwae-k", "3", "--sampler", "euler"])
     _refuse_ignored_evaluation_options(args, args.run_dirs)
+
+
+# ``genladder reflow``: each option must change the student's run (its config.json or its drawn pairs) or be
+# refused; those that must not change it (how many pairs per teacher call, where it runs) must leave it equal.
+REFLOW_VALUES = {
+    "--pairs": 100, "--teacher-sampler": "euler", "--teacher-steps": 3, "--guidance": 1, "--pair-seed": 1,
+    "--weights": "model", "--steps": 2, "--batch-size": 16, "--lr": 1e-4, "--warmup-images": 100,
+    "--ema-half-life-images": 1000, "--time-budget": "5m", "--checkpoint-every": 7, "--seed": 3,
+}
+REFLOW_SAME = {"--sample-batch-size": 7}
+REFLOW_NOT_WALKED = {"--run-dir": "where the run goes", "--no-progress": "in the baseline (what stderr shows)",
+                     "--threads": "how many CPU threads", "--device": "where it runs"}
+
+
+def _reflow_outcome(run_dir) -> tuple[str, list]:
+    """The student's config (without the version) and its drawn pairs' tensors."""
+    from safetensors.torch import load_file
+
+    pairs = [tensor for path in sorted((run_dir / "reflow-pairs").glob("*.safetensors"))
+             for _, tensor in sorted(load_file(path).items())]
+    config = json.loads((run_dir / "config.json").read_text())
+    config.pop("genladder_version", None)
+    return json.dumps(config, sort_keys=True), pairs
+
+
+def _same_outcome(a, b) -> bool:
+    """Equal configs and pairs equal to float round-off (a convolution's sums depend on the batch size)."""
+    import torch
+
+    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(
+        x.shape == y.shape and torch.allclose(x, y, atol=1e-5) for x, y in zip(a[1], b[1], strict=True))
+
+
+def test_every_reflow_option_changes_the_student_or_is_refused(walk_runs, tmp_path, capsys):
+    assert set(verb_options("reflow")) == set(REFLOW_VALUES) | set(REFLOW_SAME) | set(REFLOW_NOT_WALKED)
+    problems = []
+    # every option on the guided teacher; on the unguided one only --guidance (refused), the rest being the same
+    # code path (and each reflow draws pairs, trains and draws a preview: seconds apiece)
+    for name, options in (("cflow", {**REFLOW_VALUES, **REFLOW_SAME}), ("flow", {"--guidance": 1})):
+        def reflow(out, *extra, teacher=walk_runs[name]):
+            return run_verb(capsys, ["reflow", teacher, "--run-dir", tmp_path / out, "--pairs", 80,
+                                     "--teacher-steps", 2, "--steps", 1, "--no-progress", *extra])
+
+        assert reflow(f"{name}-baseline")[0] == 0
+        reference = _reflow_outcome(tmp_path / f"{name}-baseline")
+        for option, value in options.items():
+            out = f"{name}{option}"
+            code, err = reflow(out, option, value)
+            case = f"reflow {name} {option} {value}"
+            if code == 2:
+                if len(err.splitlines()) != 1 or not err.startswith("genladder: error:"):
+                    problems.append(f"{case}: refused without a one-line message: {err!r}")
+            elif code != 0:
+                problems.append(f"{case}: exit {code}: {err!r}")
+            elif option in REFLOW_SAME and not _same_outcome(_reflow_outcome(tmp_path / out), reference):
+                problems.append(f"{case}: changed the student's run (it must not)")
+            elif option in REFLOW_VALUES and _same_outcome(_reflow_outcome(tmp_path / out), reference):
+                problems.append(f"{case}: accepted, and the student's run is the baseline's (ignored)")
+    assert problems == [], "\n".join(problems)
