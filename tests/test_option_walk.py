@@ -95,6 +95,16 @@ def walk_runs(tmp_path_factory):
     return runs
 
 
+def accepted(case: str, code: int, err: str, problems: list[str]) -> bool:
+    """True when the command ran (exit 0). Otherwise it must be a refusal, exit 2 with one ``genladder: error:``
+    line; anything else is recorded in ``problems``."""
+    if code == 0:
+        return True
+    if code != 2 or len(err.splitlines()) != 1 or not err.startswith("genladder: error:"):
+        problems.append(f"{case}: exit {code} without a one-line refusal: {err!r}")
+    return False
+
+
 def run_verb(capsys, argv) -> tuple[int, str]:
     code = main([str(a) for a in argv])
     _, err = capsys.readouterr()
@@ -117,9 +127,7 @@ def test_every_option_changes_the_picture_or_is_refused(verb, walk_runs, tmp_pat
             baseline += SOLVER_STEPS
         reference = tmp_path / f"{name}-baseline.png"
         code, err = run_verb(capsys, [*baseline, "--out", reference])
-        if code != 0:  # the verb does not apply to this rung: it must say so in one line
-            if code != 2 or len(err.splitlines()) != 1 or not err.startswith("genladder: error:"):
-                problems.append(f"{verb} on {name}: baseline exit {code}: {err!r}")
+        if not accepted(f"{verb} on {name} (baseline)", code, err, problems):  # the verb does not apply here
             continue
         for option in verb_options(verb):
             if option == "--out":
@@ -128,14 +136,11 @@ def test_every_option_changes_the_picture_or_is_refused(verb, walk_runs, tmp_pat
             out = tmp_path / f"{name}{option}.png"
             code, err = run_verb(capsys, [*baseline, *other, "--out", out])
             case = f"{verb} on {name} with {' '.join(map(str, other))}"
-            if code == 2:
-                if len(err.splitlines()) != 1 or not err.startswith("genladder: error:"):
-                    problems.append(f"{case}: refused without a one-line message: {err!r}")
-            elif code != 0:
-                problems.append(f"{case}: exit {code}: {err!r}")
-            elif option in INERT or (option == "--weights" and not any((run_dir / "checkpoints").glob("*/ema.*"))):
+            if not accepted(case, code, err, problems):
                 continue
-            elif out.read_bytes() == reference.read_bytes():
+            if option in INERT or (option == "--weights" and not any((run_dir / "checkpoints").glob("*/ema.*"))):
+                continue
+            if out.read_bytes() == reference.read_bytes():
                 problems.append(f"{case}: accepted, and the picture is the baseline's (ignored)")
     assert problems == [], "\n".join(problems)
 
@@ -194,12 +199,7 @@ def test_every_train_option_changes_the_config_or_is_refused(walk_runs, capsys):
                 code = main([str(a) for a in argv])
                 out, err = capsys.readouterr()
                 case = f"train {kind} {option} {'' if value is None else value}".rstrip()
-                if code == 2:
-                    if len(err.splitlines()) != 1 or not err.startswith("genladder: error:"):
-                        problems.append(f"{case}: refused without a one-line message: {err!r}")
-                elif code != 0:
-                    problems.append(f"{case}: exit {code}: {err!r}")
-                elif out == reference:
+                if accepted(case, code, err, problems) and out == reference:
                     accepted_and_same.append(case)
             if accepted_and_same and len(accepted_and_same) == len(train_values(option)):
                 problems.append(f"{accepted_and_same[0]}: accepted, and the config is the baseline's (ignored)")
@@ -290,12 +290,9 @@ def test_every_reflow_option_changes_the_student_or_is_refused(walk_runs, tmp_pa
             out = f"{name}{option}"
             code, err = reflow(out, option, value)
             case = f"reflow {name} {option} {value}"
-            if code == 2:
-                if len(err.splitlines()) != 1 or not err.startswith("genladder: error:"):
-                    problems.append(f"{case}: refused without a one-line message: {err!r}")
-            elif code != 0:
-                problems.append(f"{case}: exit {code}: {err!r}")
-            elif option in REFLOW_SAME and not _same_outcome(_reflow_outcome(tmp_path / out), reference):
+            if not accepted(case, code, err, problems):
+                continue
+            if option in REFLOW_SAME and not _same_outcome(_reflow_outcome(tmp_path / out), reference):
                 problems.append(f"{case}: changed the student's run (it must not)")
             elif option in REFLOW_VALUES and _same_outcome(_reflow_outcome(tmp_path / out), reference):
                 problems.append(f"{case}: accepted, and the student's run is the baseline's (ignored)")
