@@ -186,6 +186,11 @@ class TestRefusals:
             (["--autoencoder", latent_runs["vae"], "--resize", "resize"], "the autoencoder was trained on mnist (pad)"),
             ([], "train latent needs --autoencoder RUN_DIR"),
             (["--autoencoder", tmp_path / "missing"], "does not exist"),
+            # each denoiser reads its own objective's flags only
+            (["--autoencoder", latent_runs["vae"], "--T", 100],
+             "--T applies to the diffusion objective (ddpm, cddpm, latent) only, not latent --denoiser flow"),
+            (["--autoencoder", latent_runs["vae"], "--denoiser", "diffusion", "--logit-std", 1],
+             "--logit-std applies to the flow objective (flow, cflow, latent) only, not latent --denoiser diffusion"),
         ]
         for extra, message in cases:
             code, _, err = run_cli(capsys, "train", "latent", *extra, "--data-dir", mini_mnist, "--dry-run")

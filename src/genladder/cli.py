@@ -569,13 +569,14 @@ def _refuse_ignored_evaluation_options(args: argparse.Namespace, run_dirs: list[
 
     from genladder.evaluate.evaluation import EVALUATION_READERS
     from genladder.figures import refuse_ignored_sampling_options
+    from genladder.rungs import readers_of
     from genladder.runs import read_run_config
 
     configs = [read_run_config(run_dir) for run_dir in run_dirs]
     for option, (readers, reads) in EVALUATION_READERS.items():
         if getattr(args, option, None) is not None and not any(reads(config.rung) for config in configs):
             which = f"this run is a {configs[0].kind}" if len(configs) == 1 else "none of these runs is one"
-            raise GenladderError(f"--{option.replace('_', '-')} applies to {readers}; {which}")
+            raise GenladderError(f"--{option.replace('_', '-')} applies to {readers} ({readers_of(reads)}); {which}")
     iterative = [config for config in configs if config.rung.iterative] or configs[:1]
     for config in iterative:  # a mixed comparison: the sampling options are for its diffusion and flow runs
         refuse_ignored_sampling_options(args, SimpleNamespace(kind=config.kind, config=config))

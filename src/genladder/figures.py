@@ -219,11 +219,11 @@ def trajectory_command(args: argparse.Namespace) -> Path:
     out, run = _open_run(args, "trajectory", ITERATIVE)
     refuse_ignored_sampling_options(args, run)
     steps = sampler_config(args).steps or run.schedule.T  # (only ddpm's full chain has no --steps)
-    frames = args.frames if args.frames is not None else min(10, steps)
-    if not 2 <= frames <= steps:  # more frames than steps would repeat a step's x_t, so they are refused
-        raise GenladderError(f"--frames must be at least 2 and at most the {steps} solver steps, got {frames}")
+    frame_count = args.frames if args.frames is not None else min(10, steps)
+    if not 2 <= frame_count <= steps:  # more frames than steps would repeat a step's x_t, so they are refused
+        raise GenladderError(f"--frames must be at least 2 and at most the {steps} solver steps, got {frame_count}")
     labels = sample_labels(run, args.n, args.label, False)
-    keep = sorted({round(i * (steps - 1) / (frames - 1)) for i in range(frames)})
+    keep = sorted({round(i * (steps - 1) / (frame_count - 1)) for i in range(frame_count)})
     # step index -> (its timestep t, x_t of every batch): the sampler runs once per batch of --batch-size images
     frames: dict[int, tuple[int | float, list[torch.Tensor]]] = {}
 

@@ -129,26 +129,19 @@ def _unet_from_preset(kind: str, preset: str, given: dict, in_channels: int, ima
 
 
 def _label_dropout(kind: str, preset: str, given: dict) -> dict:
-    """The objective's label dropout entry: the preset's for a conditional rung, refused for the others."""
-    if rung(kind).conditional:
-        label_dropout = given.get("label_dropout", _LABEL_DROPOUT.get(preset, DEFAULT_LABEL_DROPOUT))
-        if not 0 <= label_dropout < 1:
-            raise GenladderError(f"--label-dropout must be in [0, 1), got {label_dropout}")
-        return {"label_dropout": label_dropout}
-    if "label_dropout" in given:
-        raise GenladderError(f"--label-dropout only applies to the conditional rungs (cddpm, cflow), not {kind}")
-    return {}
+    """The objective's label dropout entry: the preset's for a conditional rung (genladder.resolve refuses the
+    flag for the others)."""
+    if not rung(kind).conditional:
+        return {}
+    label_dropout = given.get("label_dropout", _LABEL_DROPOUT.get(preset, DEFAULT_LABEL_DROPOUT))
+    if not 0 <= label_dropout < 1:
+        raise GenladderError(f"--label-dropout must be in [0, 1), got {label_dropout}")
+    return {"label_dropout": label_dropout}
 
 
-# What each family's flags are: a flag of the other family is refused rather than ignored.
-DIFFUSION_ONLY_FLAGS = ("schedule", "T", "prediction", "min_snr_gamma")
-FLOW_ONLY_FLAGS = ("time_sampling", "logit_mean", "logit_std")
-
-
-def _refuse(kind: str, given: dict, flags: tuple[str, ...], owner: str) -> None:
-    for flag in flags:
-        if flag in given:
-            raise GenladderError(f"--{flag.replace('_', '-')} applies to {owner} only, not {kind}")
+# Each objective's own flags; genladder.resolve.FLAG_READERS refuses them for a rung of the other family.
+DIFFUSION_OBJECTIVE_FLAGS = ("schedule", "T", "prediction", "min_snr_gamma")
+FLOW_OBJECTIVE_FLAGS = ("time_sampling", "logit_mean", "logit_std")
 
 
 def diffusion_config(kind: str, preset: str, given: dict, in_channels: int = 1, image_size: int = 32,
@@ -157,7 +150,6 @@ def diffusion_config(kind: str, preset: str, given: dict, in_channels: int = 1, 
 
     ``in_channels``, ``image_size`` and ``num_classes`` (ignored by ddpm) describe the data.
     """
-    _refuse(kind, given, FLOW_ONLY_FLAGS, "the flow rungs (flow, cflow)")
     unet = _unet_from_preset(kind, preset, given, in_channels, image_size, num_classes)
     schedule = _schedule_config(preset).to_dict()
     for flag, key in (("schedule", "kind"), ("T", "T"), ("prediction", "prediction")):
@@ -176,9 +168,8 @@ def flow_config(kind: str, preset: str, given: dict, in_channels: int = 1, image
     training recipe with the flow-matching objective (genladder.flow.FlowObjectiveConfig)."""
     from genladder.flow import FlowObjectiveConfig
 
-    _refuse(kind, given, DIFFUSION_ONLY_FLAGS, "the diffusion rungs (ddpm, cddpm); a flow predicts the velocity")
     unet = _unet_from_preset(kind, preset, given, in_channels, image_size, num_classes)
-    objective = {k: given[k] for k in FLOW_ONLY_FLAGS if k in given} | _label_dropout(kind, preset, given)
+    objective = {k: given[k] for k in FLOW_OBJECTIVE_FLAGS if k in given} | _label_dropout(kind, preset, given)
     objective = FlowObjectiveConfig.from_dict(objective).to_dict()  # validates, states every default
     return unet, objective, dict(_TRAIN_DEFAULTS[preset])
 

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from genladder import __version__
 from genladder.data.config import DataConfig, data_facts
 from genladder.errors import GenladderError
+from genladder.presets import DENOISERS, DIFFUSION_OBJECTIVE_FLAGS, FLOW_OBJECTIVE_FLAGS
 from genladder.run_config import RunConfig
-from genladder.rungs import MODEL_KINDS, RUNGS, Rung, check_kind, rung
+from genladder.rungs import MODEL_KINDS, Rung, check_kind, readers_of, rung
 from genladder.training.loop import TrainConfig
 
 # Options that say how to run, not what the run is: never part of a RunConfig.
@@ -28,28 +29,36 @@ EXECUTION_OPTIONS = frozenset({"command", "kind", "config", "run_dir", "resume",
 
 # Which rungs read each rung-specific flag of `genladder train`, stated once: a flag given to any other rung is
 # refused in one line rather than accepted and ignored (tests/test_option_walk.py walks every flag on every rung).
-FLAG_READERS: tuple[tuple[tuple[str, ...], str, Callable[[Rung], bool]], ...] = (
-    (("latent_dim", "latent_channels", "width", "likelihood"), "the autoencoders", lambda r: r.codes),
-    (("kl_weight",), "the variational autoencoders", lambda r: r.variational),
-    (("widths", "blocks_per_level", "attention", "dropout"), "the U-Net rungs", lambda r: r.iterative),
-    (("patch_size",), "the pixel-space U-Net rungs", lambda r: r.diffusion or r.flow),
-    (("schedule", "T", "prediction", "min_snr_gamma"), "the diffusion objective", lambda r: r.diffusion or r.latent),
-    (("time_sampling", "logit_mean", "logit_std"), "the flow objective", lambda r: r.flow or r.latent),
-    (("label_dropout",), "the guided rungs", lambda r: r.guided),
-    (("autoencoder", "denoiser"), "the latent rung", lambda r: r.latent),
-    (("augment", "max_shift"), "the evaluation's classifier", lambda r: r.family == "classifier"),
+# ``reads(rung, denoiser)``: the latent rung reads one objective's flags, the one its --denoiser names.
+FLAG_READERS: tuple[tuple[tuple[str, ...], str, Callable[[Rung, str | None], bool]], ...] = (
+    (("latent_dim", "latent_channels", "width", "likelihood"), "the autoencoders", lambda r, d: r.codes),
+    (("kl_weight",), "the variational autoencoders", lambda r, d: r.variational),
+    (("widths", "blocks_per_level", "attention", "dropout"), "the U-Net rungs", lambda r, d: r.iterative),
+    (("patch_size",), "the pixel-space U-Net rungs", lambda r, d: r.diffusion or r.flow),
+    (DIFFUSION_OBJECTIVE_FLAGS, "the diffusion objective", lambda r, d: r.diffusion or d == "diffusion"),
+    (FLOW_OBJECTIVE_FLAGS, "the flow objective", lambda r, d: r.flow or d == "flow"),
+    (("label_dropout",), "the guided rungs", lambda r, d: r.guided),
+    (("autoencoder", "denoiser"), "the latent rung", lambda r, d: r.latent),
+    (("augment", "max_shift"), "the evaluation's classifier", lambda r, d: r.family == "classifier"),
 )
 
 
-def refuse_flags_of_other_rungs(kind: str, given: dict) -> None:
-    """One-line error for a flag that ``kind`` would not read (FLAG_READERS)."""
+def _denoisers(spec: Rung) -> tuple[str | None, ...]:
+    """The denoisers a rung can have: the latent rung's two, None for the others (in FLAG_READERS' messages the
+    latent rung is named among a flag's readers when either of its denoisers reads it)."""
+    return DENOISERS if spec.latent else (None,)
+
+
+def refuse_flags_of_other_rungs(kind: str, given: dict, denoiser: str | None = None) -> None:
+    """One-line error for a flag that ``kind`` (a latent run: with ``denoiser``) would not read (FLAG_READERS)."""
     for flags, readers, reads in FLAG_READERS:
-        if reads(rung(kind)):
+        if reads(rung(kind), denoiser):
             continue
         for flag in flags:
             if flag in given:
-                names = ", ".join(name for name, spec in RUNGS.items() if reads(spec))
-                raise GenladderError(f"--{flag.replace('_', '-')} applies to {readers} ({names}) only, not {kind}")
+                names = readers_of(lambda spec, reads=reads: any(reads(spec, d) for d in _denoisers(spec)))
+                which = f"{kind} --denoiser {denoiser}" if denoiser else kind
+                raise GenladderError(f"--{flag.replace('_', '-')} applies to {readers} ({names}) only, not {which}")
 
 
 def _model_and_objective(kind: str, preset: str, given: dict, shape: dict) -> tuple[dict, dict, dict]:
@@ -96,7 +105,7 @@ def resolve_from_preset(given: dict) -> RunConfig:
     if kind is None:
         raise GenladderError("name the model to train (one of " + ", ".join(MODEL_KINDS) + ") or pass --resume")
     kind = check_kind(kind)
-    refuse_flags_of_other_rungs(kind, given)
+    refuse_flags_of_other_rungs(kind, given, given.get("denoiser", "flow") if rung(kind).latent else None)
     preset = given.get("preset", "default")
     data = DataConfig.from_flags(given)
     facts = data_facts(data)
@@ -128,7 +137,7 @@ def resolve_from_file(given: dict) -> RunConfig:
         raise GenladderError("--preset and --config do not mix: the file holds a preset already resolved; change its "
                              "values, or give the flags that differ")
     flags = {k: v for k, v in given.items() if k not in EXECUTION_OPTIONS}
-    refuse_flags_of_other_rungs(config.kind, flags)
+    refuse_flags_of_other_rungs(config.kind, flags, config.family if config.rung.latent else None)
     for flag in LATENT_ONLY_FLAGS:
         if flag in flags:
             raise GenladderError(f"--{flag} and --config do not mix: the file's latent rung has its autoencoder and "

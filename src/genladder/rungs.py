@@ -150,6 +150,11 @@ def kinds(**capabilities: bool) -> tuple[str, ...]:
     return tuple(name for name, r in RUNGS.items() if all(getattr(r, k) == v for k, v in capabilities.items()))
 
 
+def readers_of(reads: Callable[[Rung], bool]) -> str:
+    """The rungs for which ``reads`` holds, named in table order: "ddpm, cddpm, latent" (for messages)."""
+    return ", ".join(name for name, spec in RUNGS.items() if reads(spec))
+
+
 def check_kind(kind: str) -> str:
     if kind not in RUNGS:
         raise GenladderError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")

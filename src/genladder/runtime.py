@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
+import time
 
 _M_TRIM_THRESHOLD = -1  # glibc <malloc.h> parameter numbers
 _M_MMAP_THRESHOLD = -3
@@ -63,9 +65,6 @@ def cpu_ticks() -> tuple[int, int] | None:
 def busy_cores(interval: float = 0.1) -> float | None:
     """How many CPUs other processes keep busy: the busy share of the ticks over ``interval`` s, times the CPU
     count (this process sleeps in between, so it counts only the others). None off Linux."""
-    import os
-    import time
-
     before = cpu_ticks()
     time.sleep(interval)
     after = cpu_ticks()
@@ -85,15 +84,14 @@ def avoid_contention() -> int | None:
     Only when nobody chose a count: not with ``OMP_NUM_THREADS`` set, nor when torch already runs one thread.
     Returns the threads now used when it lowered them, else None.
     """
-    import os
-
     import torch
 
     threads = torch.get_num_threads()
     if "OMP_NUM_THREADS" in os.environ or threads <= 1:
         return None
     busy = busy_cores()
-    if busy is None or threads_for(threads, busy) >= threads:
+    free = threads if busy is None else threads_for(threads, busy)
+    if free >= threads:
         return None
-    torch.set_num_threads(threads_for(threads, busy))
+    torch.set_num_threads(free)
     return torch.get_num_threads()

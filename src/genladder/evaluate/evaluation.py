@@ -292,16 +292,17 @@ class RealDigitCache:
         return self.embeddings[full_key]
 
 
-# Which runs read each rung-specific option of `genladder evaluate` (CLI name → (who, test on the rung)): an
-# option that none of the evaluated runs reads is refused rather than accepted and ignored.
+# Which runs read each rung-specific option of `genladder evaluate` (CLI name → (who, test on the rung); the
+# message names the rungs from the table, genladder.rungs.readers_of): an option that none of the evaluated runs
+# reads is refused rather than accepted and ignored.
 EVALUATION_READERS = {
     "pr_k": ("the rungs that draw samples", lambda r: r.samples),
     "memorisation_samples": ("the rungs that draw samples", lambda r: r.samples),
-    "iwae_k": ("the variational autoencoders (vae, cvae)", lambda r: r.variational),
-    "iwae_images": ("the variational autoencoders (vae, cvae)", lambda r: r.variational),
-    "bpd_images": ("the diffusion and flow rungs (ddpm, cddpm, flow, cflow)", lambda r: r.diffusion or r.flow),
-    "bpd_timesteps": ("the diffusion rungs (ddpm, cddpm)", lambda r: r.diffusion),
-    "ode_steps": ("the flow rungs (flow, cflow)", lambda r: r.flow),
+    "iwae_k": ("the variational autoencoders", lambda r: r.variational),
+    "iwae_images": ("the variational autoencoders", lambda r: r.variational),
+    "bpd_images": ("the diffusion and flow rungs", lambda r: r.diffusion or r.flow),
+    "bpd_timesteps": ("the diffusion rungs", lambda r: r.diffusion),
+    "ode_steps": ("the flow rungs", lambda r: r.flow),
 }
 
 
