@@ -31,12 +31,13 @@ def train(model, *args, **kwargs):
 def make_objective(*args):
     objective = real_make_objective(*args)
 
-    def recorded(model, images, labels, generator=None):
-        loss, metrics = objective(model, images, labels, generator=generator)
+    def recorded(model, images, labels, generator=None, **options):
+        loss, metrics = objective(model, images, labels, generator=generator, **options)
         if generator is None:  # training batches (evaluation passes a fixed generator)
             losses.append(metrics["loss"])
         return loss, metrics
 
+    recorded.reads_images_seen = getattr(objective, "reads_images_seen", False)  # the loop's schedule hand-off
     return recorded
 
 

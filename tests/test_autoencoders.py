@@ -100,7 +100,7 @@ class TestConfig:
         [
             ({"kind": "gan"}, "kind"),
             ({"likelihood": "poisson"}, "likelihood"),
-            ({"image_size": 30}, "divisible"),
+            ({"image_size": 0}, "image size must be at least 1"),
             ({"latent_dim": None}, "latent size"),
             ({"latent_dim": 0}, "at least 1"),
             ({"kind": "cvae", "num_classes": 0}, "2 classes"),

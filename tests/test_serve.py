@@ -61,7 +61,16 @@ def runs(tmp_path_factory):
     assert main([str(a) for a in tiny_diffusion_args("cddpm", root / "cddpm", MINI_MNIST)]) == 0
     assert main([str(a) for a in tiny_train_args("vae", root / "vae", MINI_MNIST, "--latent-dim", 4,
                                                  "--steps", 2)]) == 0
-    return {"cvae": str(root / "cvae"), "cddpm": str(root / "cddpm"), "vae": str(root / "vae")}
+    # the newer rungs, for the page: a guided flow, and a latent flow on a spatial VAE
+    flow_args = tiny_diffusion_args("cflow", root / "cflow", MINI_MNIST)
+    at = flow_args.index("--T")
+    assert main([str(a) for a in flow_args[:at] + flow_args[at + 2 :]]) == 0  # a flow has no T
+    assert main([str(a) for a in tiny_train_args("vae", root / "vae-spatial", MINI_MNIST, "--latent-channels", 2,
+                                                 "--steps", 2)]) == 0
+    assert main(["train", "latent", "--autoencoder", str(root / "vae-spatial"), "--preset", "cpu-fast", "--widths",
+                 "8,8,8", "--attention", "", "--steps", "2", "--batch-size", "32", "--limit", "128", "--test-limit",
+                 "32", "--data-dir", str(MINI_MNIST), "--run-dir", str(root / "latent"), "--no-progress"]) == 0
+    return {name: str(root / name) for name in ("cvae", "cddpm", "vae", "cflow", "latent")}
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +330,8 @@ def server(runs):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen([sys.executable, "-m", "genladder", "serve", runs["cddpm"], runs["cvae"], "--port",
+    process = subprocess.Popen([sys.executable, "-m", "genladder", "serve", runs["cddpm"], runs["cvae"], runs["cflow"],
+                                runs["latent"], "--port",
                                 str(port), "--device", "cpu"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
@@ -411,6 +421,15 @@ def test_page_in_headless_chromium(server, runs, tmp_path):
             type_into("gen-n", "8")
             assert generate(expect_image=True).size == tile_grid_size(3, 3)
             expect(page.locator("#gen-status")).to_contain_text("cvae: 8 images, digit 3")
+
+            # The newer rungs, typed in: the sampler field turns to the ODE solvers, guidance stays available.
+            for name in ("cflow", "latent"):
+                type_into("gen-run", runs[name])
+                expect(page.locator("#gen-status")).to_have_text("", timeout=15_000)
+                expect(page.locator("#gen-sampler")).to_contain_text("midpoint", timeout=15_000)
+                expect(page.locator("#gen-guidance")).to_be_visible()
+                assert generate(expect_image=True).size == tile_grid_size(3, 3)
+                expect(page.locator("#gen-status")).to_contain_text(f"{name}: 8 images, digit 3, heun 5 steps")
 
             # The VAE tabs: the latent sweep is drawn on load; an interpolation on request.
             page.get_by_role("tab", name="Latent space").click()

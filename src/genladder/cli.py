@@ -97,6 +97,12 @@ def _add_train_parser(subparsers) -> None:
                        help="decoder likelihood: gaussian = summed L2 (tutorial), bernoulli = BCE in nats")
     model.add_argument("--kl-weight", type=float_in(0, 1e6),
                        help="weight of the KL term of the VAE/CVAE loss (default 1)")
+    model.add_argument("--objective", choices=("elbo", "iwae"), help="VAE/CVAE training loss: the ELBO (default) or "
+                       "the importance-weighted bound of Burda et al. 2016 with --k samples")
+    model.add_argument("--kl-warmup-images", type=int_in(0, 10**12), help="VAE/CVAE ELBO: raise the KL weight "
+                       "linearly from 0 over this many training images (default 0: no warm-up)")
+    model.add_argument("--k", type=int_in(1, 5000), help="--objective iwae: importance samples per training image "
+                       "(the IWAE paper's 5 and 50; default 1)")
     classifier = p.add_argument_group("classifier (the feature network of 'genladder evaluate')")
     classifier.add_argument("--max-shift", type=int_in(0, 64), help="largest random shift in pixels of training "
                             "digits with --augment shift (default 2)")
@@ -149,8 +155,15 @@ def _add_train_parser(subparsers) -> None:
                       "fixed permutation (default 0.1)")
     data.add_argument("--limit", type=positive_int, help="train on the first N training images only")
     data.add_argument("--test-limit", type=positive_int, help="evaluate on the first N test images only")
-    data.add_argument("--resize", choices=("pad", "resize"), help="mnist/fashion-mnist 28->32: pad with 2 blank "
-                      "pixels (default) or bilinear resize (tutorial)")
+    data.add_argument("--resize", choices=("pad", "resize", "none"), help="mnist/fashion-mnist 28->32: pad with 2 "
+                      "blank pixels (default) or bilinear resize (tutorial); none keeps 28×28 (binarised MNIST)")
+    data.add_argument("--binarize", choices=("dynamic", "static"), help="autoencoders: binarised digits, each pixel "
+                      "on with probability grey/255: drawn afresh every time a training image is used (dynamic, "
+                      "Burda et al. 2016) or once (static); the test set is drawn once either way")
+    data.add_argument("--binarize-seed", type=int_in(*SEED), help="--binarize static: seed of the training set's "
+                      "one draw (default 0)")
+    data.add_argument("--test-binarize-seed", type=int_in(*SEED), help="--binarize: seed of the test set's one "
+                      "draw (default 0; reported with every figure)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int_in(1, 10**6), help="passes over the training set (default: "
                      f"{train_default_help('epochs')})")

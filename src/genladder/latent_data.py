@@ -45,8 +45,12 @@ def load_autoencoder(run_dir: str | Path, load_run, checkpoint: str | None = Non
 
 
 def check_same_data(autoencoder, data) -> None:
-    """The autoencoder must have been trained on the data the latent rung trains on (the same dataset, size)."""
+    """The autoencoder must have been trained on the data the latent rung trains on (the same dataset, size, grey
+    levels)."""
     theirs, ours = autoencoder.config.data, data
+    if theirs.binarize is not None:
+        raise GenladderError(f"the autoencoder was trained on {theirs.binarized_label} digits; the latent rung models "
+                             "grey-level images: train it on an autoencoder of grey-level digits")
     if (theirs.dataset, theirs.resize) != (ours.dataset, ours.resize):
         raise GenladderError(f"the autoencoder was trained on {theirs.dataset} ({theirs.resize}); this run's data is "
                              f"{ours.dataset} ({ours.resize}): train the latent rung on the autoencoder's data")

@@ -39,18 +39,43 @@ class AutoencoderObjectiveConfig:
         return config_from_dict(cls, values)
 
 
+VAE_OBJECTIVES = ("elbo", "iwae")
+
+
 @dataclass(frozen=True)
 class VAEObjectiveConfig:
-    """Settings of the VAE/CVAE objective (``vae_loss``)."""
+    """Settings of the VAE/CVAE objective: the ELBO (``vae_loss``) or the IWAE bound (``iwae_loss``)."""
 
     kl_weight: float = 1.0  # β of the KL term; 1 is the ELBO (Kingma & Welling 2014, eq. 10)
+    objective: str = "elbo"  # "elbo", or "iwae": the importance-weighted bound (Burda et al. 2016, eq. 8)
+    k: int = 1  # iwae: importance samples per image (the paper's k = 5 and 50)
+    # elbo: the KL weight rises linearly from 0 to kl_weight over this many training images ("warm-up", Sønderby
+    # et al. 2016, §2.3; Bowman et al. 2016's annealing), so units are used before the KL can switch them off
+    kl_warmup_images: int = 0
 
     def __post_init__(self) -> None:
         if not self.kl_weight >= 0:
             raise GenladderError(f"--kl-weight must be >= 0, got {self.kl_weight}")
+        if self.objective not in VAE_OBJECTIVES:
+            raise GenladderError(f"--objective must be one of {', '.join(VAE_OBJECTIVES)}, got {self.objective!r}")
+        if self.k < 1:
+            raise GenladderError(f"--k must be at least 1, got {self.k}")
+        if self.objective == "elbo" and self.k != 1:
+            raise GenladderError(f"--k {self.k} sets the importance samples of --objective iwae; the ELBO draws one")
+        if self.kl_warmup_images < 0:
+            raise GenladderError(f"--kl-warmup-images must be >= 0, got {self.kl_warmup_images}")
+        if self.objective == "iwae" and self.kl_warmup_images:
+            raise GenladderError("--kl-warmup-images warms up the ELBO's KL term; the IWAE bound has none")
+        if self.objective == "iwae" and self.kl_weight != 1:
+            raise GenladderError("--kl-weight weighs the ELBO's KL term; the IWAE bound has none (it weighs whole "
+                                 "samples), so it takes --kl-weight 1 only")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # Only what differs from the plain ELBO beside kl_weight, so a config written without the newer options
+        # reads exactly as before in older genladder versions.
+        defaults = VAEObjectiveConfig()
+        return {key: value for key, value in asdict(self).items()
+                if key == "kl_weight" or value != getattr(defaults, key)}
 
     @classmethod
     def from_dict(cls, values: dict) -> VAEObjectiveConfig:
@@ -132,13 +157,19 @@ def vae_loss(
     labels: torch.Tensor | None = None,
     generator=None,
     kl_weight: float = 1.0,
+    kl_warmup_images: int = 0,
+    images_seen: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Negative ELBO of a VAE or CVAE with one z sample per image (Kingma & Welling 2014, eq. 10).
 
-    The loss is ``reconstruction + kl_weight · KL``. With the Gaussian likelihood the
+    The loss is ``reconstruction + β · KL`` with β = ``kl_weight``, or, during a warm-up of
+    ``kl_warmup_images`` training images, β = kl_weight · images_seen / kl_warmup_images (the training loop
+    passes ``images_seen``; without it, as for the test set, β = kl_weight). With the Gaussian likelihood the
     reconstruction term is the tutorial's summed L2; ``neg_elbo`` adds back the constant so it
     is −ELBO in nats (an upper bound on −log p(x)) for either likelihood.
     """
+    if kl_warmup_images and images_seen is not None:
+        kl_weight = kl_weight * min(1.0, images_seen / kl_warmup_images)
     conditioning = labels if model.num_classes else None
     mu, logvar = model.encode(images, conditioning)
     z = model.reparameterize(mu, logvar, generator=generator)
@@ -156,7 +187,65 @@ def vae_loss(
         "kl": kl.mean().item(),
         "neg_elbo": (nll + kl).mean().item(),
     }
+    if kl_warmup_images:
+        metrics["kl_weight"] = kl_weight
     return loss, metrics
+
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, diag exp(logvar)) summed over the last dimension (shapes broadcast)."""
+    return -0.5 * (_LOG_2PI + logvar + (z - mean).square() * torch.exp(-logvar)).sum(-1)
+
+
+def iwae_log_weights(model: VAE, images: torch.Tensor, labels: torch.Tensor | None, k: int, generator=None,
+                     chunk: int | None = None) -> torch.Tensor:
+    """log w_i = log p(x | z_i) + log p(z_i) − log q(z_i | x) for k reparameterised draws z_i ~ q(z | x) of each
+    image (Burda et al. 2016, eq. 8 before its log-mean-exp). (B, …) -> (k, B), differentiable.
+
+    ``chunk``: decode that many of the k draws at a time (memory stays flat in k; the evaluation's k = 5,000).
+    With conditioning (a CVAE), every term is given the label.
+    """
+    if k < 1:
+        raise GenladderError(f"the IWAE bound needs k >= 1 importance samples, got {k}")
+    conditioning = labels if model.num_classes else None
+    mu, logvar = model.encode(images, conditioning)  # (B, D) each
+    batch = len(images)
+    chunk = k if chunk is None else chunk
+    log_weights = []
+    for start in range(0, k, chunk):
+        count = min(chunk, k - start)
+        noise = torch.randn((count, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + (0.5 * logvar).exp() * noise  # (count, B, D): the reparameterisation, so gradients reach μ, σ
+        repeated_images = images.repeat(count, *([1] * (images.dim() - 1)))  # (count·B, C, H, W)
+        repeated_labels = conditioning.repeat(count) if conditioning is not None else None
+        output = model.decode(z.reshape(count * batch, -1), repeated_labels)
+        log_likelihood = -reconstruction_nll(output, repeated_images, model.config.likelihood).view(count, batch)
+        log_prior = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))  # (count, B)
+        log_weights.append(log_likelihood + log_prior - gaussian_log_density(z, mu, logvar))
+    return torch.cat(log_weights)
+
+
+def log_mean_exp(log_weights: torch.Tensor) -> torch.Tensor:
+    """log (1/k) Σ_i exp(log w_i) over the first dimension, in float64 (k = 5,000 terms spread over tens of nats)."""
+    return torch.logsumexp(log_weights.double(), dim=0) - math.log(len(log_weights))
+
+
+def iwae_loss(model: VAE, images: torch.Tensor, labels: torch.Tensor | None = None, generator=None,
+              k: int = 5) -> tuple[torch.Tensor, dict[str, float]]:
+    """The negative IWAE bound −L_k = −log (1/k) Σ_i w_i per image, averaged over the batch (Burda et al. 2016,
+    eq. 8, trained through the reparameterisation as in their §3). k = 1 is the ELBO with a one-sample KL; a
+    larger k is a tighter bound that never exceeds −ELBO in expectation (their theorem 1).
+
+    ``neg_elbo`` in the metrics is the same draws' −mean_i log w_i, the ELBO's one-sample estimate averaged
+    over k, so the log shows how much the bound has tightened.
+    """
+    log_weights = iwae_log_weights(model, images, labels, k, generator)  # (k, B)
+    bound = log_mean_exp(log_weights).to(log_weights.dtype)  # (B,)
+    loss = -bound.mean()
+    return loss, {"loss": loss.item(), "neg_iwae": loss.item(), "neg_elbo": -log_weights.mean().item()}
 
 
 def classifier_loss(

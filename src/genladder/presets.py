@@ -229,6 +229,15 @@ def latent_config(preset: str, given: dict, autoencoder, statistics: tuple[float
     return model, objective, dict(_LATENT_TRAIN_DEFAULTS.get(preset, _TRAIN_DEFAULTS[train_preset]))
 
 
+# The VAE rungs' ``nll`` preset: the default network (genladder.models.AutoencoderConfig.preset) trained for the
+# binarised-MNIST likelihood of the VAE literature (Burda et al. 2016): 28×28 digits drawn afresh each epoch, the
+# ELBO with its KL weight warmed up over the first 300,000 images (5 epochs; Sønderby et al. 2016, §2.3), Adam
+# with a short warm-up and a cosine decay to 0 over 100 epochs. Every other preset keeps TrainConfig's defaults.
+AUTOENCODER_DATA_DEFAULTS = {"nll": {"binarize": "dynamic", "resize": "none"}}
+AUTOENCODER_OBJECTIVE_DEFAULTS = {"nll": {"kl_warmup_images": 300_000}}
+AUTOENCODER_TRAIN_DEFAULTS = {"nll": {"epochs": 100, "lr": 1e-3, "lr_schedule": "cosine", "warmup_images": 12_800}}
+
+
 # The evaluation's feature networks (genladder.evaluate). ``default`` is the shipped primary judge, ``resnet``
 # the second opinion: another architecture and seed, trained the same way. ``shift`` is the recipe of the
 # first shipped classifier (2-pixel shifts only, constant learning rate), kept to reproduce it.

@@ -26,13 +26,16 @@ from genladder.training.loop import TrainConfig
 EXECUTION_OPTIONS = frozenset({"command", "kind", "config", "run_dir", "resume", "device", "no_progress",
                                "log_format", "tensorboard", "dry_run", "threads"})
 
+# The VAE objective's flags (genladder.objectives.VAEObjectiveConfig's fields).
+VAE_OBJECTIVE_FLAGS = ("kl_weight", "objective", "k", "kl_warmup_images")
 
 # Which rungs read each rung-specific flag of `genladder train`, stated once: a flag given to any other rung is
 # refused in one line rather than accepted and ignored (tests/test_option_walk.py walks every flag on every rung).
 # ``reads(rung, denoiser)``: the latent rung reads one objective's flags, the one its --denoiser names.
 FLAG_READERS: tuple[tuple[tuple[str, ...], str, Callable[[Rung, str | None], bool]], ...] = (
     (("latent_dim", "latent_channels", "width", "likelihood"), "the autoencoders", lambda r, d: r.codes),
-    (("kl_weight",), "the variational autoencoders", lambda r, d: r.variational),
+    (VAE_OBJECTIVE_FLAGS, "the variational autoencoders", lambda r, d: r.variational),
+    (("binarize", "binarize_seed", "test_binarize_seed"), "the autoencoders", lambda r, d: r.codes),
     (("widths", "blocks_per_level", "attention", "dropout"), "the U-Net rungs", lambda r, d: r.iterative),
     (("patch_size",), "the pixel-space U-Net rungs", lambda r, d: r.diffusion or r.flow),
     (DIFFUSION_OBJECTIVE_FLAGS, "the diffusion objective", lambda r, d: r.diffusion or d == "diffusion"),
@@ -76,8 +79,13 @@ def _model_and_objective(kind: str, preset: str, given: dict, shape: dict) -> tu
 
     overrides = {k: given[k] for k in ("latent_dim", "latent_channels", "width", "likelihood") if k in given}
     model = AutoencoderConfig.preset(kind, preset, **overrides, **shape).to_dict()
-    objective = {"kl_weight": given["kl_weight"]} if spec.variational and "kl_weight" in given else {}
-    return model, objective, {}
+    from genladder.presets import AUTOENCODER_OBJECTIVE_DEFAULTS, AUTOENCODER_TRAIN_DEFAULTS
+
+    objective = {k: given[k] for k in VAE_OBJECTIVE_FLAGS if spec.variational and k in given}
+    objective = {**AUTOENCODER_OBJECTIVE_DEFAULTS.get(preset, {}), **objective}
+    if objective.get("objective") == "iwae" and "kl_warmup_images" not in given:
+        objective.pop("kl_warmup_images", None)  # the preset's KL warm-up: the IWAE bound has no KL term
+    return model, objective, dict(AUTOENCODER_TRAIN_DEFAULTS.get(preset, {}))
 
 
 LATENT_ONLY_FLAGS = ("autoencoder", "denoiser")
@@ -99,6 +107,13 @@ def _latent_model_and_objective(preset: str, given: dict, data: DataConfig, shap
     return latent_config(preset, given, autoencoder, statistics, **shape)
 
 
+def _preset_data(kind: str, preset: str) -> dict:
+    """The data a preset trains on unless flags say otherwise (the VAE's nll preset: binarised 28×28 digits)."""
+    from genladder.presets import AUTOENCODER_DATA_DEFAULTS
+
+    return AUTOENCODER_DATA_DEFAULTS.get(preset, {}) if rung(kind).variational else {}
+
+
 def resolve_from_preset(given: dict) -> RunConfig:
     """A new run from ``given["kind"]``, ``given.get("preset", "default")`` and the explicit flags."""
     kind = given.get("kind")
@@ -107,7 +122,7 @@ def resolve_from_preset(given: dict) -> RunConfig:
     kind = check_kind(kind)
     refuse_flags_of_other_rungs(kind, given, given.get("denoiser", "flow") if rung(kind).latent else None)
     preset = given.get("preset", "default")
-    data = DataConfig.from_flags(given)
+    data = DataConfig.from_flags({**_preset_data(kind, preset), **given})
     facts = data_facts(data)
     from genladder.runs import model_shape
 

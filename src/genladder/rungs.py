@@ -28,6 +28,7 @@ from genladder.objectives import (
     VAEObjectiveConfig,
     autoencoder_loss,
     classifier_loss,
+    iwae_loss,
     vae_loss,
 )
 
@@ -95,7 +96,11 @@ def _classifier_objective(objective: ClassifierObjectiveConfig, model: Classifie
 
 
 def _vae_objective(objective: VAEObjectiveConfig, model: AutoencoderConfig):
-    return partial(vae_loss, kl_weight=objective.kl_weight)
+    if objective.objective == "iwae":
+        return partial(iwae_loss, k=objective.k)
+    loss = partial(vae_loss, kl_weight=objective.kl_weight, kl_warmup_images=objective.kl_warmup_images)
+    loss.reads_images_seen = objective.kl_warmup_images > 0  # the loop then passes images_seen (the warm-up)
+    return loss
 
 
 def _unet_objective(objective: DiffusionObjectiveConfig | FlowObjectiveConfig, model: UNetConfig):

@@ -13,13 +13,13 @@ import re
 import stat
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
 from genladder.checkpoint import atomic_write_json, latest_checkpoint, read_json, read_model_file
-from genladder.data import ImageSet, load_split, own_split, read_own_data, to_32
+from genladder.data import ImageSet, binarize_dynamic, binarize_static, load_split, own_split, read_own_data, to_32
 from genladder.data.config import DEFAULT_TEST_SHARE, RESIZE_METHODS, DataConfig, DataFacts, data_facts
 from genladder.errors import GenladderError
 from genladder.presets import parse_ints
@@ -63,16 +63,24 @@ def check_same_data(stored: DataFacts | None, data: DataConfig) -> None:
 
 
 def load_data_split(data: DataConfig, split: str, limit: int | None = None, data_dir: str | None = None) -> ImageSet:
-    """One split at the size the models see: IDX images padded (or resized) to 32×32, own images as they are.
+    """One split as the models see it: IDX images padded (or resized) to 32×32 or kept at 28×28 (``resize``
+    "none"), own images as they are; binarised when the config says so (the test set always with its fixed
+    seed, the training set with the static draw's, or left grey for the dynamic draw of each batch).
 
     ``limit`` keeps the first N images; ``data_dir`` overrides the IDX folder of the config.
     """
     if data.is_named:
         idx = load_split(data.dataset, split, data_dir=data_dir or data.data_dir, limit=limit)
-        return ImageSet(to_32(idx.images, method=data.resize), idx.labels, idx.name, split, idx.num_classes)
-    if data_dir is not None:
+        images = idx.images if data.resize == "none" else to_32(idx.images, method=data.resize)
+        images_set = ImageSet(images, idx.labels, idx.name, split, idx.num_classes)
+    elif data_dir is not None:
         raise GenladderError(f"--data-dir applies to the IDX datasets; this run trained on {data.dataset}")
-    return own_split(read_own_data(data.dataset), split, data.test_share, limit)
+    else:
+        images_set = own_split(read_own_data(data.dataset), split, data.test_share, limit)
+    seed = data.test_binarize_seed if split == "test" else data.binarize_seed
+    if data.binarize is None or seed is None:  # grey levels, or a dynamic training set (drawn per batch)
+        return images_set
+    return replace(images_set, images=binarize_static(images_set.images, seed))
 
 
 def default_run_dir(kind: str) -> Path:
@@ -96,7 +104,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def load_training_data(kind: str, data: DataConfig) -> TrainingData:
-    """Both splits as uint8 tensors in memory (see ``load_data_split``), with the rung's value-range map."""
+    """Both splits as uint8 tensors in memory (see ``load_data_split``), with the rung's value-range map (and,
+    for dynamically binarised digits, the fresh draw of each training batch)."""
     train_set = load_data_split(data, "train", limit=data.limit)
     test_set = load_data_split(data, "test", limit=data.test_limit)
     return TrainingData(
@@ -105,6 +114,7 @@ def load_training_data(kind: str, data: DataConfig) -> TrainingData:
         test_images=test_set.images,
         test_labels=test_set.labels,
         to_model_range=to_model_range(kind),
+        draw_training_batch=binarize_dynamic if data.binarize == "dynamic" else None,
     )
 
 
@@ -257,6 +267,8 @@ FLAG_PATHS = {
     "widths": ("model", "widths"), "blocks_per_level": ("model", "blocks_per_level"),
     "attention": ("model", "attention_resolutions"), "dropout": ("model", "dropout"),
     "patch_size": ("model", "patch_size"), "kl_weight": ("objective", "kl_weight"),
+    "objective": ("objective", "objective"), "k": ("objective", "k"),
+    "kl_warmup_images": ("objective", "kl_warmup_images"),
     "max_shift": ("objective", "max_shift"), "augment": ("objective", "augment"),
     "label_dropout": ("objective", "label_dropout"), "min_snr_gamma": ("objective", "min_snr_gamma"),
     "schedule": ("objective", "schedule", "kind"), "T": ("objective", "schedule", "T"),

@@ -20,7 +20,16 @@ from genladder.data.sources import (
     load_split,
     locate_split,
 )
-from genladder.data.transforms import from_signed, from_unit, random_shift, to_32, to_signed, to_unit
+from genladder.data.transforms import (
+    binarize_dynamic,
+    binarize_static,
+    from_signed,
+    from_unit,
+    random_shift,
+    to_32,
+    to_signed,
+    to_unit,
+)
 
 __all__ = [
     "DATASETS",
@@ -29,6 +38,8 @@ __all__ = [
     "ImageSet",
     "OwnData",
     "SplitSpec",
+    "binarize_dynamic",
+    "binarize_static",
     "default_cache_dir",
     "from_signed",
     "from_unit",

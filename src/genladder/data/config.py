@@ -10,8 +10,10 @@ from genladder.data.files import read_own_data, split_sizes
 from genladder.data.sources import DATASETS
 from genladder.errors import GenladderError
 
-RESIZE_METHODS = ("pad", "resize")
+RESIZE_METHODS = ("pad", "resize", "none")
+BINARIZATIONS = ("dynamic", "static")
 DEFAULT_TEST_SHARE = 0.1
+_BINARIZE_KEYS = ("binarize", "binarize_seed", "test_binarize_seed")
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,15 @@ class DataConfig:
     data_dir: str | None = None  # IDX only: folder with the four files (else $GENLADDER_DATA_DIR, cache, download)
     limit: int | None = None  # train on the first N training images only (quick runs)
     test_limit: int | None = None  # evaluate on the first N test images only
-    resize: str = "pad"  # IDX only, 28 -> 32: "pad" (2 blank pixels per side, exact) or "resize" (bilinear)
+    # IDX only, 28 -> 32: "pad" (2 blank pixels per side, exact) or "resize" (bilinear); "none" keeps 28×28
+    resize: str = "pad"
     test_share: float | None = None  # own data only: share held out as the test set (default 0.1)
+    # Binarised digits (pixels on with probability x/255; genladder.data.transforms): None keeps the grey
+    # levels; "dynamic" draws each training image afresh every time it is used, "static" once with binarize_seed.
+    # The test set is then drawn once, with test_binarize_seed, whichever the training draw.
+    binarize: str | None = None
+    binarize_seed: int | None = None  # --binarize static only (default 0)
+    test_binarize_seed: int | None = None  # with --binarize (default 0)
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset.strip():
@@ -34,6 +43,7 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise GenladderError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        self._check_binarize()
         if self.is_named:
             if self.test_share is not None:
                 raise GenladderError(f"--test-share applies to your own images; {self.dataset} has its own test set")
@@ -52,13 +62,49 @@ class DataConfig:
         if not 0 < self.test_share < 1:
             raise GenladderError(f"--test-share must be between 0 and 1, got {self.test_share}")
 
+    def _check_binarize(self) -> None:
+        """The seeds belong to a binarisation: the static draw's to --binarize static, the test set's to either."""
+        if self.binarize is None:
+            for name in ("binarize_seed", "test_binarize_seed"):
+                if getattr(self, name) is not None:
+                    raise GenladderError(f"--{name.replace('_', '-')} applies to binarised digits; add --binarize "
+                                         f"{'static' if name == 'binarize_seed' else 'dynamic or static'}")
+            return
+        if self.binarize not in BINARIZATIONS:
+            raise GenladderError(f"--binarize must be one of {', '.join(BINARIZATIONS)}, got {self.binarize!r}")
+        if self.binarize == "dynamic" and self.binarize_seed is not None:
+            raise GenladderError("--binarize-seed fixes the one draw of --binarize static; dynamic binarisation draws "
+                                 "afresh every step (from --seed)")
+        for name, default in (("binarize_seed", 0 if self.binarize == "static" else None), ("test_binarize_seed", 0)):
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, default)
+            elif not 0 <= value < 2**63:
+                raise GenladderError(f"--{name.replace('_', '-')} must be a whole number >= 0, got {value}")
+
+    @property
+    def binarized_label(self) -> str:
+        """What the pixels are, for reports: "grey levels", or the binarisation and its test-set seed."""
+        if self.binarize is None:
+            return "grey levels"
+        seed = f", seed {self.binarize_seed}" if self.binarize == "static" else ""
+        return f"binarised ({self.binarize}{seed}; test set seed {self.test_binarize_seed})"
+
     @property
     def is_named(self) -> bool:
         """True for a named IDX dataset, False for a folder or .npz of your own."""
         return self.dataset in DATASETS
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if self.binarize is None:
+            # Grey-level data are written exactly as before binarisation existed, so older genladder versions
+            # still read the config, and TOML (which has no null) can be written from it.
+            for key in _BINARIZE_KEYS:
+                del values[key]
+        elif self.binarize_seed is None:
+            del values["binarize_seed"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> DataConfig:
@@ -99,7 +145,7 @@ def data_facts(data: DataConfig) -> DataFacts:
     """
     if data.is_named:
         classes = tuple(str(k) for k in range(DATASETS[data.dataset].num_classes))
-        return DataFacts(channels=1, image_size=32, class_names=classes)
+        return DataFacts(channels=1, image_size=28 if data.resize == "none" else 32, class_names=classes)
     own = read_own_data(data.dataset)
     split_sizes(len(own.images), data.test_share, data.dataset)  # enough images for both splits
     return DataFacts(channels=own.channels, image_size=own.image_size, class_names=tuple(own.class_names),

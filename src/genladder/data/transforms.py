@@ -1,8 +1,13 @@
-"""Whole-batch image conversions: 28→32 and the value ranges models train in.
+"""Whole-batch image conversions: 28→32, binarisation, and the value ranges models train in.
 
 Data stays uint8 [0, 255] until one visible place converts it: `to_unit` gives float32 [0, 1]
 (autoencoders, BCE), `to_signed` float32 [-1, 1] (diffusion). The `from_*` inverses clamp and
 round back to uint8, so `from_unit(to_unit(x)) == x` exactly for every uint8 x.
+
+Binarised MNIST, the VAE literature's likelihood benchmark, treats each grey level x/255 as the
+probability that the pixel is on. `binarize_static` makes one seeded draw of a whole split (the
+fixed test set; `--binarize static` for training); `binarize_dynamic` draws a fresh one each time a
+batch is used (`--binarize dynamic`, the protocol of Burda et al. 2016, §5.1).
 """
 
 from __future__ import annotations
@@ -70,6 +75,25 @@ def from_signed(x: torch.Tensor) -> torch.Tensor:
     """float [-1, 1] → uint8 [0, 255]: (x + 1) * 127.5, clamp, round to nearest. Shape unchanged."""
     _require_float(x, "from_signed")
     return ((x.to(torch.float32) + 1.0) * 127.5).clamp(0.0, 255.0).round().to(torch.uint8)
+
+
+def binarize_static(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """One seeded Bernoulli draw of every pixel, P(on) = x/255: uint8 (N, C, H, W) -> uint8 in {0, 255}.
+
+    The uniforms are drawn in the tensor's order from one generator, so the first n images of a split are
+    binarised the same with or without ``--limit``, and the same seed gives the same images everywhere.
+    """
+    _require_uint8(images, "binarize_static")
+    uniforms = torch.rand(images.shape, generator=torch.Generator().manual_seed(seed))
+    return torch.where(uniforms < to_unit(images), 255, 0).to(torch.uint8)
+
+
+def binarize_dynamic(x: torch.Tensor) -> torch.Tensor:
+    """A fresh Bernoulli draw of a float batch in [0, 1] (its values the probabilities), from torch's global
+    generator, whose state every checkpoint records, so a resumed run draws what an uninterrupted one would
+    have. Pixels already 0 or 1 (a statically binarised set) come back unchanged."""
+    _require_float(x, "binarize_dynamic")
+    return torch.bernoulli(x)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -68,9 +68,15 @@ class Embedding:
 
 @torch.no_grad()
 def embed(network: FeatureNetwork, images: torch.Tensor, batch_size: int = 1000) -> Embedding:
-    """Features and predicted classes of images in [0, 1], (N, C, H, W) at the classifier's size. On CPU."""
+    """Features and predicted classes of images in [0, 1], (N, C, H, W) at the classifier's size. On CPU.
+
+    28×28 digits (runs with ``--resize none``, binarised MNIST) are padded to a 32-pixel classifier's size with
+    2 blank pixels per side, exactly as the data layer pads the digits it was trained on.
+    """
     config = network.classifier.config
     expected = (config.in_channels, config.image_size, config.image_size)
+    if images.dim() == 4 and tuple(images.shape[-2:]) == (28, 28) and config.image_size == 32:
+        images = torch.nn.functional.pad(images, (2, 2, 2, 2))
     if images.dim() != 4 or tuple(images.shape[1:]) != expected:
         raise GenladderError(f"the classifier reads images of shape (N, {', '.join(map(str, expected))}); "
                              f"got {tuple(images.shape)}")

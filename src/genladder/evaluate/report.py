@@ -40,9 +40,19 @@ def _likelihood(result: dict) -> str:
     if "ode_bits_per_dim" in result:
         return _ode_bits(result["ode_bits_per_dim"])
     if "iwae_nll_nats" in result:
-        iwae = result["iwae_nll_nats"]
-        return f"≤ {iwae['value']:.1f} nats (IWAE k={iwae['k']}, {result['likelihood']} on grey levels)"
+        return _iwae(result)
     return "–"
+
+
+def _iwae(result: dict) -> str:
+    """A VAE's IWAE bound, saying what it is a likelihood of: binarised digits (with the test set's seed), or
+    grey levels as Bernoulli targets, a cross-entropy (every eval.json written before binarisation existed)."""
+    iwae = result["iwae_nll_nats"]
+    spread = f" ± {iwae['stderr']:.2f}" if "stderr" in iwae else ""
+    pixels = result.get("pixels", "grey levels")
+    what = ("grey-level cross-entropy" if pixels == "grey levels" and result["likelihood"] == "bernoulli"
+            else f"{result['likelihood']}, {pixels}")
+    return f"≤ {iwae['value']:.1f}{spread} nats (IWAE k={iwae['k']}, {iwae['images']} digits; {what})"
 
 
 def _ode_bits(bits: dict) -> str:
@@ -60,8 +70,7 @@ def _conditional_likelihood(result: dict) -> str:
     if "ode_bits_per_dim_given_label" in result:
         return _ode_bits(result["ode_bits_per_dim_given_label"])
     if "iwae_nll_nats" in result and result.get("kind") in kinds(variational=True, conditional=True):
-        iwae = result["iwae_nll_nats"]
-        return f"≤ {iwae['value']:.1f} nats (IWAE k={iwae['k']}, {result['likelihood']} on grey levels)"
+        return _iwae(result)
     return "–"
 
 

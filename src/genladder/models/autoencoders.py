@@ -51,7 +51,7 @@ class AutoencoderConfig:
 
     kind: str = "vae"  # "ae", "vae" or "cvae"
     in_channels: int = 1
-    image_size: int = 32  # must be divisible by 2**depth (by 4 for a spatial latent)
+    image_size: int = 32  # padded inside the network up to a multiple of 2**depth (of 4 for a spatial latent)
     width: int = 64  # filters of every conv (tutorial: 64)
     depth: int = 3  # down/up-sampling stages (tutorial: 3, so 32 -> 4)
     latent_dim: int | None = 64  # None (AE only): the 4x4xwidth map itself is the code, as in the tutorial
@@ -74,10 +74,8 @@ class AutoencoderConfig:
         for name in ("in_channels", "width", "depth", "label_dim"):
             if getattr(self, name) < 1:
                 raise GenladderError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.image_size % (2**self.pool_stages):  # a spatial latent pools only twice, so /4 suffices
-            raise GenladderError(
-                f"image size {self.image_size} must be divisible by 2**{self.pool_stages} = {2**self.pool_stages}"
-            )
+        if self.image_size < 1:
+            raise GenladderError(f"image size must be at least 1, got {self.image_size}")
         if self.latent_channels is not None:
             self._derive_spatial_latent_dim()
         if self.latent_dim is None and self.kind != "ae":
@@ -112,9 +110,17 @@ class AutoencoderConfig:
         return self.depth if self.latent_channels is None else SPATIAL_LATENT_STAGES
 
     @property
+    def padded_size(self) -> int:
+        """The side the conv stacks work at: the image's, rounded up to a multiple of 2**pool_stages. 28×28 digits
+        (``--resize none``, binarised MNIST) are padded to 32 inside the network with 2 blank pixels per side,
+        as the data layer pads them for the other runs, and the decoder's output is cropped back to 28."""
+        step = 2**self.pool_stages
+        return -(-self.image_size // step) * step
+
+    @property
     def bottom_size(self) -> int:
         """Side of the smallest feature map (tutorial: 32 / 2**3 = 4; a spatial latent: 32 / 4 = 8)."""
-        return self.image_size // 2**self.pool_stages
+        return self.padded_size // 2**self.pool_stages
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -145,7 +151,8 @@ class AutoencoderConfig:
 
     @classmethod
     def preset(cls, kind: str, name: str = "tutorial", **overrides) -> AutoencoderConfig:
-        """``tutorial``: the article's networks and L2 loss; ``default``: the same conv stacks, improved.
+        """``tutorial``: the article's networks and L2 loss; ``default``: the same conv stacks, improved; ``nll``
+        (VAE/CVAE): the default network, trained for the likelihood on binarised digits (genladder.presets).
 
         ``default`` gives the AE a 16-d bottleneck (the tutorial's AE has none: ``latent_dim=None``)
         and the VAE/CVAE a Bernoulli decoder. With the tutorial's summed L2 (a Gaussian of variance
@@ -154,12 +161,13 @@ class AutoencoderConfig:
         a pixel, (x̂ − x)/(x̂(1 − x̂)), is at least twice the L2's 2(x̂ − x), so reconstruction holds
         its own against the KL; it is also the likelihood the VAE literature reports NLL for.
         """
-        if name not in ("tutorial", "default"):
-            raise GenladderError(f"unknown preset {name!r} for {kind}; choose 'tutorial' or 'default'")
+        names = ("tutorial", "default", "nll") if kind != "ae" else ("tutorial", "default")
+        if name not in names:
+            raise GenladderError(f"unknown preset {name!r} for {kind}; choose one of {', '.join(names)}")
         values: dict = {"kind": kind, "num_classes": 10 if kind == "cvae" else 0}
         if kind == "ae":
             values["latent_dim"] = None if name == "tutorial" else 16
-        elif name == "default":
+        elif name in ("default", "nll"):  # nll: the default network; its recipe is genladder.presets' AUTOENCODER_*
             values["likelihood"] = "bernoulli"
             values["min_head_width"] = 128  # a 2-d VAE's 4-unit tutorial heads lose units to dead ReLUs
         if overrides.get("latent_channels") is not None:
@@ -240,6 +248,19 @@ class _ConvAutoencoderBase(nn.Module):
         c = config
         self.feature_shape = (c.width, c.bottom_size, c.bottom_size)  # (width, 4, 4) in the tutorial
         self.feature_size = c.width * c.bottom_size**2
+        before = (c.padded_size - c.image_size) // 2
+        self._padding = (before, c.padded_size - c.image_size - before) * 2  # (left, right, top, bottom)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Images to the conv stacks' size (blank border; a no-op when the image size divides evenly)."""
+        return torch.nn.functional.pad(x, self._padding) if any(self._padding) else x
+
+    def _crop(self, output: torch.Tensor) -> torch.Tensor:
+        """The decoder's output back to the image's size (the inverse of ``_pad``)."""
+        if not any(self._padding):
+            return output
+        left, right = self._padding[:2]
+        return output[..., left : output.shape[-2] - right, left : output.shape[-1] - right]
 
     @property
     def num_classes(self) -> int:
@@ -302,7 +323,7 @@ class AutoEncoder(_ConvAutoencoderBase):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) in [0, 1] -> z: (B, latent_dim) (a spatial latent flattened), or (B, width, h, w)
         when latent_dim is None."""
-        features = self.encoder(x)
+        features = self.encoder(self._pad(x))
         if self.to_latent is None:
             return features
         if self.spatial_latent:
@@ -313,7 +334,7 @@ class AutoEncoder(_ConvAutoencoderBase):
         """z -> decoder output (B, C, H, W): Gaussian mean or Bernoulli logits."""
         if self.from_latent is not None:
             z = self._latent_to_features(z)  # (B, width, h, w)
-        return self.decoder(z)
+        return self._crop(self.decoder(z))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
@@ -359,7 +380,7 @@ class VAE(_ConvAutoencoderBase):
         """x: (B, C, H, W) in [0, 1] -> q(z|x[, y]) as (mu, logvar), each (B, latent_dim) (flat, also for a
         spatial latent: the diagonal Gaussian, its KL and the IWAE bound do not care about the layout)."""
         self._check_labels(labels, x.shape[0])
-        features = self.encoder(self._encoder_input(x, labels))  # (B, width, h, w)
+        features = self.encoder(self._pad(self._encoder_input(x, labels)))  # (B, width, h, w)
         if self.spatial_latent:
             mu, logvar = self.posterior_head(features).chunk(2, dim=1)  # (B, C, h, w) each
             return VAEEncoding(mu.flatten(1), logvar.flatten(1))
@@ -369,7 +390,7 @@ class VAE(_ConvAutoencoderBase):
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z: (B, latent_dim) -> decoder output (B, C, H, W): Gaussian mean or Bernoulli logits."""
         self._check_labels(labels, z.shape[0])
-        return self.decoder(self._decoder_input(z, labels))
+        return self._crop(self.decoder(self._decoder_input(z, labels)))
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator=None) -> torch.Tensor:

@@ -111,8 +111,8 @@ class _ObjectiveModule(torch.nn.Module):
         self.model = model
         self.objective = objective
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.objective(self.model, images, labels)
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, **options) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.objective(self.model, images, labels, **options)
 
 
 @dataclass(frozen=True)

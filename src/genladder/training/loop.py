@@ -1,7 +1,9 @@
 """One training loop for every rung.
 
 The loop sees a model, an objective ``objective(model, images, labels, generator=None) -> (loss,
-metrics)`` and uint8 images held in memory; it never knows which rung it trains. Batches are cut
+metrics)`` and uint8 images held in memory; it never knows which rung it trains. An objective with a
+schedule of its own says so with ``objective.reads_images_seen = True`` and is then passed
+``images_seen=`` (the training images before the step), as the learning rate is. Batches are cut
 by indexing a per-epoch permutation derived from (seed, epoch), so the data order is a pure
 function of the step and a resumed run replays exactly what an uninterrupted one would have seen.
 Under torchrun every process runs this loop on its own part of each step's batch (see
@@ -126,6 +128,8 @@ class TrainingData:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     to_model_range: Callable[[torch.Tensor], torch.Tensor]
+    # applied to each training batch after to_model_range (not to the test set): dynamic binarisation's fresh draw
+    draw_training_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def learning_rate(config: TrainConfig, images_seen: int, total_images: int) -> float:
@@ -416,11 +420,16 @@ def train(
             if epoch != permutation_epoch:
                 permutation, permutation_epoch = epoch_permutation(num_train, config.seed, epoch, device), epoch
             index = plan.batch(permutation, position, ctx.rank)
-            x = data.to_model_range(images_dev[index]).contiguous(memory_format=memory_format)
+            x = data.to_model_range(images_dev[index])
+            if data.draw_training_batch is not None:
+                x = data.draw_training_batch(x)
+            x = x.contiguous(memory_format=memory_format)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, plan.images_seen(step), plan.images_seen(total_steps))
+            # An objective with a schedule of its own (the VAE's KL warm-up) is told the images seen before this step.
+            options = {"images_seen": plan.images_seen(step)} if getattr(objective, "reads_images_seen", False) else {}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-                loss, metrics = step_fn(x, labels_dev[index])
+                loss, metrics = step_fn(x, labels_dev[index], **options)
             metrics = ctx.mean(metrics)  # the same numbers on every process, so all stop on a bad loss
             if not math.isfinite(metrics.get("loss", loss.item())):
                 kept = find_checkpoint(run_dir, report=False)
