@@ -235,6 +235,13 @@ class TestRuns:
         result = json.loads((run_dir / "eval.json").read_text())
         iwae = result["iwae_nll_nats"]
         assert (iwae["k"], iwae["images"]) == (7, 12) and iwae["stderr"] > 0 and iwae["seconds"] > 0
+        # a random subset of the 16 test digits, and the whole set's bound estimated from its −ELBO less the gap
+        assert iwae["subset_seed"] == 0
+        whole = iwae["whole_test_set_estimate"]
+        gap = iwae["neg_elbo_same_images"] - iwae["value"]
+        assert whole["value"] == pytest.approx(result["neg_elbo_nats"] - gap, abs=1e-3)
+        assert whole["digits"] == 1000  # the extract's whole test set (test_limit bounds the loop's test loss)
+        assert whole["stderr"] >= result["neg_elbo_stderr"]
         assert result["pixels"] == "binarised (dynamic; test set seed 0)"
         assert "binarised (dynamic; test set seed 0)" in _likelihood(result)
         capsys.readouterr()
