@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,6 +248,14 @@ class TestRuns:
         assert result["pixels"] == "binarised (dynamic; test set seed 0)"
         assert "binarised (dynamic; test set seed 0)" in _likelihood(result)
         capsys.readouterr()
+        # the benchmark that plots such runs against the published figures reads both files
+        script = Path(__file__).resolve().parent.parent / "benchmarks" / "nll_curve.py"
+        plot, table = tmp_path / "curve.png", tmp_path / "curve.md"
+        done = subprocess.run([sys.executable, str(script), str(run_dir), "--out", str(plot), "--markdown",
+                               str(table)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert table.read_text().splitlines()[2].startswith("| nll | 1 |")
 
     def test_an_old_grey_level_evaluation_reads_as_a_cross_entropy(self):
         old = {"kind": "vae", "likelihood": "bernoulli", "iwae_nll_nats": {"value": 99.9, "k": 100, "images": 1000}}
