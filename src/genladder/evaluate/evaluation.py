@@ -183,7 +183,7 @@ def _autoencoder_likelihoods(run: Run, test: torch.Tensor, test_labels: torch.Te
     # A seeded random subset, not the first n: MNIST's first 5,000 test digits are the cleaner half (LeCun et al.'s
     # description of the set), so the first 1,000 would flatter the bound.
     chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(evaluation.seed))[:iwae_count]
-    chosen = chosen.sort().values if iwae_count < len(test) else torch.arange(len(test))
+    chosen = chosen.sort().values  # in test-set order (all of it when iwae_images covers the set)
     # The k draws of 100 digits at a time, decoded 64 draws at once: memory stays flat at k = 5,000.
     start = time.perf_counter()
     iwae = torch.cat([

@@ -407,6 +407,8 @@ def train(
         prepare_plotting()  # import matplotlib now: a Ctrl-C inside its first import surfaced as ImportError
     model.train()
     step_fn = ctx.wrap(step_model, objective)  # objective(step_model, x, labels), under DDP when distributed
+    # An objective with a schedule of its own (the VAE's KL warm-up) is told the images seen before each step.
+    passes_images_seen = getattr(objective, "reads_images_seen", False)
     running: dict[str, float] = {}
     running_count, tick_start, tick_images = 0, time.perf_counter(), 0
     session_start = time.perf_counter()
@@ -426,8 +428,7 @@ def train(
             x = x.contiguous(memory_format=memory_format)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, plan.images_seen(step), plan.images_seen(total_steps))
-            # An objective with a schedule of its own (the VAE's KL warm-up) is told the images seen before this step.
-            options = {"images_seen": plan.images_seen(step)} if getattr(objective, "reads_images_seen", False) else {}
+            options = {"images_seen": plan.images_seen(step)} if passes_images_seen else {}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
                 loss, metrics = step_fn(x, labels_dev[index], **options)
             metrics = ctx.mean(metrics)  # the same numbers on every process, so all stop on a bad loss
