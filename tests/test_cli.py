@@ -199,6 +199,28 @@ class TestErrors:
         assert code == 2
         assert err.count("\n") == 1 and err.startswith("genladder: error: ") and message in err
 
+    @pytest.mark.parametrize("verb", ["sample", "trajectory", "guidance-sweep", "evaluate", "guidance-curve",
+                                      "steps-curve", "reflow", "train"])
+    def test_every_compute_verb_takes_threads_and_sets_them_before_any_work(self, capsys, monkeypatch, verb):
+        import torch
+
+        import genladder.runtime as runtime
+
+        def guessed():
+            raise AssertionError("--threads was given: the contention check must not override it")
+
+        monkeypatch.setattr(runtime, "avoid_contention", guessed)
+        torch.set_num_threads(2)  # (the autouse fixture restores the count afterwards)
+        argv = {"reflow": ["reflow", "/no/such/run", "--run-dir", "/no/such/student"],
+                "train": ["train", "--resume", "/no/such/run"]}.get(verb, [verb, "/no/such/run"])
+        if verb in ("sample", "trajectory", "guidance-sweep", "guidance-curve", "steps-curve"):
+            argv += ["--out", "x.png"]
+        code, _, err = run_cli(capsys, *argv, "--threads", "1")
+        assert code == 2 and "does not exist" in err, err  # the run is missing, but the count was already set
+        assert torch.get_num_threads() == 1
+        code, _, err = run_cli(capsys, *argv, "--threads", "0")
+        assert code == 2 and "--threads: must be in 1.." in err and err.count("\n") == 1, err
+
     def test_run_specific_errors(self, trained_runs, tmp_path, capsys):
         cases = [
             (["sample", trained_runs["cvae"], "--label", 12, "--out", tmp_path / "x.png"], "--label must be in 0..9"),

@@ -62,9 +62,10 @@ INERT = {
     "--no-progress": "what stderr shows",
     "--batch-size": "each image draws from its own seeded stream: the same images at any batch size",
     "--data-dir": "already the baseline's data",
+    "--threads": "how many threads compute it (the baseline's one; float sums may differ at other counts)",
 }
 INERT_VALUE = {"--device": ["--device", "cpu"], "--no-progress": ["--no-progress"], "--batch-size": ["--batch-size", 1],
-               "--data-dir": ["--data-dir", MINI_MNIST]}
+               "--data-dir": ["--data-dir", MINI_MNIST], "--threads": ["--threads", 1]}
 
 
 def verb_options(verb: str) -> list[str]:

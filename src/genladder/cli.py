@@ -317,6 +317,8 @@ def _add_sampling_options(p: argparse.ArgumentParser, guidance: bool = True) -> 
     p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
                    help="EMA weights when the run has them (auto), or the raw ones")
     p.add_argument("--device", type=device_name, default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--threads", type=thread_count, help="CPU threads for torch (default: one per core, fewer when "
+                   "other processes keep cores busy at start-up)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -419,7 +421,8 @@ def _add_reflow_parser(subparsers) -> None:
     train.add_argument("--checkpoint-every", type=int_in(1, 10**9), help="steps between checkpoints (default: the "
                        "teacher's)")
     train.add_argument("--seed", type=int_in(*SEED), help="training seed (default: the teacher's)")
-    p.add_argument("--threads", type=int_in(1, 1024), help="torch CPU threads")
+    p.add_argument("--threads", type=thread_count, help="CPU threads for torch (default: one per core, fewer when "
+                   "other processes keep cores busy at start-up)")
     p.add_argument("--device", type=device_name, default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
 
@@ -483,10 +486,6 @@ def _train(args: argparse.Namespace) -> int:
         from genladder.training.tensorboard import check_tensorboard
 
         check_tensorboard()  # before the data is read: a missing extra is a one-line error, not a late one
-    if "threads" in given:
-        import torch
-
-        torch.set_num_threads(given["threads"])
     def announce() -> None:
         if "resume" in given:
             print(f"genladder: resuming {run_dir} ({config.kind}, {config.preset} preset)", file=sys.stderr)
@@ -517,10 +516,6 @@ def _reflow(args: argparse.Namespace) -> int:
     if (run_dir / CONFIG).exists():
         raise GenladderError(f"{run_dir} already holds a run; continue its training with 'genladder train --resume "
                              f"{run_dir}'")
-    if "threads" in given:
-        import torch
-
-        torch.set_num_threads(given["threads"])
     teacher = load_run(args.teacher, weights=args.weights, device=args.device)
     if not teacher.config.rung.flow:
         raise GenladderError(f"reflow needs a flow or cflow run as the teacher; {args.teacher} is a {teacher.kind} run")
@@ -689,12 +684,16 @@ COMPUTE_VERBS = ("train", "sample", "trajectory", "guidance-sweep", "evaluate", 
                  "reflow")
 
 
-def _avoid_contention() -> None:
-    """Fewer torch threads when other processes keep cores busy (genladder.runtime.avoid_contention), said once."""
+def _set_threads(threads: int | None) -> None:
+    """--threads for every verb that runs a network; without it, fewer threads when other processes keep cores busy
+    (genladder.runtime.avoid_contention), said once."""
     import torch
 
     from genladder.runtime import avoid_contention
 
+    if threads is not None:
+        torch.set_num_threads(threads)
+        return
     cores = torch.get_num_threads()
     threads = avoid_contention()
     if threads is not None:
@@ -709,8 +708,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()  # faster CPU steps: see genladder.runtime
     try:
         args = _parse(build_parser(), sys.argv[1:] if argv is None else [str(a) for a in argv])
-        if args.command in COMPUTE_VERBS and getattr(args, "threads", None) is None:
-            _avoid_contention()
+        if args.command in COMPUTE_VERBS:
+            _set_threads(getattr(args, "threads", None))
         if args.command == "train":
             return _train(args)
         if args.command == "evaluate":
