@@ -168,6 +168,14 @@ class TestDensityCoverage:
 
 
 class TestSimpleMetrics:
+    def test_stderr_of_mean_is_the_formula_and_unknown_for_one_image(self):
+        from genladder.evaluate.metrics import stderr_of_mean
+
+        values = torch.tensor([1.0, 2.0, 4.0, 7.0])
+        spread = math.sqrt(sum((v - 3.5) ** 2 for v in (1, 2, 4, 7)) / 3)  # the sample (n − 1) deviation
+        assert stderr_of_mean(values) == pytest.approx(spread / 2, rel=1e-12)
+        assert stderr_of_mean(torch.tensor([5.0])) is None  # not 0: one digit says nothing of the spread
+
     def test_conditional_accuracy_and_histogram(self):
         predicted, requested = torch.tensor([0, 1, 1, 2, 2, 2]), torch.tensor([0, 1, 2, 2, 2, 0])
         accuracy = conditional_accuracy(predicted, requested, 4)

@@ -51,6 +51,7 @@ from genladder.evaluate.metrics import (
     nearest_neighbour_distances,
     precision_recall,
     reconstruction_error,
+    stderr_of_mean,
 )
 from genladder.pipeline import sample_images
 from genladder.rungs import decode_image, encode_mean, rung
@@ -194,11 +195,11 @@ def _autoencoder_likelihoods(run: Run, test: torch.Tensor, test_labels: torch.Te
     ])
     seconds = time.perf_counter() - start
     result["neg_elbo_nats"] = elbo.mean().item()
-    result["neg_elbo_stderr"] = _stderr(elbo)
+    result["neg_elbo_stderr"] = stderr_of_mean(elbo)
     # stderr: the spread of the per-digit bounds over the digits measured (the test set's sampling error, which
     # dominates the importance sampling's own at k in the thousands).
     gap = elbo[chosen] - iwae  # how much the k draws tighten each digit's one-draw −ELBO (paired, so low-variance)
-    result["iwae_nll_nats"] = {"value": iwae.mean().item(), "stderr": _stderr(iwae), "k": evaluation.iwae_k,
+    result["iwae_nll_nats"] = {"value": iwae.mean().item(), "stderr": stderr_of_mean(iwae), "k": evaluation.iwae_k,
                                "images": iwae_count, "subset_seed": evaluation.seed if iwae_count < len(test) else None,
                                "seconds": seconds, "neg_elbo_same_images": elbo[chosen].mean().item()}
     if iwae_count < len(test):
@@ -207,15 +208,15 @@ def _autoencoder_likelihoods(run: Run, test: torch.Tensor, test_labels: torch.Te
         # error is the two independent parts' (the gap varies far less between digits than the bound does).
         result["iwae_nll_nats"]["whole_test_set_estimate"] = {
             "value": (elbo.mean() - gap.mean()).item(),
-            "stderr": math.sqrt(_stderr(elbo) ** 2 + _stderr(gap) ** 2), "digits": len(test)}
+            "stderr": _independent_sum_stderr(stderr_of_mean(elbo), stderr_of_mean(gap)), "digits": len(test)}
     result["pixels"] = run.config.data.binarized_label
     result["likelihood"] = run.config.model.likelihood
     return result
 
 
-def _stderr(values: torch.Tensor) -> float:
-    """Standard error of a mean over the digits measured (0 for a single digit)."""
-    return (values.double().std() / math.sqrt(len(values))).item() if len(values) > 1 else 0.0
+def _independent_sum_stderr(*errors: float | None) -> float | None:
+    """The standard error of a sum of independent estimates; None when any part's is unknown."""
+    return None if None in errors else math.sqrt(sum(error ** 2 for error in errors))
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ import torch
 
 from genladder.diffusion import NoiseSchedule
 from genladder.errors import GenladderError
+from genladder.evaluate.metrics import stderr_of_mean
 from genladder.models.autoencoders import VAE
 from genladder.objectives import gaussian_kl, iwae_log_weights, log_mean_exp, reconstruction_nll
 
@@ -180,6 +181,6 @@ def ddpm_bits_per_dim(
     for variance, nats in per_image.items():
         bits = nats / (dims * math.log(2))
         result[variance] = bits.mean().item()
-        result[f"{variance}_stderr"] = (bits.std() / math.sqrt(num_images)).item() if num_images > 1 else None
+        result[f"{variance}_stderr"] = stderr_of_mean(bits)
     result.update(images=num_images, timesteps=len(strata), T=T, dims=dims)
     return result

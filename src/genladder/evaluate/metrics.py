@@ -14,6 +14,14 @@ import torch
 from genladder.errors import GenladderError
 
 
+def stderr_of_mean(values: torch.Tensor) -> float | None:
+    """The standard error of the mean of per-image ``values``: their sample standard deviation over √n. None for
+    a single image, whose spread is unknown (0 would claim an exact figure)."""
+    if len(values) < 2:
+        return None
+    return (values.double().std() / math.sqrt(len(values))).item()
+
+
 def _check_features(features: torch.Tensor, what: str, minimum: int = 2) -> None:
     if features.dim() != 2:
         raise GenladderError(f"{what} must be a (N, D) matrix of feature vectors, got shape {tuple(features.shape)}")

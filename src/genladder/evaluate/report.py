@@ -48,12 +48,12 @@ def _iwae(result: dict) -> str:
     """A VAE's IWAE bound, saying what it is a likelihood of: binarised digits (with the test set's seed), or
     grey levels as Bernoulli targets, a cross-entropy (every eval.json written before binarisation existed)."""
     iwae = result["iwae_nll_nats"]
-    spread = f" ± {iwae['stderr']:.2f}" if "stderr" in iwae else ""
+    spread = f" ± {iwae['stderr']:.2f}" if iwae.get("stderr") is not None else ""
     pixels = result.get("pixels", "grey levels")
     what = ("grey-level cross-entropy" if pixels == "grey levels" and result["likelihood"] == "bernoulli"
             else f"{result['likelihood']}, {pixels}")
     whole = iwae.get("whole_test_set_estimate")
-    extra = (f"; whole test set ≈ {whole['value']:.2f} ± {whole['stderr']:.2f} from its −ELBO less the gap"
+    extra = (f"; whole test set ≈ {whole['value']:.2f} ± {_fmt(whole['stderr'], '.2f')} from its −ELBO less the gap"
              if whole else "")
     return f"≤ {iwae['value']:.1f}{spread} nats (IWAE k={iwae['k']}, {iwae['images']} digits{extra}; {what})"
 

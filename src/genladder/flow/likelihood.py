@@ -225,6 +225,9 @@ def flow_bits_per_dim(
     probes; None for the exact divergence or one probe), "nats" (mean per image), "images", "steps",
     "solver", "divergence", "probes", "levels", "dims", "dequantized"}: JSON-able as it is.
     """
+    # (imported here: at module level it is an import cycle, genladder.evaluate -> rungs -> flow -> evaluate)
+    from genladder.evaluate.metrics import stderr_of_mean
+
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
         raise GenladderError(f"levels must be a whole number >= 2, got {levels!r}")
     if images.dim() < 2 or len(images) == 0:
@@ -257,7 +260,7 @@ def flow_bits_per_dim(
         hutchinson = (result.stderr.square().sum().sqrt() / num_images / (dims * math.log(2))).item()
     return {
         "bits_per_dim": bits.mean().item(),
-        "stderr": (bits.std() / math.sqrt(num_images)).item() if num_images > 1 else None,
+        "stderr": stderr_of_mean(bits),
         "hutchinson_stderr": hutchinson,
         "nats": nats.mean().item(),
         "images": num_images,
