@@ -41,6 +41,8 @@ from genladder.sampling import SAMPLERS
 from genladder.training.progress import LOG_FORMATS
 
 SUPPRESS = argparse.SUPPRESS
+# One help text for --threads on every verb in COMPUTE_VERBS (cli._set_threads reads the flag).
+THREADS_HELP = "CPU threads for torch (default: one per core, fewer when other processes keep cores busy at start-up)"
 # How the last line of 'train' names the test-set figures of the objectives (genladder.objectives and
 # genladder.diffusion.objective); a name not listed is shown with its underscores as spaces.
 TEST_FIGURE_NAMES = {"loss_sum_px": "loss summed over pixels", "label_drop_frac": "share of labels dropped",
@@ -202,8 +204,7 @@ def _add_train_parser(subparsers) -> None:
                      "warm-up of about a minute on CPU)")
     run.add_argument("--precision", choices=("fp32", "bf16"), help="fp32 (default) or bf16 autocast (GPUs, and "
                      "CPUs with AMX; slower on other CPUs)")
-    run.add_argument("--threads", type=thread_count, help="CPU threads for torch (default: one per core, fewer "
-                     "when other processes keep cores busy at start-up)")
+    run.add_argument("--threads", type=thread_count, help=THREADS_HELP)
 
 
 def _add_figure_parsers(subparsers) -> None:
@@ -317,8 +318,7 @@ def _add_sampling_options(p: argparse.ArgumentParser, guidance: bool = True) -> 
     p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
                    help="EMA weights when the run has them (auto), or the raw ones")
     p.add_argument("--device", type=device_name, default="auto", help="auto (default), cpu or cuda")
-    p.add_argument("--threads", type=thread_count, help="CPU threads for torch (default: one per core, fewer when "
-                   "other processes keep cores busy at start-up)")
+    p.add_argument("--threads", type=thread_count, help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -421,8 +421,7 @@ def _add_reflow_parser(subparsers) -> None:
     train.add_argument("--checkpoint-every", type=int_in(1, 10**9), help="steps between checkpoints (default: the "
                        "teacher's)")
     train.add_argument("--seed", type=int_in(*SEED), help="training seed (default: the teacher's)")
-    p.add_argument("--threads", type=thread_count, help="CPU threads for torch (default: one per core, fewer when "
-                   "other processes keep cores busy at start-up)")
+    p.add_argument("--threads", type=thread_count, help=THREADS_HELP)
     p.add_argument("--device", type=device_name, default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
 
