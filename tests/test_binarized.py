@@ -261,6 +261,12 @@ class TestRuns:
         old = {"kind": "vae", "likelihood": "bernoulli", "iwae_nll_nats": {"value": 99.9, "k": 100, "images": 1000}}
         assert _likelihood(old) == "≤ 99.9 nats (IWAE k=100, 1000 digits; grey-level cross-entropy)"
 
+    def test_an_unknown_standard_error_prints_a_dash_as_the_whole_set_estimate_does(self):
+        one_digit = {"kind": "vae", "likelihood": "bernoulli", "pixels": "binarised (dynamic; test set seed 0)",
+                     "iwae_nll_nats": {"value": 90.0, "k": 5000, "images": 1, "stderr": None,
+                                       "whole_test_set_estimate": {"value": 91.0, "stderr": None}}}
+        assert _likelihood(one_digit).startswith("≤ 90.0 ± – nats (IWAE k=5000, 1 digits; whole test set ≈ 91.00 ± –")
+
     @pytest.mark.parametrize(("argv", "message"), [
         (["train", "ddpm", "--binarize", "static"], "--binarize applies to the autoencoders"),
         (["train", "vae", "--binarize-seed", "2"], "add --binarize static"),

@@ -48,7 +48,9 @@ def _iwae(result: dict) -> str:
     """A VAE's IWAE bound, saying what it is a likelihood of: binarised digits (with the test set's seed), or
     grey levels as Bernoulli targets, a cross-entropy (every eval.json written before binarisation existed)."""
     iwae = result["iwae_nll_nats"]
-    spread = f" ± {iwae['stderr']:.2f}" if iwae.get("stderr") is not None else ""
+    # An unknown standard error (one digit) prints "–", as the whole-set estimate's does; an eval.json written
+    # before standard errors were recorded has no key and prints none.
+    spread = f" ± {_fmt(iwae['stderr'], '.2f')}" if "stderr" in iwae else ""
     pixels = result.get("pixels", "grey levels")
     what = ("grey-level cross-entropy" if pixels == "grey levels" and result["likelihood"] == "bernoulli"
             else f"{result['likelihood']}, {pixels}")
