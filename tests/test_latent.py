@@ -64,6 +64,22 @@ class TestNetwork:
         with pytest.raises(GenladderError, match="scale must be positive"):
             _config(scale=0.0)
 
+    def test_per_channel_shift_and_scale_apply_to_their_channel_and_invert(self):
+        torch.manual_seed(0)
+        config = _config(latent_mean=[0.5, -1.0], scale=[2.0, 0.25])
+        assert LatentModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+        model = LatentGenerator(config)
+        x, y = torch.rand(3, 1, 32, 32), torch.tensor([1, 2, 3])
+        codes = model.autoencoder.encode(x, y).mu.view(3, 2, 8, 8)
+        z = model.encode(x, y)
+        assert torch.allclose(z[:, 0], (codes[:, 0] - 0.5) * 2.0) and torch.allclose(z[:, 1], (codes[:, 1] + 1) / 4)
+        expected = model.autoencoder.output_to_image(model.autoencoder.decode(codes.flatten(1), y))
+        assert torch.allclose(model.decode(z, y), expected, atol=1e-6)
+        with pytest.raises(GenladderError, match="scale has 3 numbers for 2 latent channels"):
+            _config(scale=[1.0, 1.0, 1.0])
+        with pytest.raises(GenladderError, match="scale must be positive"):
+            _config(scale=[1.0, -1.0])
+
     def test_encode_decode_is_the_autoencoders_and_the_autoencoder_is_frozen(self):
         torch.manual_seed(0)
         config = _config(latent_mean=0.25)
@@ -116,9 +132,12 @@ class TestRuns:
         assert config["model"]["denoiser"]["in_channels"] == 2 and config["model"]["denoiser"]["image_size"] == 8
         stored = load_file(latent_runs["flow"] / "latents.safetensors")
         assert stored["train"].shape == (512, 2, 8, 8) and stored["test"].shape == (64, 2, 8, 8)
-        # the scale was measured on these training digits: mean 0, variance 1 after the shift and the scale
-        train = stored["train"]
-        assert abs(train.mean().item()) < 1e-3 and train.std().item() == pytest.approx(1.0, abs=1e-3)
+        # each channel's shift and scale were measured on these training digits: every channel has mean 0 and
+        # variance 1 after them (one pooled figure would leave a quiet channel below the path's unit noise)
+        train = stored["train"].transpose(0, 1).flatten(1)  # (C, N·h·w)
+        assert len(config["model"]["scale"]) == len(config["model"]["latent_mean"]) == 2
+        assert train.mean(1).abs().max().item() < 1e-3
+        assert train.std(1).tolist() == pytest.approx([1.0, 1.0], abs=1e-3)
         assert "schedule" in json.loads((latent_runs["diffusion"] / "config.json").read_text())["objective"]
 
     @pytest.mark.parametrize("denoiser,sampler", [("flow", "heun"), ("flow", "euler"), ("diffusion", "dpmpp")])
@@ -170,6 +189,50 @@ class TestRuns:
         assert run_cli(capsys, *argv)[0] == 0
         losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl").records if r.get("split") == "train"]
         assert losses[-1] < 0.75 * losses[0], losses
+
+
+class TestReflow:
+    def test_a_latent_flow_reflows_on_latent_pairs(self, latent_runs, tmp_path, capsys):
+        """The pairs are the teacher's latents (undecoded, unclipped) at exactly the sampler's noise; the student is
+        a latent flow started from the teacher that trains on them, resumes, and samples decoded digits."""
+        import numpy as np
+
+        from genladder.flow.reflow import pair_noise
+        from genladder.reflow_pairs import read_pairs
+        from genladder.runs import load_run, read_run_config
+        from genladder.sampling import velocity_function
+
+        run_dir = tmp_path / "reflowed"
+        code, _, err = run_cli(capsys, "reflow", latent_runs["flow"], "--run-dir", run_dir, "--pairs", 40,
+                               "--teacher-sampler", "euler", "--teacher-steps", 2, "--guidance", 1, "--steps", 2,
+                               "--batch-size", 8, "--no-progress")
+        assert code == 0, err
+        config = read_run_config(run_dir)
+        assert config.kind == "latent" and config.family == "flow" and config.objective.reflow.guidance == 1.0
+        pairs, labels = read_pairs(run_dir, config.objective.reflow, (2, 8, 8), 10)
+        assert pairs.shape == (40, 4, 8, 8) and torch.equal(pairs[:, 2:], pair_noise(config.objective.reflow,
+                                                                                      (2, 8, 8), 0, 40))
+        assert pairs[:, :2].abs().max() > 1  # latents: nothing clipped them to a pixel range
+        teacher = load_run(latent_runs["flow"])
+        x = pairs[:3, 2:].clone()
+        velocity = velocity_function(teacher.model, teacher.config, labels[:3], guidance=1.0)
+        with torch.no_grad():
+            for t in (1.0, 0.5):
+                x = x - 0.5 * velocity(x, torch.full((3,), t, dtype=torch.float64))
+        assert torch.allclose(x, pairs[:3, :2], atol=1e-5)  # two Euler steps of the guided teacher, undecoded
+        assert not (run_dir / "latents.safetensors").exists()  # trained on the pairs, not on encoded digits
+        assert run_cli(capsys, "train", "--resume", run_dir, "--steps", 3, "--no-progress")[0] == 0
+        out = tmp_path / "s.npz"
+        code, _, err = run_cli(capsys, "sample", run_dir, "--n", 4, "--sampler", "euler", "--steps", 1, "--out", out,
+                               "--no-progress")
+        assert code == 0, err
+        images = np.load(out)["images"]
+        assert images.shape == (4, 1, 32, 32) and images.min() >= -1 and images.max() <= 1
+
+    def test_a_latent_diffusion_teacher_is_refused(self, latent_runs, tmp_path, capsys):
+        code, _, err = run_cli(capsys, "reflow", latent_runs["diffusion"], "--run-dir", tmp_path / "r")
+        assert code == 2 and err.count("\n") == 1
+        assert "reflow needs a flow, cflow or latent flow run as the teacher" in err and "--denoiser diffusion" in err
 
 
 class TestRefusals:

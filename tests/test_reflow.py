@@ -155,7 +155,7 @@ class TestReflowCommand:
 
         assert run_cli(capsys, *tiny_diffusion_args("ddpm", tmp_path / "d", mini_mnist))[0] == 0
         code, _, err = run_cli(capsys, "reflow", tmp_path / "d", "--run-dir", tmp_path / "r")
-        assert code == 2 and "reflow needs a flow or cflow run as the teacher" in err
+        assert code == 2 and "reflow needs a flow, cflow or latent flow run as the teacher" in err
 
     def test_other_pair_settings_are_refused(self, flow_runs, tmp_path):  # noqa: F811
         from genladder.reflow_pairs import check_pairs_folder

@@ -387,13 +387,14 @@ def _add_evaluate_parsers(subparsers) -> None:
 
 def _add_reflow_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "reflow", help="flow/cflow: straighten a trained flow on its own (noise, sample) pairs, for 1-4-step "
-        "sampling", argument_default=SUPPRESS,
+        "reflow", help="flow/cflow/latent flow: straighten a trained flow on its own (noise, sample) pairs, for "
+        "1-4-step sampling", argument_default=SUPPRESS,
         description="Reflow (Liu et al. 2023, 2-rectified flow): draw (noise, sample) pairs with a trained flow "
         "(the teacher), then fine-tune a copy of it on the straight lines between them. The pairs are kept in "
         "the run folder; a stopped run continues with 'genladder reflow' again (drawing) or 'genladder train "
         "--resume' (training).")
-    p.add_argument("teacher", help="a trained flow or cflow run folder")
+    p.add_argument("teacher", help="a trained flow, cflow or latent (--denoiser flow) run folder; a latent "
+                   "teacher's pairs are latents")
     p.add_argument("--run-dir", required=True, help="the reflowed run's folder (pairs and training)")
     pairs = p.add_argument_group("the pairs")
     pairs.add_argument("--pairs", type=int_in(20, 10**7), default=10_000, help="(noise, sample) pairs to draw "
@@ -516,8 +517,10 @@ def _reflow(args: argparse.Namespace) -> int:
         raise GenladderError(f"{run_dir} already holds a run; continue its training with 'genladder train --resume "
                              f"{run_dir}'")
     teacher = load_run(args.teacher, weights=args.weights, device=args.device)
-    if not teacher.config.rung.flow:
-        raise GenladderError(f"reflow needs a flow or cflow run as the teacher; {args.teacher} is a {teacher.kind} run")
+    if teacher.config.family != "flow":  # flow, cflow, or a latent run with --denoiser flow
+        what = "a latent diffusion (--denoiser diffusion)" if teacher.config.rung.latent else f"a {teacher.kind}"
+        raise GenladderError(f"reflow needs a flow, cflow or latent flow run as the teacher; {args.teacher} is "
+                             f"{what} run")
     if not hasattr(teacher.config, "train"):
         raise GenladderError(f"reflow needs the teacher's run folder (its data and recipe), not a model file: "
                              f"{args.teacher}")

@@ -2,9 +2,10 @@
 digits encoded once into ``latents.safetensors`` in the run folder.
 
 The autoencoder is frozen, so every digit's latent is fixed: encoding the training set once (at the start of
-a run; a resume reads the file) makes each step a step of the U-Net alone. The scale is measured on the
-training digits' latents before the run starts and written into config.json (Rombach et al. 2022, §G:
-"we rescale the latents to unit standard deviation"; Stable Diffusion's 0.18215 is such a factor).
+a run; a resume reads the file) makes each step a step of the U-Net alone. The shift and scale of each latent
+channel are measured on the training digits' latents before the run starts and written into config.json
+(Rombach et al. 2022, §G: "we rescale the latents to unit standard deviation"; Stable Diffusion's 0.18215 is
+such a factor; here one per channel, as an autoencoder's channels can differ threefold in spread).
 """
 
 from __future__ import annotations
@@ -67,15 +68,17 @@ def _in_batches(encode, images: torch.Tensor, labels: torch.Tensor | None, devic
     return torch.cat(parts)
 
 
-def latent_statistics(autoencoder, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[float, float]:
-    """(mean, standard deviation) of every latent number over the first STATISTICS_IMAGES training digits: their
-    flat codes (the posterior mean of a VAE)."""
+def latent_statistics(autoencoder, images: torch.Tensor, labels: torch.Tensor | None
+                      ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(means, standard deviations) of each latent channel over the first STATISTICS_IMAGES training digits and
+    all positions: their codes (the posterior mean of a VAE) as (N, C, h, w)."""
     from genladder.rungs import encode_mean
 
     codes = _in_batches(lambda x, y: encode_mean(autoencoder.kind, autoencoder.model, x, y),
                         images[:STATISTICS_IMAGES], labels[:STATISTICS_IMAGES] if labels is not None else None)
-    codes = codes.double()
-    return codes.mean().item(), codes.std().item()
+    channels = codes.double().view(len(codes), autoencoder.config.model.latent_channels, -1).transpose(0, 1)
+    per_channel = channels.flatten(1)  # (C, N·h·w)
+    return tuple(per_channel.mean(1).tolist()), tuple(per_channel.std(1).tolist())
 
 
 def latent_training_data(run_dir: str | Path, config, model, pixels: TrainingData, resume: bool, load_run,

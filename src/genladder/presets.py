@@ -190,12 +190,13 @@ LATENT_PRESETS = tuple(_LATENT_UNET)
 DENOISERS = ("flow", "diffusion")
 
 
-def latent_config(preset: str, given: dict, autoencoder, statistics: tuple[float, float], in_channels: int = 1,
-                  image_size: int = 32, num_classes: int = 10) -> tuple[dict, dict, dict]:
+def latent_config(preset: str, given: dict, autoencoder, statistics: tuple[tuple[float, ...], tuple[float, ...]],
+                  in_channels: int = 1, image_size: int = 32, num_classes: int = 10) -> tuple[dict, dict, dict]:
     """(model config, objective config, training defaults) of the latent rung: a U-Net over the latent of
     ``autoencoder`` (a loaded ae/vae/cvae run with a spatial latent), a flow's or a diffusion's objective
-    (``--denoiser``), and the recipe of the pixel-space preset of the same name. ``statistics``: the latents'
-    (mean, standard deviation) over training digits, which set the shift and the scale to unit variance."""
+    (``--denoiser``), and the recipe of the pixel-space preset of the same name. ``statistics``: the latent
+    channels' (means, standard deviations) over training digits, which set each channel's shift and its scale to
+    unit variance."""
     from genladder.models.latent import LatentModelConfig
 
     if preset not in _LATENT_UNET:
@@ -217,7 +218,7 @@ def latent_config(preset: str, given: dict, autoencoder, statistics: tuple[float
         if flag in given:
             unet[flag] = given[flag]
     mean, std = statistics
-    model = LatentModelConfig(autoencoder=latent, denoiser=UNetConfig.from_dict(unet), scale=1.0 / std,
+    model = LatentModelConfig(autoencoder=latent, denoiser=UNetConfig.from_dict(unet), scale=tuple(1 / s for s in std),
                               autoencoder_run=str(given["autoencoder"]), latent_mean=mean,
                               autoencoder_checkpoint=autoencoder.checkpoint.name).to_dict()
     recipe = _LATENT_RECIPE.get(preset, preset)

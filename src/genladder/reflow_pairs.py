@@ -4,7 +4,8 @@ The maths (the paired objective, ``ReflowConfig``, what pair i's noise is) is ``
 module is the runs layer's part of ``genladder reflow``. The pairs live in the student's run folder,
 ``reflow-pairs/``, in chunks of ``CHUNK`` written atomically: a killed ``genladder reflow`` draws only the chunks
 it had not finished. The noise is not stored: it is drawn again from the seed (``pair_noise``), so a chunk holds
-the teacher's samples alone.
+the teacher's samples alone. A latent teacher's pairs are latents (its noise and the latent its ODE ends at,
+undecoded): the student is a flow in the same latent space.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _chunks(run_dir: Path, reflow: ReflowConfig):
 def draw_pairs(teacher, reflow: ReflowConfig, run_dir: str | Path, batch_size: int = 100,
                progress: bool = True) -> int:
     """Draw the pairs chunk by chunk into ``run_dir/reflow-pairs/``; chunks already there are kept. ``teacher`` is
-    a loaded flow run (genladder.runs.Run). Returns how many chunks were drawn now."""
+    a loaded flow run (genladder.runs.Run; a latent one's samples are kept as latents). Returns how many chunks
+    were drawn now."""
     run_dir = Path(run_dir)
     (run_dir / PAIRS_DIR).mkdir(parents=True, exist_ok=True)
     sampler = SamplerConfig(sampler=reflow.sampler, steps=reflow.steps, guidance=reflow.guidance,
@@ -47,7 +49,7 @@ def draw_pairs(teacher, reflow: ReflowConfig, run_dir: str | Path, batch_size: i
             continue
         part = labels[first : first + count] if labels is not None else None
         images = generate(teacher.model, teacher.config, count, sampler, labels=part, seed=reflow.seed,
-                          first_index=first, progress=progress).float().cpu()
+                          first_index=first, progress=progress, decode=False).float().cpu()
         atomic_write_bytes(path, save({"images": images.contiguous()}))
         drawn += 1
     return drawn
@@ -55,7 +57,8 @@ def draw_pairs(teacher, reflow: ReflowConfig, run_dir: str | Path, batch_size: i
 
 def read_pairs(run_dir: str | Path, reflow: ReflowConfig, image_shape: tuple[int, ...],
                num_classes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """All pairs as one tensor (N, 2C, H, W), x₀ in the first C channels and ε in the last C, and their labels."""
+    """All pairs as one tensor (N, 2C, H, W), x₀ in the first C channels and ε in the last C, and their labels.
+    ``image_shape``: what the flow integrates, (C, H, W) (a latent run's latent shape)."""
     run_dir = Path(run_dir)
     parts = []
     for path, first, count in _chunks(run_dir, reflow):
@@ -76,9 +79,9 @@ def read_pairs(run_dir: str | Path, reflow: ReflowConfig, image_shape: tuple[int
 
 def reflow_training_data(run_dir: str | Path, config):
     """The training loop's data for a reflowed run (genladder.run_config.RunConfig): the pairs, the last
-    ``TEST_SHARE`` of them held out; in the model's range already (x₀ in [−1, 1], ε as drawn)."""
+    ``TEST_SHARE`` of them held out; in the model's range already (x₀ in [−1, 1] or a scaled latent, ε as drawn)."""
     reflow = config.objective.reflow
-    pairs, labels = read_pairs(run_dir, reflow, config.image_shape, config.num_classes)
+    pairs, labels = read_pairs(run_dir, reflow, config.noise_shape, config.num_classes)
     split = reflow.pairs - reflow.test_count
     no_labels = torch.zeros(len(pairs), dtype=torch.int64)  # the loop indexes labels; an unconditional run ignores them
     labels = labels if labels is not None else no_labels

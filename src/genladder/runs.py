@@ -156,7 +156,8 @@ def run_training(
         check_same_data(config.facts, data_config)
     with distributed.session(pick_device(device)) as ctx, contextlib.ExitStack() as held:
         with ctx.local_main_first():  # one download per machine at most
-            if getattr(config.objective, "reflow", None) is not None:  # the teacher's pairs, in the run folder
+            reflowed = getattr(config.objective, "reflow", None) is not None
+            if reflowed:  # the teacher's pairs, in the run folder (a latent teacher's are latents already)
                 from genladder.reflow_pairs import reflow_training_data
 
                 data = reflow_training_data(run_dir, config)
@@ -194,7 +195,7 @@ def run_training(
         model = build_model_checked(kind, config.model, run_dir / CONFIG).to(ctx.device)
         if initial_state is not None and not resume:
             model.load_state_dict(initial_state)
-        if config.rung.latent:  # the digits as latents of the frozen autoencoder (whose weights it loads)
+        if config.rung.latent and not reflowed:  # the digits as latents of the frozen autoencoder (its weights loaded)
             from genladder.latent_data import latent_training_data
 
             data = latent_training_data(run_dir, config, model, data, resume, load_run, write=ctx.is_main)

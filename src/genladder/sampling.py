@@ -178,6 +178,7 @@ def generate(
     first_index: int = 0,
     progress: bool = False,
     callback=None,
+    decode: bool = True,
 ) -> torch.Tensor:
     """Draw n images in [−1, 1], shape (n, C, H, W), from a trained diffusion or flow network (eval mode).
 
@@ -185,7 +186,8 @@ def generate(
     generator seeded from (``seed``, i) (genladder.noise): the same seed gives the same images at any batch size.
     ``callback(step, t, x_t, x0_hat)``: t is the diffusion timestep (an int) or the flow time (a float in [0, 1]).
     The latent rung integrates in its autoencoder's latent space and decodes at the end (and decodes x_t and x̂₀
-    for the callback, so that it sees images there too).
+    for the callback, so that it sees images there too); with ``decode=False`` it returns the scaled latents
+    themselves, (n, c, h, w) and unclipped (reflow's pairs of a latent teacher).
     """
     flow = description.family == "flow"
     latent = description.rung.latent
@@ -216,6 +218,9 @@ def generate(
             eps_fn = eps_function(model, description, schedule, batch_labels, sampler.guidance,
                                   sampler.guidance_interval)
             images = run_sampler(eps_fn, schedule, x_T, sampler, generators, callback=tick, clip_x0=not latent)
+        if latent and not decode:  # latents have no range to clip to
+            outputs.append(images)
+            continue
         if latent:  # D(z / scale): the frozen autoencoder's decoder, [0, 1] -> the [−1, 1] of every sampler's output
             images = model.decode(images, batch_labels) * 2 - 1
         outputs.append(images.clamp(-1, 1))

@@ -31,16 +31,27 @@ class LatentModelConfig:
 
     autoencoder: AutoencoderConfig  # its network (a spatial latent: latent_channels set)
     denoiser: UNetConfig  # over the scaled latents (in_channels = C, image_size = h)
-    scale: float  # latents are multiplied by this (1 / their standard deviation over training digits)
+    # Latents are shifted by ``latent_mean`` and multiplied by ``scale`` (1 / their standard deviation over training
+    # digits): one number for every latent channel (runs before genladder 0.5), or one per channel, so that every
+    # channel, not only their pool, has unit variance against the path's unit noise (an AE's channels differ 3x).
+    scale: float | tuple[float, ...]
     autoencoder_run: str = ""  # the run folder the autoencoder's weights came from (a record; never read again)
     autoencoder_checkpoint: str = ""
-    latent_mean: float = 0.0  # the latents' mean over training digits (subtracted before scaling)
+    latent_mean: float | tuple[float, ...] = 0.0
 
     def __post_init__(self) -> None:
         if self.autoencoder.latent_channels is None:
             raise GenladderError("the latent rung needs an autoencoder with a spatial latent (trained with "
                                  "--latent-channels, e.g. 4)")
-        if not self.scale > 0:
+        for name in ("scale", "latent_mean"):  # JSON gives lists; frozen, so normalised once, here
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                value = tuple(float(v) for v in value)
+                if len(value) != self.autoencoder.latent_channels:
+                    raise GenladderError(f"the latent {name} has {len(value)} numbers for "
+                                         f"{self.autoencoder.latent_channels} latent channels")
+                object.__setattr__(self, name, value)
+        if not all(s > 0 for s in _per_channel(self.scale)):
             raise GenladderError(f"the latent scale must be positive, got {self.scale}")
         if (self.denoiser.in_channels, self.denoiser.image_size, self.denoiser.image_size) != self.latent_shape:
             raise GenladderError(f"the denoiser reads {self.denoiser.in_channels}×{self.denoiser.image_size}×"
@@ -74,6 +85,10 @@ class LatentModelConfig:
         return config_from_dict(cls, values, nested={"autoencoder": AutoencoderConfig, "denoiser": UNetConfig})
 
 
+def _per_channel(value: float | tuple[float, ...]) -> tuple[float, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
 class LatentGenerator(nn.Module):
     """A frozen autoencoder and the U-Net over its scaled latents; ``forward`` is the U-Net's."""
 
@@ -83,6 +98,9 @@ class LatentGenerator(nn.Module):
         self.autoencoder = AUTOENCODER_CLASSES[config.autoencoder.kind](config.autoencoder)
         self.autoencoder.requires_grad_(False)
         self.denoiser = UNet(config.denoiser)
+        # (1, C, 1, 1) or (1, 1, 1, 1): plain tensors, not buffers, as config.json (not the weights file) holds them
+        self._shift = torch.tensor(_per_channel(config.latent_mean), dtype=torch.float32).view(1, -1, 1, 1)
+        self._scale = torch.tensor(_per_channel(config.scale), dtype=torch.float32).view(1, -1, 1, 1)
 
     @property
     def num_classes(self) -> int:
@@ -113,12 +131,13 @@ class LatentGenerator(nn.Module):
         # imports this module
         codes = self.autoencoder.encode(images, self._conditioning(labels)).mu if self._variational else \
             self.autoencoder.encode(images)
-        return (codes.view(len(images), *self.config.latent_shape) - self.config.latent_mean) * self.config.scale
+        latents = codes.view(len(images), *self.config.latent_shape)
+        return (latents - self._shift.to(latents)) * self._scale.to(latents)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled latents (B, c, h, w) -> images in [0, 1] (B, C, H, W): D(z / scale + mean)."""
-        codes = (latents / self.config.scale + self.config.latent_mean).flatten(1)
+        codes = (latents / self._scale.to(latents) + self._shift.to(latents)).flatten(1)
         output = self.autoencoder.decode(codes, self._conditioning(labels)) if self._variational else \
             self.autoencoder.decode(codes)
         return self.autoencoder.output_to_image(output)
