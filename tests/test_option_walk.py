@@ -160,7 +160,8 @@ TRAIN_VALUES = {
     "--adam-beta2": [0.9, 0.95], "--weight-decay": [0.01, 0.1], "--seed": [1, 2], "--grad-clip": [0.5, 2],
     "--time-budget": ["5m", "7m"], "--checkpoint-every": [10, 20], "--keep-checkpoints": [3, 4],
     "--log-every": [10, 20], "--compile": [None], "--dataset": ["fashion-mnist"],
-    "--k": [2, 5], "--kl-warmup-images": [100, 1000], "--binarize-seed": [1, 2], "--test-binarize-seed": [1, 2],
+    "--k": [2, 5], "--kl-warmup-images": [100, 1000], "--prior-components": [2, 5], "--binarize-seed": [1, 2],
+    "--test-binarize-seed": [1, 2],
 }
 # How to run, not what the run is (never in config.json), or covered by the baseline itself.
 TRAIN_NOT_WALKED = {

@@ -95,6 +95,9 @@ def _add_train_parser(subparsers) -> None:
                        "for latent diffusion, in place of the dense --latent-dim bottleneck (codes stay flat: "
                        "C·64 numbers at 32 px)")
     model.add_argument("--width", type=int_in(1, MAX_WIDTH), help="conv filters of the AE/VAE/CVAE (tutorial: 64)")
+    model.add_argument("--prior-components", type=int_in(0, 10_000), metavar="K",
+                       help="VAE: a VampPrior (Tomczak & Welling 2018) of K learned pseudo-inputs in place of the "
+                       "N(0, I) prior (default 0: N(0, I); the paper uses 500)")
     model.add_argument("--likelihood", choices=("gaussian", "bernoulli"),
                        help="decoder likelihood: gaussian = summed L2 (tutorial), bernoulli = BCE in nats")
     model.add_argument("--kl-weight", type=float_in(0, 1e6),

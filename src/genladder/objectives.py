@@ -117,6 +117,15 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1.0 + logvar - mu.square() - logvar.exp(), dim=1)
 
 
+def kl_to_prior(model: VAE, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z | x) ‖ p(z)) per sample, (B, D) -> (B,): in closed form for the N(0, I) prior (``gaussian_kl``); for a
+    VampPrior, which has none, the one-sample estimate log q(z | x) − log p(z) at the z drawn for the
+    reconstruction term (Tomczak & Welling 2018, eq. 3, the ELBO's KL as an expectation under q)."""
+    if not model.config.prior_components:
+        return gaussian_kl(mu, logvar)
+    return gaussian_log_density(z, mu, logvar) - model.log_prior(z)
+
+
 def reconstruction_nll(output: torch.Tensor, x: torch.Tensor, likelihood: str) -> torch.Tensor:
     """−log p(x | z) per sample in nats, summed over pixels. (B, C, H, W) -> (B,).
 
@@ -179,7 +188,7 @@ def vae_loss(
         reconstruction = nll
     else:
         reconstruction = squared_error(output, images)
-    kl = gaussian_kl(mu, logvar)  # (B,) nats
+    kl = kl_to_prior(model, z, mu, logvar)  # (B,) nats
     loss = (reconstruction + kl_weight * kl).mean()
     metrics = {
         "loss": loss.item(),
@@ -223,7 +232,7 @@ def iwae_log_weights(model: VAE, images: torch.Tensor, labels: torch.Tensor | No
         repeated_labels = conditioning.repeat(count) if conditioning is not None else None
         output = model.decode(z.reshape(count * batch, -1), repeated_labels)
         log_likelihood = -reconstruction_nll(output, repeated_images, model.config.likelihood).view(count, batch)
-        log_prior = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))  # (count, B)
+        log_prior = model.log_prior(z)  # (count, B): N(0, I) or the VampPrior
         log_weights.append(log_likelihood + log_prior - gaussian_log_density(z, mu, logvar))
     return torch.cat(log_weights)
 

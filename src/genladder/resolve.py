@@ -36,6 +36,7 @@ FLAG_READERS: tuple[tuple[tuple[str, ...], str, Callable[[Rung, str | None], boo
     (("latent_dim", "latent_channels", "width", "likelihood"), "the autoencoders", lambda r, d: r.codes),
     (VAE_OBJECTIVE_FLAGS, "the variational autoencoders", lambda r, d: r.variational),
     (("binarize", "binarize_seed", "test_binarize_seed"), "the autoencoders", lambda r, d: r.codes),
+    (("prior_components",), "the unconditional VAE", lambda r, d: r.variational and not r.conditional),
     (("widths", "blocks_per_level", "attention", "dropout"), "the U-Net rungs", lambda r, d: r.iterative),
     (("patch_size",), "the pixel-space U-Net rungs", lambda r, d: r.diffusion or r.flow),
     (DIFFUSION_OBJECTIVE_FLAGS, "the diffusion objective", lambda r, d: r.diffusion or d == "diffusion"),
@@ -77,7 +78,8 @@ def _model_and_objective(kind: str, preset: str, given: dict, shape: dict) -> tu
         return classifier_config(preset, given, **shape)
     from genladder.models import AutoencoderConfig
 
-    overrides = {k: given[k] for k in ("latent_dim", "latent_channels", "width", "likelihood") if k in given}
+    overrides = {k: given[k] for k in ("latent_dim", "latent_channels", "width", "likelihood", "prior_components")
+                 if k in given}
     model = AutoencoderConfig.preset(kind, preset, **overrides, **shape).to_dict()
     from genladder.presets import AUTOENCODER_OBJECTIVE_DEFAULTS, AUTOENCODER_TRAIN_DEFAULTS
 

@@ -264,7 +264,7 @@ def resume_config(run_dir: str | Path, train_overrides: dict, write: bool = True
 # the "train" and "data" sections are named after their fields and land there.
 FLAG_PATHS = {
     "latent_dim": ("model", "latent_dim"), "width": ("model", "width"), "likelihood": ("model", "likelihood"),
-    "latent_channels": ("model", "latent_channels"),
+    "latent_channels": ("model", "latent_channels"), "prior_components": ("model", "prior_components"),
     "widths": ("model", "widths"), "blocks_per_level": ("model", "blocks_per_level"),
     "attention": ("model", "attention_resolutions"), "dropout": ("model", "dropout"),
     "patch_size": ("model", "patch_size"), "kl_weight": ("objective", "kl_weight"),

@@ -18,16 +18,18 @@ from genladder.diffusion import NoiseSchedule
 from genladder.errors import GenladderError
 from genladder.evaluate.metrics import stderr_of_mean
 from genladder.models.autoencoders import VAE
-from genladder.objectives import gaussian_kl, iwae_log_weights, log_mean_exp, reconstruction_nll
+from genladder.objectives import iwae_log_weights, kl_to_prior, log_mean_exp, reconstruction_nll
 
 
 @torch.no_grad()
 def vae_negative_elbo(model: VAE, images: torch.Tensor, labels: torch.Tensor | None, generator=None) -> torch.Tensor:
-    """−ELBO per image in nats (Kingma & Welling 2014, eq. 10, analytic KL), one z sample. (B, …) -> (B,)."""
+    """−ELBO per image in nats (Kingma & Welling 2014, eq. 10; the KL analytic for N(0, I), estimated at the same
+    draw for a VampPrior), one z sample. (B, …) -> (B,)."""
     conditioning = labels if model.num_classes else None
     mu, logvar = model.encode(images, conditioning)
     z = model.reparameterize(mu, logvar, generator=generator)
-    return reconstruction_nll(model.decode(z, conditioning), images, model.config.likelihood) + gaussian_kl(mu, logvar)
+    nll = reconstruction_nll(model.decode(z, conditioning), images, model.config.likelihood)
+    return nll + kl_to_prior(model, z, mu, logvar)
 
 
 @torch.no_grad()

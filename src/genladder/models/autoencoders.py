@@ -28,6 +28,7 @@ Images are in [0, 1] (``genladder.data.to_unit``). The decoder returns the mean 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -63,6 +64,10 @@ class AutoencoderConfig:
     # None: the dense bottleneck of latent_dim. C: a convolutional latent of C × s/4 × s/4 (4×8×8 for 32-px
     # images) for latent diffusion; latent_dim is then C·(s/4)², derived when None (set in __post_init__).
     latent_channels: int | None = None
+    # The VAE's prior p(z): 0 is N(0, I); K > 0 is the VampPrior of Tomczak & Welling 2018 (eq. 9), the mean of the
+    # encoder's posteriors at K learned pseudo-inputs, p(z) = (1/K) Σ_k q(z | u_k): a prior the data shape, so the
+    # KL no longer pulls every posterior towards one Gaussian (unconditional VAE only).
+    prior_components: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in AUTOENCODER_KINDS:
@@ -86,6 +91,11 @@ class AutoencoderConfig:
             raise GenladderError(f"a CVAE needs at least 2 classes, got {self.num_classes}")
         if self.kind != "cvae" and self.num_classes:
             raise GenladderError(f"only a CVAE takes labels; {self.kind} got num_classes={self.num_classes}")
+        if self.prior_components < 0:
+            raise GenladderError(f"--prior-components must be at least 0, got {self.prior_components}")
+        if self.prior_components and self.kind != "vae":
+            raise GenladderError(f"--prior-components (a VampPrior) is for the unconditional vae; a {self.kind}'s "
+                                 + ("codes have no prior" if self.kind == "ae" else "prior stays N(0, I)"))
 
     def _derive_spatial_latent_dim(self) -> None:
         """latent_dim of a spatial latent is C·(s/4)²: filled in when None, refused when it disagrees."""
@@ -141,6 +151,8 @@ class AutoencoderConfig:
             # A dense config is written exactly as before the option existed: older genladder versions still read
             # it, and TOML (which has no null) can be written from it.
             del values["latent_channels"]
+        if not values["prior_components"]:  # the same for the N(0, I) prior
+            del values["prior_components"]
         return values
 
     @classmethod
@@ -369,6 +381,11 @@ class VAE(_ConvAutoencoderBase):
             self.logvar_head = _gaussian_head(self.feature_size, c.latent_dim, c.min_head_width)
             self.from_latent = nn.Sequential(nn.Linear(c.latent_dim, self.feature_size), nn.ReLU())
         self.decoder = _up_stack(c.width + extra_mid, c.width, c.depth, c.in_channels, c.pool_stages)
+        if c.prior_components:
+            # Tomczak & Welling 2018, §3.2: pseudo-inputs start near a blank image (N(0.05, 0.01²)) and are kept in
+            # the pixel range [0, 1] by a hard tanh, as in their code.
+            self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(c.prior_components, c.in_channels,
+                                                                        c.image_size, c.image_size))
 
     def _encoder_input(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return x
@@ -405,17 +422,52 @@ class VAE(_ConvAutoencoderBase):
         """Reconstruct through the posterior mean (deterministic; training draws z in the objective)."""
         return self.decode(self.encode(x, labels).mu, labels)
 
+    def prior_components(self) -> VAEEncoding:
+        """The VampPrior's K Gaussians q(z | u_k): the encoder at the pseudo-inputs u_k, (K, latent_dim) each."""
+        return self.encode(torch.nn.functional.hardtanh(self.pseudo_inputs, 0.0, 1.0))
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) summed over the latent, (…, latent_dim) -> (…): N(0, I), or the VampPrior's
+        log (1/K) Σ_k N(z; μ_k, σ_k²) (Tomczak & Welling 2018, eq. 9), differentiable in z and in the pseudo-inputs.
+
+        The K Gaussians are scored with matrix products, Σ_d (z_d − μ_kd)²/σ²_kd = z²·(1/σ²_k) − 2 z·(μ_k/σ²_k) +
+        Σ_d μ²_kd/σ²_kd, so memory is (…, K), not (…, K, latent_dim) (the evaluation's 64 × 100 draws × K).
+        """
+        if not self.config.prior_components:
+            return -0.5 * (math.log(2 * math.pi) + z.square()).sum(-1)
+        mu, logvar = self.prior_components()  # (K, D)
+        precision = torch.exp(-logvar)
+        squared = (z.square() @ precision.T - 2 * z @ (mu * precision).T
+                   + (mu.square() * precision).sum(-1))  # (…, K)
+        log_normal = -0.5 * (z.shape[-1] * math.log(2 * math.pi) + logvar.sum(-1) + squared)
+        return torch.logsumexp(log_normal, dim=-1) - math.log(self.config.prior_components)
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, generator: Generators = None) -> torch.Tensor:
+        """n codes z ~ p(z), (n, latent_dim): N(0, I), or a VampPrior component k chosen uniformly, then
+        z = μ_k + σ_k·ε. Item b's draws come from ``generator[b]`` when given n generators (genladder.noise)."""
+        device = next(self.parameters()).device
+        noise = standard_normal((n, self.config.latent_dim), generator, device)
+        if not self.config.prior_components:
+            return noise
+        mu, logvar = self.prior_components()
+        # The component from the same generator as ε, after it: a uniform draw per image, so an image's code
+        # does not depend on the batch it is drawn in.
+        uniform = standard_normal((n, 1), generator, device)  # N(0, 1) -> uniform through its CDF
+        component = (0.5 * (1 + torch.erf(uniform[:, 0] / math.sqrt(2))) * self.config.prior_components).long()
+        component = component.clamp(max=self.config.prior_components - 1)
+        return mu[component] + torch.exp(0.5 * logvar[component]) * noise
+
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: Generators = None) -> torch.Tensor:
-        """Draw n images in [0, 1] from the prior: z ~ N(0, I), x = decoder mean. (n, C, H, W).
+        """Draw n images in [0, 1] from the prior (``sample_prior``), x = decoder mean. (n, C, H, W).
 
         ``generator``: one torch.Generator, or n of them (image b's z from generator b; genladder.noise).
         """
         device = next(self.parameters()).device
         if labels is not None:
             labels = labels.to(device)
-        z = standard_normal((n, self.config.latent_dim), generator, device)
-        return self.output_to_image(self.decode(z, labels))
+        return self.output_to_image(self.decode(self.sample_prior(n, generator), labels))
 
 
 class ConditionalVAE(VAE):
