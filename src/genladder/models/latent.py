@@ -32,8 +32,8 @@ class LatentModelConfig:
     autoencoder: AutoencoderConfig  # its network (a spatial latent: latent_channels set)
     denoiser: UNetConfig  # over the scaled latents (in_channels = C, image_size = h)
     # Latents are shifted by ``latent_mean`` and multiplied by ``scale`` (1 / their standard deviation over training
-    # digits): one number for every latent channel (runs before genladder 0.5), or one per channel, so that every
-    # channel, not only their pool, has unit variance against the path's unit noise (an AE's channels differ 3x).
+    # digits): one number for every channel (latent runs made before the per-channel scale), or one per channel, so
+    # that every channel, not only their pool, has unit variance against the path's unit noise (an AE's differ 3x).
     scale: float | tuple[float, ...]
     autoencoder_run: str = ""  # the run folder the autoencoder's weights came from (a record; never read again)
     autoencoder_checkpoint: str = ""
