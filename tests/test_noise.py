@@ -9,7 +9,7 @@ from genladder.diffusion import DiffusionObjectiveConfig, ScheduleConfig
 from genladder.errors import GenladderError
 from genladder.models import AutoencoderConfig
 from genladder.models.unet import UNet, UNetConfig
-from genladder.noise import MAX_SEED, image_generators, image_seed, standard_normal
+from genladder.noise import MAX_SEED, image_generators, image_seed, random_integers, standard_normal
 from genladder.run_config import ModelDescription
 from genladder.rungs import build_model
 from genladder.sampling import SamplerConfig, generate
@@ -45,6 +45,15 @@ class TestSeeds:
         assert torch.equal(batch[2:], alone) and not torch.equal(batch[0], batch[1])
         with pytest.raises(GenladderError, match="2 generators for a batch of 3"):
             standard_normal((3, 2), image_generators(0, 2))
+
+    def test_integers_of_image_b_come_from_generator_b(self):
+        batch = random_integers(1000, 3, image_generators(5, 3))
+        assert torch.equal(batch[2:], random_integers(1000, 1, image_generators(5, 1, first=2)))
+        assert batch.dtype == torch.int64 and len(set(batch.tolist())) == 3 and 0 <= batch.min() <= batch.max() < 1000
+        draws = random_integers(4, 4000, torch.Generator().manual_seed(0))
+        assert torch.bincount(draws, minlength=4).min() > 900  # uniform: 1,000 expected each, ± 30
+        with pytest.raises(GenladderError, match="2 generators for a batch of 3"):
+            random_integers(5, 3, image_generators(0, 2))
 
 
 class TestGenerate:

@@ -57,3 +57,14 @@ def standard_normal(shape: tuple[int, ...], generator: Generators, device: torch
         raise GenladderError(f"got {len(generator)} generators for a batch of {shape[0]}")
     return torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype).to(device)
                         for g in generator])
+
+
+def random_integers(high: int, count: int, generator: Generators, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``count`` integers uniform in [0, high): from one generator, or item b from ``generator[b]`` (as
+    ``standard_normal``; a VAE's VampPrior picks each image's component this way)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        gen_device = generator.device if generator is not None else device
+        return torch.randint(high, (count,), generator=generator, device=gen_device).to(device)
+    if len(generator) != count:
+        raise GenladderError(f"got {len(generator)} generators for a batch of {count}")
+    return torch.cat([torch.randint(high, (1,), generator=g, device=g.device).to(device) for g in generator])

@@ -37,7 +37,7 @@ from torch import nn
 
 from genladder.config import config_from_dict
 from genladder.errors import GenladderError
-from genladder.noise import Generators, standard_normal
+from genladder.noise import Generators, random_integers, standard_normal
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 # A spatial latent sits after this many 2× down-samplings: s/4, 8×8 for 32-px images as in latent diffusion's
@@ -451,11 +451,8 @@ class VAE(_ConvAutoencoderBase):
         if not self.config.prior_components:
             return noise
         mu, logvar = self.prior_components()
-        # The component from the same generator as ε, after it: a uniform draw per image, so an image's code
-        # does not depend on the batch it is drawn in.
-        uniform = standard_normal((n, 1), generator, device)  # N(0, 1) -> uniform through its CDF
-        component = (0.5 * (1 + torch.erf(uniform[:, 0] / math.sqrt(2))) * self.config.prior_components).long()
-        component = component.clamp(max=self.config.prior_components - 1)
+        # each image's component from its own generator, after its ε: its code does not depend on its batch
+        component = random_integers(self.config.prior_components, n, generator, device)
         return mu[component] + torch.exp(0.5 * logvar[component]) * noise
 
     @torch.no_grad()
