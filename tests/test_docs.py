@@ -40,6 +40,9 @@ NOT_REDRAWN = {
     "vae-spatial-reconstructions.png": "genladder reconstruct --n 16 on the 4×8×8 spatial VAE",
     "ddpm-cpu-fast-samples.png": "genladder sample --n 64 on the cpu-fast unconditional ddpm run",
     "nll-curve.png": "benchmarks/nll_curve.py on the two binarised VAE runs (docs/results.md)",
+    "vae-vampprior-samples.png": "the epoch-5 training previews of two binarised VAEs, N(0, I) and VampPrior",
+    "cpu-fast-x0-grid-w0.png": "genladder sample --grid --guidance 0 on the cpu-fast x0-prediction run",
+    "latent-reflow-vs-teacher.png": "genladder sample --grid --sampler euler on the latent teacher and its reflow",
 }
 
 
