@@ -221,7 +221,7 @@ class _LinearGaussianVAE:
     """p(z) = N(0, I), p(x | z) = N(z, ½ I) on 4 pixels, so p(x) = N(0, 1.5 I) exactly; q(z | x) is a given guess."""
 
     num_classes = 0
-    config = SimpleNamespace(likelihood="gaussian")
+    config = SimpleNamespace(likelihood="gaussian", prior_components=0)
 
     def __init__(self, posterior_scale: float, posterior_logvar: float):
         self.posterior_scale, self.posterior_logvar = posterior_scale, posterior_logvar
@@ -234,6 +234,7 @@ class _LinearGaussianVAE:
         return z.view(-1, 1, 2, 2)
 
     reparameterize = staticmethod(VAE.reparameterize)
+    log_prior = VAE.log_prior  # N(0, I), as the config has no prior components
 
 
 class TestIWAE:
