@@ -47,24 +47,25 @@ def image_generators(seed: int, count: int, first: int = 0, device: torch.device
     return [torch.Generator(device=device).manual_seed(image_seed(seed, first + i)) for i in range(count)]
 
 
+def _per_item(count: int, generator: Generators, device: torch.device | str, draw) -> torch.Tensor:
+    """``draw(n, generator, device)`` -> n items (batch first): all ``count`` from one generator, or item b alone
+    from ``generator[b]`` (the same values a batch of one would get), gathered on ``device``."""
+    if generator is None or isinstance(generator, torch.Generator):
+        gen_device = generator.device if generator is not None else device
+        return draw(count, generator, gen_device).to(device)
+    if len(generator) != count:
+        raise GenladderError(f"got {len(generator)} generators for a batch of {count}")
+    return torch.cat([draw(1, g, g.device).to(device) for g in generator])
+
+
 def standard_normal(shape: tuple[int, ...], generator: Generators, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """N(0, I) noise of ``shape`` (batch first): from one generator, or item b from ``generator[b]``."""
-    if generator is None or isinstance(generator, torch.Generator):
-        gen_device = generator.device if generator is not None else device
-        return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
-    if len(generator) != shape[0]:
-        raise GenladderError(f"got {len(generator)} generators for a batch of {shape[0]}")
-    return torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype).to(device)
-                        for g in generator])
+    return _per_item(shape[0], generator, device,
+                     lambda n, g, where: torch.randn((n, *shape[1:]), generator=g, device=where, dtype=dtype))
 
 
 def random_integers(high: int, count: int, generator: Generators, device: torch.device | str = "cpu") -> torch.Tensor:
     """``count`` integers uniform in [0, high): from one generator, or item b from ``generator[b]`` (as
     ``standard_normal``; a VAE's VampPrior picks each image's component this way)."""
-    if generator is None or isinstance(generator, torch.Generator):
-        gen_device = generator.device if generator is not None else device
-        return torch.randint(high, (count,), generator=generator, device=gen_device).to(device)
-    if len(generator) != count:
-        raise GenladderError(f"got {len(generator)} generators for a batch of {count}")
-    return torch.cat([torch.randint(high, (1,), generator=g, device=g.device).to(device) for g in generator])
+    return _per_item(count, generator, device, lambda n, g, where: torch.randint(high, (n,), generator=g, device=where))
