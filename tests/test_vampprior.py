@@ -36,7 +36,7 @@ class TestDensity:
         model = vamp_vae(components=7)
         z = torch.randn(5, 4, 3) * 2
         with torch.no_grad():
-            mu, logvar = model.prior_components()
+            mu, logvar = model.prior_mixture()
             assert mu.shape == logvar.shape == (7, 3)
             direct = torch.logsumexp(gaussian_log_density(z[..., None, :], mu, logvar), dim=-1) - math.log(7)
             assert torch.allclose(model.log_prior(z), direct, atol=1e-4)  # the matrix-product form, term by term
@@ -77,7 +77,7 @@ class TestSampling:
     def test_each_component_is_drawn_and_an_image_does_not_depend_on_its_batch(self, monkeypatch):
         model = vamp_vae(components=2, latent_dim=2)
         centres = torch.tensor([[-5.0, -5.0], [5.0, 5.0]])
-        monkeypatch.setattr(model, "prior_components",
+        monkeypatch.setattr(model, "prior_mixture",
                             lambda: VAEEncoding(centres, torch.full((2, 2), math.log(0.01))))
         z = model.sample_prior(400, image_generators(3, 400))
         near = (z[:, None, :] - centres).norm(dim=-1).argmin(1)
@@ -98,7 +98,7 @@ class TestBound:
         # components an untrained encoder would not give (its are all near N(0, 1), which would hide a bound
         # that ignored them)
         mu, logvar = torch.tensor([[-3.0], [0.5], [2.5]]), torch.tensor([[0.3], [1.0], [0.5]]).log()
-        monkeypatch.setattr(model, "prior_components", lambda: VAEEncoding(mu, logvar))
+        monkeypatch.setattr(model, "prior_mixture", lambda: VAEEncoding(mu, logvar))
         x = binary_digits(count=4)
         z = torch.linspace(-15, 15, 30001).double()
         log_prior = torch.logsumexp(-0.5 * (math.log(2 * math.pi) + logvar.double().T

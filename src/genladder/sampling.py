@@ -218,12 +218,9 @@ def generate(
             eps_fn = eps_function(model, description, schedule, batch_labels, sampler.guidance,
                                   sampler.guidance_interval)
             images = run_sampler(eps_fn, schedule, x_T, sampler, generators, callback=tick, clip_x0=not latent)
-        if latent and not decode:  # latents have no range to clip to
-            outputs.append(images)
-            continue
-        if latent:  # D(z / scale): the frozen autoencoder's decoder, [0, 1] -> the [−1, 1] of every sampler's output
+        if latent and decode:  # D(z / scale): the frozen autoencoder's decoder, [0, 1] -> every sampler's [−1, 1]
             images = model.decode(images, batch_labels) * 2 - 1
-        outputs.append(images.clamp(-1, 1))
+        outputs.append(images if latent and not decode else images.clamp(-1, 1))  # latents have no range to clip to
     bar.close()
     return torch.cat(outputs)
 

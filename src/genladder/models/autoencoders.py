@@ -422,7 +422,7 @@ class VAE(_ConvAutoencoderBase):
         """Reconstruct through the posterior mean (deterministic; training draws z in the objective)."""
         return self.decode(self.encode(x, labels).mu, labels)
 
-    def prior_components(self) -> VAEEncoding:
+    def prior_mixture(self) -> VAEEncoding:
         """The VampPrior's K Gaussians q(z | u_k): the encoder at the pseudo-inputs u_k, (K, latent_dim) each."""
         return self.encode(torch.nn.functional.hardtanh(self.pseudo_inputs, 0.0, 1.0))
 
@@ -435,7 +435,7 @@ class VAE(_ConvAutoencoderBase):
         """
         if not self.config.prior_components:
             return -0.5 * (math.log(2 * math.pi) + z.square()).sum(-1)
-        mu, logvar = self.prior_components()  # (K, D)
+        mu, logvar = self.prior_mixture()  # (K, D)
         precision = torch.exp(-logvar)
         squared = (z.square() @ precision.T - 2 * z @ (mu * precision).T
                    + (mu.square() * precision).sum(-1))  # (…, K)
@@ -450,7 +450,7 @@ class VAE(_ConvAutoencoderBase):
         noise = standard_normal((n, self.config.latent_dim), generator, device)
         if not self.config.prior_components:
             return noise
-        mu, logvar = self.prior_components()
+        mu, logvar = self.prior_mixture()
         # each image's component from its own generator, after its ε: its code does not depend on its batch
         component = random_integers(self.config.prior_components, n, generator, device)
         return mu[component] + torch.exp(0.5 * logvar[component]) * noise
