@@ -209,19 +209,15 @@ class TestKLWarmup:
 
 class TestRuns:
     def test_a_dynamic_iwae_run_learns_and_resumes_bitwise(self, tmp_path, mini_mnist):
-        from tests.test_training import assert_same_state
+        from tests.test_training import train_straight_and_resumed
 
         given = {"kind": "vae", "preset": "default", "width": 8, "latent_dim": 8, "data_dir": str(mini_mnist),
                  "resize": "none", "binarize": "dynamic", "objective": "iwae", "k": 3, "limit": 256,
                  "test_limit": 64, "batch_size": 32, "checkpoint_every": 3, "log_every": 1, "lr": 3e-3}
-        straight, split = tmp_path / "straight", tmp_path / "split"
-        run_training(resolve_run_config({**given, "steps": 16}), straight, show_progress=False)
-        run_training(resolve_run_config({**given, "steps": 7}), split, show_progress=False)
+        straight, split = train_straight_and_resumed(lambda steps: resolve_run_config({**given, "steps": steps}),
+                                                     tmp_path, 16, 7)
         config = json.loads((split / "config.json").read_text())
         assert config["data"]["test_binarize_seed"] == 0 and config["data"]["image_size"] == 28
-        config["train"]["steps"] = 16
-        run_training(config, split, resume=True, show_progress=False)
-        assert_same_state(straight, split)
         losses = [json.loads(line)["loss"] for line in (straight / "metrics.jsonl").read_text().splitlines()
                   if json.loads(line)["split"] == "train"]
         assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4, losses

@@ -15,10 +15,10 @@ from genladder.flow import FLOW_SOLVERS, FlowMatchingObjective, FlowObjectiveCon
 from genladder.models.unet import UNet, UNetConfig
 from genladder.resolve import resolve_run_config
 from genladder.run_config import ModelDescription
-from genladder.runs import load_run, run_training
+from genladder.runs import load_run
 from genladder.sampling import SamplerConfig, generate, velocity_function
 from tests.test_cli import run_cli
-from tests.test_training import assert_same_state
+from tests.test_training import train_straight_and_resumed
 from tests.test_unet import training_images
 
 
@@ -137,13 +137,7 @@ class TestLearning:
         # a split mid-epoch (12 steps per epoch), label dropout drawn from the saved generator state
         given = {"kind": "cflow", "preset": "small", "widths": "8,8", "data_dir": str(mini_mnist), "limit": 192,
                  "test_limit": 16, "batch_size": 16, "checkpoint_every": 3, "log_every": 3}
-        straight, split = tmp_path / "straight", tmp_path / "split"
-        run_training(resolve_run_config({**given, "steps": 8}), straight, show_progress=False)
-        run_training(resolve_run_config({**given, "steps": 5}), split, show_progress=False)
-        config = json.loads((split / "config.json").read_text())
-        config["train"]["steps"] = 8
-        run_training(config, split, resume=True, show_progress=False)
-        assert_same_state(straight, split)
+        train_straight_and_resumed(lambda steps: resolve_run_config({**given, "steps": steps}), tmp_path, 8, 5)
 
 
 class TestFlowCommands:

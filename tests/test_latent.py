@@ -15,7 +15,7 @@ from genladder.models import AutoencoderConfig
 from genladder.models.latent import LatentGenerator, LatentModelConfig
 from genladder.models.unet import UNetConfig
 from tests.test_cli import run_cli
-from tests.test_training import assert_same_state
+from tests.test_training import cli_straight_and_resumed
 
 TINY = ["--data-dir", "MINI", "--limit", 512, "--test-limit", 64, "--batch-size", 32, "--no-progress"]
 
@@ -174,11 +174,7 @@ class TestRuns:
     def test_resume_is_bitwise_identical(self, latent_runs, tmp_path, mini_mnist, capsys):
         base = ["train", "latent", "--autoencoder", latent_runs["vae"], "--preset", "cpu-fast", "--widths", "8,8,8",
                 "--attention", "", "--checkpoint-every", 3, *tiny(TINY, mini_mnist)]
-        straight, split = tmp_path / "straight", tmp_path / "split"
-        assert run_cli(capsys, *base, "--steps", 8, "--run-dir", straight)[0] == 0
-        assert run_cli(capsys, *base, "--steps", 5, "--run-dir", split)[0] == 0
-        assert run_cli(capsys, "train", "--resume", split, "--steps", 8, "--no-progress")[0] == 0
-        assert_same_state(straight, split)
+        cli_straight_and_resumed(capsys, base, tmp_path, 8, 5)
 
     def test_a_latent_flow_learns(self, latent_runs, tmp_path, mini_mnist, capsys):
         from genladder.training.loop import read_metrics

@@ -49,6 +49,32 @@ def assert_same_state(a: Path, b: Path) -> None:
     assert oa == ob
 
 
+def train_straight_and_resumed(config_for, tmp_path: Path, steps: int, split_at: int) -> tuple[Path, Path]:
+    """Train ``config_for(steps)`` straight, and ``config_for(split_at)`` resumed to ``steps``; assert the two
+    end bitwise equal (weights and optimiser) and return both run folders (``straight``, ``split``)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_training(config_for(steps), straight, show_progress=False)
+    run_training(config_for(split_at), split, show_progress=False)
+    config = json.loads((split / "config.json").read_text())
+    config["train"]["steps"] = steps
+    run_training(config, split, resume=True, show_progress=False)
+    assert_same_state(straight, split)
+    return straight, split
+
+
+def cli_straight_and_resumed(capsys, argv: list, tmp_path: Path, steps: int, split_at: int) -> tuple[Path, Path]:
+    """The same through the command line: ``genladder train *argv --steps S`` straight and split, the split one
+    continued with ``genladder train --resume``."""
+    from tests.test_cli import run_cli
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run_cli(capsys, *argv, "--steps", steps, "--run-dir", straight)[0] == 0
+    assert run_cli(capsys, *argv, "--steps", split_at, "--run-dir", split)[0] == 0
+    assert run_cli(capsys, "train", "--resume", split, "--steps", steps, "--no-progress")[0] == 0
+    assert_same_state(straight, split)
+    return straight, split
+
+
 class TestLearning:
     def test_autoencoder_beats_the_mean_image(self, tmp_path, mini_mnist):
         from genladder.data import load_split, to_32, to_unit
@@ -97,13 +123,7 @@ class TestResume:
     def test_resume_is_bitwise_identical(self, tmp_path, mini_mnist):
         # 200 images / batch 16 = 12 steps per epoch: the split at step 10 falls mid-epoch and the
         # run crosses an epoch end (test loss and preview) after the resume.
-        straight, split = tmp_path / "straight", tmp_path / "split"
-        run_training(vae_config(mini_mnist, steps=20), straight, show_progress=False)
-        run_training(vae_config(mini_mnist, steps=10), split, show_progress=False)
-        config = json.loads((split / "config.json").read_text())
-        config["train"]["steps"] = 20
-        run_training(config, split, resume=True, show_progress=False)
-        assert_same_state(straight, split)
+        train_straight_and_resumed(lambda steps: vae_config(mini_mnist, steps=steps), tmp_path, 20, 10)
 
     def test_resume_past_the_end_is_refused(self, tmp_path, mini_mnist):
         run_training(vae_config(mini_mnist, steps=5), tmp_path / "r", show_progress=False)

@@ -18,7 +18,7 @@ from genladder.noise import image_generators
 from genladder.objectives import gaussian_log_density, kl_to_prior, vae_loss
 from tests.test_binarized import binary_digits
 from tests.test_cli import run_cli
-from tests.test_training import assert_same_state
+from tests.test_training import cli_straight_and_resumed
 
 
 def vamp_vae(components: int, latent_dim: int = 3, image_size: int = 8, seed: int = 0) -> VAE:
@@ -132,13 +132,9 @@ class TestRuns:
 
         base = ["train", "vae", "--prior-components", 10, "--width", 16, "--data-dir", mini_mnist, "--limit", 512,
                 "--test-limit", 64, "--batch-size", 32, "--checkpoint-every", 5, "--log-every", 5, "--no-progress"]
-        straight, split = tmp_path / "straight", tmp_path / "split"
-        assert run_cli(capsys, *base, "--steps", 40, "--run-dir", straight)[0] == 0
+        straight, _ = cli_straight_and_resumed(capsys, base, tmp_path, 40, 25)
         losses = [r["loss"] for r in read_metrics(straight / "metrics.jsonl").records if r.get("split") == "train"]
         assert losses[-1] < 0.8 * losses[0], losses
-        assert run_cli(capsys, *base, "--steps", 25, "--run-dir", split)[0] == 0
-        assert run_cli(capsys, "train", "--resume", split, "--steps", 40, "--no-progress")[0] == 0
-        assert_same_state(straight, split)
         run = load_run(straight)
         assert run.model.pseudo_inputs.shape == (10, 1, 32, 32)
         code, _, err = run_cli(capsys, "evaluate", straight, "--n", 20, "--iwae-k", 8, "--iwae-images", 16,
