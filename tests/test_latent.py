@@ -111,17 +111,17 @@ class TestRuns:
             assert isinstance(config.model, LatentModelConfig) and isinstance(config.objective, objective)
             assert config.family == denoiser and config.noise_shape == (2, 8, 8) and config.image_shape == (1, 32, 32)
 
-    def test_quality_preset_is_cpu_fast_on_four_times_the_images(self, latent_runs, capsys):
+    def test_quality_preset_is_cpu_fast_on_sixteen_times_the_images(self, latent_runs, capsys):
         from tests.conftest import MINI_MNIST
 
         configs = {}
-        for preset, extra in (("quality", []), ("cpu-fast", ["--steps", 3440])):
+        for preset, extra in (("quality", []), ("cpu-fast", ["--steps", 13760])):
             argv = ["train", "latent", "--autoencoder", latent_runs["vae"], "--preset", preset, "--dry-run", *extra,
                     *tiny(TINY, MINI_MNIST)]
             assert main([str(a) for a in argv]) == 0
             configs[preset] = json.loads(capsys.readouterr().out)
         quality, cpu_fast = configs["quality"], configs["cpu-fast"]
-        assert quality["preset"] == "quality" and quality["train"]["steps"] == 3440
+        assert quality["preset"] == "quality" and quality["train"]["steps"] == 13760
         assert {**quality, "preset": "cpu-fast"} == cpu_fast  # nothing else differs
 
     def test_latents_are_stored_scaled_to_unit_variance(self, latent_runs):

@@ -79,7 +79,7 @@ def _add_train_parser(subparsers) -> None:
     p.add_argument("kind", nargs="?", help=f"which rung to train: {', '.join(MODEL_KINDS)}")
     p.add_argument("--preset", help="'default' (improved, the default), 'tutorial' (the article's networks); "
                    "diffusion also 'small' (CPU-sized U-Net) and 'cpu-fast' (10-minute CPU recipe); latent: "
-                   "'cpu-fast', 'small', 'quality' (cpu-fast on 4x the images), 'default'; classifier: "
+                   "'cpu-fast', 'small', 'quality' (cpu-fast on 16x the images), 'default'; classifier: "
                    "'default' (the shipped judge), 'resnet' (the second opinion), 'shift' (the first shipped recipe)")
     where = p.add_argument_group("run folder")
     where.add_argument("--run-dir", help="where to write the run (default: runs/<kind>-<timestamp>/)")
