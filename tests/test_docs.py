@@ -37,6 +37,7 @@ NOT_REDRAWN = {
     "latent-3440-grid-w1.png": "genladder sample --grid --guidance 1 --steps 5 on the 3,440-step latent run",
     "latent-quality-grid-w1.png": "genladder sample --grid --guidance 1 --steps 5 on the latent quality run",
     "latent-quality-curve.png": "benchmarks/time_to_quality.py on the latent quality run",
+    "nll-curve-60.png": "benchmarks/nll_curve.py on the 60-epoch binarised VAE run",
     "latent-quality16-curve.png": "benchmarks/time_to_quality.py on the 16× latent quality run",
     "latent-quality16-grid-w1.png": "genladder sample --grid --guidance 1 --steps 5 on the 16× latent quality run",
     "vae-spatial-reconstructions.png": "genladder reconstruct --n 16 on the 4×8×8 spatial VAE",
