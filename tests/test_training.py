@@ -20,6 +20,7 @@ from genladder.errors import GenladderError
 from genladder.models import AutoencoderConfig
 from genladder.runs import DataConfig, load, run_training
 from genladder.training.loop import TrainConfig, epoch_permutation
+from tests.test_cli import run_cli
 
 
 def vae_config(data_dir: Path, width: int = 8, **train) -> dict:
@@ -65,8 +66,6 @@ def train_straight_and_resumed(config_for, tmp_path: Path, steps: int, split_at:
 def cli_straight_and_resumed(capsys, argv: list, tmp_path: Path, steps: int, split_at: int) -> tuple[Path, Path]:
     """The same through the command line: ``genladder train *argv --steps S`` straight and split, the split one
     continued with ``genladder train --resume``."""
-    from tests.test_cli import run_cli
-
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run_cli(capsys, *argv, "--steps", steps, "--run-dir", straight)[0] == 0
     assert run_cli(capsys, *argv, "--steps", split_at, "--run-dir", split)[0] == 0
