@@ -170,6 +170,7 @@ TRAIN_NOT_WALKED = {
     "--dry-run": "the walk's own option", "--resume": "continues a run (tests/test_cli.py)",
     "--config": "reads a config file (tests/test_cli.py: round trip, flags win)",
     "--data-dir": "the baseline's data (the extract)", "--autoencoder": "the latent baseline's autoencoder",
+    "--init-from": "needs a trained run of the same network (tests/test_init_from.py)",
 }
 
 

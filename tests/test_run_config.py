@@ -136,8 +136,8 @@ class TestMigration:
 class TestWhatARunAnswers:
     @pytest.mark.parametrize("kind, classes, conditional, value_range, prediction", [
         ("ae", 0, False, (0.0, 1.0), None), ("vae", 0, False, (0.0, 1.0), None),
-        ("cvae", 10, True, (0.0, 1.0), None), ("ddpm", 0, False, (-1.0, 1.0), "eps"),
-        ("cddpm", 10, True, (-1.0, 1.0), "eps"), ("classifier", 10, False, (0.0, 1.0), None),
+        ("cvae", 10, True, (0.0, 1.0), None), ("ddpm", 0, False, (-1.0, 1.0), "v"),
+        ("cddpm", 10, True, (-1.0, 1.0), "v"), ("classifier", 10, False, (0.0, 1.0), None),
     ])
     def test_answers(self, kind, classes, conditional, value_range, prediction):
         config = _resolved(kind)

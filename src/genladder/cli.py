@@ -187,6 +187,9 @@ def _add_train_parser(subparsers) -> None:
                      f"(default {train_default_help('adam_beta2')})")
     opt.add_argument("--weight-decay", type=float_in(0, 10), help="AdamW's decoupled weight decay (default 0)")
     opt.add_argument("--seed", type=int_in(*SEED), help="seed of weights, data order and noise (default 0)")
+    opt.add_argument("--init-from", metavar="RUN_OR_FILE", help="fine-tune: start the network from a trained run of "
+                     "the same rung and network (its newest checkpoint, EMA weights when it keeps them) or one "
+                     "model file, not from random weights; the file is recorded in config.json")
     opt.add_argument("--grad-clip", type=float_in(0, 1e6, low_open=True),
                      help=f"clip the global gradient norm to this value (default {train_default_help('grad_clip')})")
     opt.add_argument("--time-budget", type=parse_duration, help="stop cleanly after this much training "

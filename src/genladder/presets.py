@@ -5,7 +5,8 @@
   starts off the training distribution);
 * ``default``  — the improved U-Net (sinusoidal time embedding injected in every block, widths
   32/64/128 with two blocks per level, attention at 8×8, dropout 0.1; 4.1 M), linear β,
-  T = 1000 as in Ho et al. 2020;
+  T = 1000 as in Ho et al. 2020, **v-prediction** (ε until genladder 0.4: the ablation of
+  docs/performance.md measured ε-prediction worse than v at the same images);
 * ``small``    — the improved U-Net at CPU size (widths 32/64/64, one block per level, no
   attention; 1.1 M), cosine β (Nichol & Dhariwal 2021), T = 1000: the recipe measured in the
   README, readable 10×10 digit grids after 25 CPU-minutes;
@@ -99,6 +100,8 @@ def _schedule_config(preset: str) -> ScheduleConfig:
         return ScheduleConfig(kind="cosine", T=1000, prediction="v")
     if preset == "small":
         return ScheduleConfig(kind="cosine", T=1000)
+    if preset == "default":  # v-prediction since genladder 0.4: ε-prediction was the ablation's worst change
+        return ScheduleConfig(kind="linear", T=1000, prediction="v")
     return ScheduleConfig.preset(preset)
 
 

@@ -93,7 +93,8 @@ def reflow_training_data(run_dir: str | Path, config):
 # cpu-fast's learning rate, a short warm-up, and an EMA short enough to leave the teacher's weights behind
 # within the run (half-life 100 steps of 128; the teacher's 88,700 images would outlast the 51,200 trained).
 REFLOW_TRAIN_DEFAULTS = {"steps": 400, "lr": 5e-4, "warmup_images": 6_400, "lr_schedule": "cosine",
-                         "ema_half_life_images": 12_800, "ema_decay": None}
+                         "ema_half_life_images": 12_800, "ema_decay": None,
+                         "init_from": None}  # the student starts from the teacher (the objective's reflow.teacher)
 SETTINGS_FILE = "reflow.json"  # in reflow-pairs/: the ReflowConfig the chunks there were drawn with
 
 

@@ -149,6 +149,10 @@ def run_training(
     """
     if isinstance(config, dict):
         config = RunConfig.from_dict(config)
+    if config.train.init_from is not None and not resume and initial_state is None:
+        # A fine-tune: record the exact file it starts from (a run folder's newest checkpoint moves on).
+        start_file, initial_state = starting_weights(config.train.init_from, config)
+        config = config.replace(train=replace(config.train, init_from=str(start_file)))
     kind = config.kind
     run_dir = Path(run_dir)
     train_config, data_config = config.train, config.data
@@ -206,6 +210,38 @@ def run_training(
             preview=_preview_for(config, data), resume=resume, show_progress=show_progress, distributed=ctx,
             log_format=log_format, tensorboard=tensorboard,
         )
+
+
+def starting_weights(source: str | Path, config: RunConfig) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The model file a fine-tune (``--init-from``) starts from, and its weights.
+
+    ``source``: a run folder (its newest checkpoint, the EMA weights when it keeps them, as ``genladder.load``
+    picks them) or one model file. It must be a network of the same rung with the same configuration as
+    ``config``'s; the objective and the training may differ (a VAE trained with the ELBO, fine-tuned with the
+    IWAE bound).
+    """
+    path = Path(source)
+    if config.rung.latent:
+        raise GenladderError("--init-from applies to the pixel-space rungs; a latent run starts from its "
+                             "--autoencoder and trains its denoiser from random weights")
+    if path.is_dir():
+        run = load_run(path, device="cpu")
+        start_file, model, description = run.checkpoint / f"{run.weights}.safetensors", run.model, run.config
+    elif path.is_file():
+        start_file = path
+        model, description = load_model_file(path, "cpu")
+    else:
+        raise GenladderError(f"--init-from {source} does not exist; name a run folder or a model file "
+                             "(…/checkpoints/step_…/model.safetensors)")
+    if description.kind != config.kind:
+        raise GenladderError(f"--init-from {source} is a {description.kind} network; this run trains {config.kind}")
+    theirs, ours = description.model.to_dict(), config.model.to_dict()
+    differ = [key for key in ours if theirs.get(key) != ours[key]]
+    if differ:
+        key = differ[0]
+        raise GenladderError(f"--init-from {source}: its network has {key} = {theirs.get(key)!r}, this run's "
+                             f"{ours[key]!r}; a fine-tune keeps the network (pass the same model flags)")
+    return start_file, {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
 def check_run_dir(run_dir: Path) -> None:

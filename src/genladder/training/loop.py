@@ -73,6 +73,9 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format: measured 1.8x faster for the tutorial VAE on CPU
     compile: bool = False  # torch.compile the network for the training step (warm-up costs ~1 min on CPU)
     precision: str = "fp32"  # "fp32", or "bf16" autocast (GPUs; CPUs with AMX — slower without it)
+    # the model file a fresh run's network starts from (a fine-tune; genladder.runs.starting_weights): a run
+    # folder given on the command line is stored as the exact file it named then, so the run can be rebuilt
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
