@@ -2,12 +2,13 @@
 
     python benchmarks/time_to_quality.py --run-dir runs/ttq-cpu-fast --every 172 --plot docs/images/cpu-fast-curve.png
 
-The run trains to its preset's budget (or ``--train-args``), keeping a checkpoint every ``--every`` steps;
-each kept checkpoint is then evaluated (``genladder evaluate --checkpoint``, samples only: ``--n`` guided
-samples in equal shares of the ten digits, under both feature networks, each FID beside its floor at the
-same n). A learning rate that decays to zero at the end of the budget makes an earlier checkpoint a point on
-*this* run's way, not the end of a shorter run. Prints the table (training images, minutes, accuracy and
-strict accuracy, FID / floor / excess, KID, precision, recall) and writes the plot, .md and .json beside it.
+The run trains to its preset's budget (or ``--train-args``), keeping a checkpoint every ``--every`` steps.
+Each checkpoint at a multiple of ``--every``, and the last one, is then evaluated (``genladder evaluate
+--checkpoint``, samples only: ``--n`` guided samples in equal shares of the ten digits, under both feature
+networks, each FID beside its floor at the same n); the loop's epoch-end checkpoints are left out. A learning
+rate that decays to zero at the end of the budget makes an earlier checkpoint a point on *this* run's way, not
+the end of a shorter run. Prints the table (training images, minutes, accuracy and strict accuracy, FID / floor
+/ excess, KID, precision, recall) and writes the plot, .md and .json beside it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ from genladder.evaluate import EvaluationConfig, evaluate_run
 from genladder.evaluate.curves import curve_row, write_curve
 from genladder.evaluate.evaluation import RealDigitCache
 from genladder.sampling import SamplerConfig
+
+
+def curve_checkpoints(checkpoints: list[Path], every: int) -> list[Path]:
+    """The checkpoints on the curve: those at multiples of ``every`` steps, and the newest (the end of the run).
+
+    The loop also checkpoints at each epoch end; those would put unevenly spaced points on the curve."""
+    steps = {path: read_json(path / "trainer_state.json")["step"] for path in checkpoints}
+    newest = max(checkpoints, key=steps.get, default=None)
+    return sorted((path for path in checkpoints if steps[path] % every == 0 or path == newest), key=steps.get)
 
 
 def main() -> int:
@@ -46,7 +56,7 @@ def main() -> int:
                    *args.train_args.split()]
         print("$ " + " ".join(command[2:]), file=sys.stderr, flush=True)
         subprocess.run(command, check=True)
-    checkpoints = sorted((run_dir / "checkpoints").glob("step_*"))
+    checkpoints = curve_checkpoints(list((run_dir / "checkpoints").glob("step_*")), args.every)
     evaluation = EvaluationConfig(n=args.n, samples_only=True, sampling=SamplerConfig(
         sampler=args.sampler, steps=args.steps, guidance=args.guidance))
     values, rows, cache = [], [], RealDigitCache()  # the real digits are embedded once for every checkpoint

@@ -143,3 +143,21 @@ class TestMachine:
         assert busy_warning(None, "now") is None
         assert busy_warning(BUSY_CORES / 2, "now") is None
         assert "not comparable" in busy_warning(1.5, "during the run")
+
+
+def test_the_training_curve_skips_the_epoch_end_checkpoints(monkeypatch, tmp_path):
+    """time_to_quality.py evaluates the checkpoints at multiples of --every and the last, not the loop's extra
+    epoch-end ones (which put unevenly spaced points on the curve)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from time_to_quality import curve_checkpoints
+
+    folders = []
+    for step in (172, 344, 469, 516, 688, 860, 900):  # 469: an epoch end; 900: where a budget stopped the run
+        folder = tmp_path / f"step_{step:07d}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text(json.dumps({"step": step}))
+        folders.append(folder)
+    chosen = curve_checkpoints(list(reversed(folders)), every=172)
+    assert [path.name for path in chosen] == ["step_0000172", "step_0000344", "step_0000516", "step_0000688",
+                                              "step_0000860", "step_0000900"]
+    assert curve_checkpoints([], every=172) == []
