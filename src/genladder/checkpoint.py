@@ -286,10 +286,6 @@ def _save_checkpoint(run_dir, step, model, description, optimizer, trainer_state
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
-    final = root / name
-    tmp = root / f"{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     optimizer_tensors, optimizer_rest = _optimizer_tensors(optimizer)
     files = {
         "model.safetensors": model_file_bytes(model, description),
@@ -299,20 +295,31 @@ def _save_checkpoint(run_dir, step, model, description, optimizer, trainer_state
     }
     if ema is not None:
         files["ema.safetensors"] = model_file_bytes(ema, description)
+    final = root / name
+    write_folder(final, files)
+    atomic_write_json(Path(run_dir) / LATEST, {"checkpoint": name, "step": step})
+    _prune(root, keep=keep, newest=name)
+    return final
+
+
+def write_folder(final: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` (name -> bytes) as the folder ``final``, atomically: into a temporary sibling, every file
+    fsynced, then renamed into place. An existing ``final`` (the same step saved again after a resume) is moved
+    aside first and deleted after, so a crash leaves either the old folder or the new one."""
+    tmp = final.parent / f"{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     for filename, data in files.items():
         write_synced(tmp / filename, data)
     _fsync_dir(tmp)
-    if final.exists():  # re-saving the same step (e.g. after a resume): move the old one aside first
-        stale = root / f"{name}.old-{os.getpid()}"
+    if final.exists():
+        stale = final.parent / f"{final.name}.old-{os.getpid()}"
         os.replace(final, stale)
         os.replace(tmp, final)
         shutil.rmtree(stale, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(root)
-    atomic_write_json(Path(run_dir) / LATEST, {"checkpoint": name, "step": step})
-    _prune(root, keep=keep, newest=name)
-    return final
+    _fsync_dir(final.parent)
 
 
 def _prune(root: Path, *, keep: int, newest: str) -> None:

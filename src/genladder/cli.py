@@ -433,6 +433,42 @@ def _add_reflow_parser(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
 
 
+def _add_posthoc_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "posthoc-ema", help="choose the weights' average after training, from the run's kept checkpoints",
+        description="Post-hoc EMA (after Karras et al. 2024): average the raw weights of a run's kept checkpoints "
+        "as an EMA of the given length would have, and write the average as RUN/checkpoints/posthoc_…/ "
+        "(evaluate it with 'genladder evaluate RUN --checkpoint posthoc_…'). Train with --keep-checkpoints 1000 "
+        "and a --checkpoint-every that keeps several snapshots per EMA length.")
+    p.add_argument("run_dir", help="a run folder written by 'genladder train'")
+    p.add_argument("--sigma-rel", help="comma-separated widths of Karras et al.'s power-function profile relative "
+                   "to the run's length, in (0, 0.2887], e.g. 0.05,0.1,0.2")
+    p.add_argument("--half-life-images", help="comma-separated half-lives of an exponential EMA, in training "
+                   "images (the training loop's kind), e.g. 50000,200000")
+
+
+def _posthoc_ema(args: argparse.Namespace) -> int:
+    from genladder.posthoc_ema import posthoc_ema
+
+    profiles = [{"sigma_rel": value} for value in _numbers(args.sigma_rel, "--sigma-rel")]
+    profiles += [{"half_life_images": value} for value in _numbers(args.half_life_images, "--half-life-images")]
+    if not profiles:
+        raise GenladderError("give --sigma-rel or --half-life-images (comma-separated values)")
+    for profile in profiles:
+        folder = posthoc_ema(args.run_dir, **profile)
+        print(f"genladder: wrote {folder} (evaluate it with 'genladder evaluate {args.run_dir} --checkpoint "
+              f"{folder.name}')")
+    return 0
+
+
+def _numbers(text: str | None, flag: str) -> list[float]:
+    """A comma-separated list of numbers ('' or None: none), or a one-line error naming the flag."""
+    try:
+        return [float(part) for part in (text or "").split(",") if part.strip()]
+    except ValueError:
+        raise GenladderError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+
 def _add_serve_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="a local web demo of trained runs (needs: pip install 'genladder[demo]')",
                               description="Start a Gradio page on 127.0.0.1 to draw digits from trained runs.")
@@ -452,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_figure_parsers(subparsers)
     _add_evaluate_parsers(subparsers)
     _add_reflow_parser(subparsers)
+    _add_posthoc_parser(subparsers)
     _add_serve_parser(subparsers)
     return parser
 
@@ -730,6 +767,8 @@ def main(argv: list[str] | None = None) -> int:
             return _reflow(args)
         if args.command == "steps-curve":
             return _steps_curve(args)
+        if args.command == "posthoc-ema":
+            return _posthoc_ema(args)
         if args.command == "serve":
             from genladder.serve_http import serve
 

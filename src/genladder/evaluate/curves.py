@@ -53,7 +53,8 @@ def curve_markdown(knob: str, values: list, rows: list[dict]) -> str:
                   if s and s["accuracy"] is not None else (f"{s['excess']:.3g}" if s else "–"))
         accuracy = f"{p['accuracy'] * 100:.2f} %" if p["accuracy"] is not None else "–"
         strict = f"{p['strict_accuracy'] * 100:.2f} %" if p["strict_accuracy"] is not None else "–"
-        lines.append(f"| {value:g} | {accuracy} | {strict} | {p['fid']:.3g} | {p['floor']:.3g} | {p['excess']:.3g} | "
+        label = f"{value:g}" if isinstance(value, (int, float)) else str(value)  # a knob's number, or a name
+        lines.append(f"| {label} | {accuracy} | {strict} | {p['fid']:.3g} | {p['floor']:.3g} | {p['excess']:.3g} | "
                      f"{p['kid']:.3g} ± {p['kid_std_error']:.2g} | {p['precision']:.3f} | {p['recall']:.3f} | "
                      f"{second} |" + (f" {row['network_evaluations']} | {row['seconds_per_image'] * 1000:.1f} |"
                                       if costs else ""))
