@@ -19,7 +19,7 @@ from tests.test_cli import run_cli
 
 class TestProfiles:
     def test_sigma_rel_gives_the_papers_exponents(self):
-        # Karras et al. 2024, sec. 3.1: σ_rel = 0.05 and 0.10 are γ = 16.97 and 6.94.
+        # Karras et al. 2024 (sec. 3) quote these pairs: σ_rel = 0.05 and 0.10 are γ = 16.97 and 6.94.
         assert gamma_of_sigma_rel(0.05) == pytest.approx(16.97, abs=0.005)
         assert gamma_of_sigma_rel(0.10) == pytest.approx(6.94, abs=0.005)
         gamma = gamma_of_sigma_rel(0.2)
@@ -115,7 +115,7 @@ def test_the_average_is_written_as_a_checkpoint_that_loads(run, capsys):
 
 def test_a_short_half_life_is_the_newest_weights(run, capsys):
     assert run_cli(capsys, "posthoc-ema", run, "--half-life-images", "0.01")[0] == 0
-    average = read_model_file(run / "checkpoints" / "posthoc_half_life_0" / "ema.safetensors")[0]
+    average = read_model_file(run / "checkpoints" / "posthoc_half_life_0.01" / "ema.safetensors")[0]
     newest = read_model_file(run / "checkpoints" / "step_0000012" / "model.safetensors")[0]
     for key in newest:
         torch.testing.assert_close(average[key], newest[key], rtol=0, atol=1e-7)

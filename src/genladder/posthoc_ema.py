@@ -13,9 +13,10 @@ which is exact when a snapshot is kept at every step and tested against a step-b
 
 * ``half_life_images`` — the training loop's exponential EMA (decay 2^(−b/h) per step of b images, half-life h);
   its mass on (τ_{i−1}, τ_i] is 2^(−(T−τ_i)/h) − 2^(−(T−τ_{i−1})/h), with T the last snapshot's images;
-* ``sigma_rel`` — Karras et al.'s power function p(τ) ∝ τ^γ on (0, T] (their eq. 3), whose width relative to
-  the training length is σ_rel = √((γ + 1) / ((γ + 2)² (γ + 3))) (their eq. 4); mass (τ_i^{γ+1} − τ_{i−1}^{γ+1})
-  / T^{γ+1}. It grows with the run, which an exponential EMA of fixed half-life does not.
+* ``sigma_rel`` — Karras et al.'s power function p(τ) ∝ τ^γ on (0, T] (their sec. 3), whose width relative to
+  the training length is σ_rel = √((γ + 1) / ((γ + 2)² (γ + 3))) (its standard deviation over T); its mass is
+  (τ_i^{γ+1} − τ_{i−1}^{γ+1}) / T^{γ+1}. It grows with the run, which an exponential EMA of fixed half-life does
+  not.
 
 No library does this over genladder's checkpoint folders, so it is written here.
 """
@@ -51,7 +52,7 @@ class Snapshot:
 
 
 def gamma_of_sigma_rel(sigma_rel: float) -> float:
-    """The power-function exponent γ ≥ 0 with relative width ``sigma_rel`` (Karras et al. 2024, eq. 4), by
+    """The power-function exponent γ ≥ 0 with relative width ``sigma_rel`` (Karras et al. 2024, sec. 3), by
     bisection: σ_rel(γ) falls monotonically from 1/√12 at γ = 0 towards 0."""
     if not 0 < sigma_rel <= MAX_SIGMA_REL:
         raise GenladderError(f"--sigma-rel must be in (0, {MAX_SIGMA_REL:.4f}] (1/√12: γ = 0), got {sigma_rel}")
@@ -105,7 +106,7 @@ def profile_name(half_life_images: float | None = None, sigma_rel: float | None 
     """The folder name of a profile's average: ``posthoc_sigma_rel_0.100`` or ``posthoc_half_life_88700``."""
     if sigma_rel is not None:
         return f"{POSTHOC_PREFIX}sigma_rel_{sigma_rel:.3f}"
-    return f"{POSTHOC_PREFIX}half_life_{half_life_images:.0f}"
+    return f"{POSTHOC_PREFIX}half_life_{half_life_images:g}"
 
 
 def posthoc_ema(run_dir: str | Path, *, half_life_images: float | None = None,
