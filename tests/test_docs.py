@@ -46,6 +46,9 @@ NOT_REDRAWN = {
     "vae-vampprior-samples.png": "the epoch-5 training previews of two binarised VAEs, N(0, I) and VampPrior",
     "cpu-fast-x0-grid-w0.png": "genladder sample --grid --guidance 0 on the cpu-fast x0-prediction run",
     "latent-reflow-vs-teacher.png": "genladder sample --grid --sampler euler on the latent teacher and its reflow",
+    "nll-curve-iwae.png": "benchmarks/nll_curve.py on the VAE fine-tuned with the IWAE bound (docs/results.md)",
+    "default-preset-curve.png": "benchmarks/time_to_quality.py on the default cddpm preset's first 115,200 images",
+    "default-preset-grid-w05.png": "genladder sample --grid --guidance 0.5 on that default-preset run",
 }
 
 
