@@ -20,7 +20,7 @@ import torch
 from genladder.errors import GenladderError
 from genladder.noise import image_generators
 from genladder.rungs import decode_image, encode_mean, kinds, rung
-from genladder.runs import Run, load_model_file, load_run, pick_device
+from genladder.runs import Run, load_run_or_model_file, pick_device
 from genladder.sampling import SamplerConfig, generate
 
 DEFAULT_COUNT = 64  # images drawn when neither n nor labels say how many
@@ -175,11 +175,4 @@ def load(path: str | Path, weights: str = "auto", device: str = "auto") -> Pipel
     """A ``Pipeline`` from a run folder (its newest checkpoint; EMA weights when it has them, or
     ``weights="model"``) or from one model file (``…/checkpoints/step_…/ema.safetensors``: each carries its
     own configuration)."""
-    path = Path(path)
-    if path.suffix == ".safetensors" and not path.is_file():
-        raise GenladderError(f"model file {path} does not exist")
-    if path.is_file():
-        model, description = load_model_file(path, device)
-        kept = "ema" if path.stem == "ema" else "model"
-        return Pipeline(Run(description.kind, model, description, path.parent, kept))
-    return Pipeline(load_run(path, weights=weights, device=device))
+    return Pipeline(load_run_or_model_file(path, weights=weights, device=device))

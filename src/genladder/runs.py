@@ -224,15 +224,11 @@ def starting_weights(source: str | Path, config: RunConfig) -> tuple[Path, dict[
     if config.rung.latent:
         raise GenladderError("--init-from applies to the pixel-space rungs; a latent run starts from its "
                              "--autoencoder and trains its denoiser from random weights")
-    if path.is_dir():
-        run = load_run(path, device="cpu")
-        start_file, model, description = run.checkpoint / f"{run.weights}.safetensors", run.model, run.config
-    elif path.is_file():
-        start_file = path
-        model, description = load_model_file(path, "cpu")
-    else:
+    if not path.exists():
         raise GenladderError(f"--init-from {source} does not exist; name a run folder or a model file "
                              "(…/checkpoints/step_…/model.safetensors)")
+    run = load_run_or_model_file(path, device="cpu")  # what genladder.load reads
+    start_file, description = path if path.is_file() else run.checkpoint / f"{run.weights}.safetensors", run.config
     if description.kind != config.kind:
         raise GenladderError(f"--init-from {source} is a {description.kind} network; this run trains {config.kind}")
     theirs, ours = description.model.to_dict(), config.model.to_dict()
@@ -241,7 +237,7 @@ def starting_weights(source: str | Path, config: RunConfig) -> tuple[Path, dict[
         key = differ[0]
         raise GenladderError(f"--init-from {source}: its network has {key} = {theirs.get(key)!r}, this run's "
                              f"{ours[key]!r}; a fine-tune keeps the network (pass the same model flags)")
-    return start_file, {name: value.detach().clone() for name, value in model.state_dict().items()}
+    return start_file, run.model.state_dict()  # the source network is dropped: its tensors need no copy
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -427,6 +423,19 @@ def load_run(run_dir: str | Path, weights: str = "auto", device: str = "auto",
     model, description = load_model_file(checkpoint / f"{weights}.safetensors", device, where=checkpoint,
                                          expected_kind=(config.kind, f"{run_dir}/{CONFIG}"))
     return Run(config.kind, model, config, checkpoint, weights)
+
+
+def load_run_or_model_file(path: str | Path, weights: str = "auto", device: str = "auto") -> Run:
+    """A run folder's newest checkpoint (``load_run``: the EMA weights when it has them, or ``weights="model"``),
+    or one model file (``…/checkpoints/step_…/ema.safetensors``: each carries its own configuration)."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and not path.is_file():
+        raise GenladderError(f"model file {path} does not exist")
+    if path.is_file():
+        model, description = load_model_file(path, device)
+        kept = "ema" if path.stem == "ema" else "model"
+        return Run(description.kind, model, description, path.parent, kept)
+    return load_run(path, weights=weights, device=device)
 
 
 def load_model_file(path: Path, device: str = "auto", where: Path | None = None,
