@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from genladder.checkpoint import latest_checkpoint, read_model_file
+from genladder.checkpoint import latest_checkpoint
 from tests.conftest import MINI_MNIST
 from tests.test_cli import run_cli
-from tests.test_training import assert_same_state
+from tests.test_training import assert_same_state, weights
 
 TINY_VAE = ["train", "vae", "--data-dir", MINI_MNIST, "--limit", 200, "--test-limit", 64, "--batch-size", 16,
             "--width", 8, "--latent-dim", 8, "--checkpoint-every", 5, "--no-progress"]
@@ -28,13 +28,9 @@ def source(tmp_path_factory) -> Path:
     return run_dir
 
 
-def model_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return read_model_file(latest_checkpoint(run_dir) / "model.safetensors")[0]
-
-
 def assert_same_weights(tuned: Path, source: Path) -> None:
     """Equal up to one step of ~1e-9: the fine-tune began from the source's weights."""
-    before, after = model_weights(source), model_weights(tuned)
+    before, after = weights(source), weights(tuned)
     assert before.keys() == after.keys()
     for name in before:
         torch.testing.assert_close(after[name], before[name], rtol=0, atol=1e-6, msg=name)
@@ -49,10 +45,10 @@ def test_a_fine_tune_starts_from_the_source_weights_and_records_the_file(source,
     start_file = latest_checkpoint(source) / "model.safetensors"
     assert json.loads((tuned / "config.json").read_text())["train"]["init_from"] == str(start_file)
     assert_same_weights(tuned, source)
-    before = model_weights(source)
+    before = weights(source)
     fresh = tmp_path / "fresh"  # the same step without --init-from: far from the source's weights
     assert run_cli(capsys, *TINY_VAE, "--steps", 1, "--lr", 1e-9, "--run-dir", fresh)[0] == 0
-    assert max((model_weights(fresh)[n] - before[n]).abs().max().item() for n in before) > 0.01
+    assert max((weights(fresh)[n] - before[n]).abs().max().item() for n in before) > 0.01
 
 
 def test_a_model_file_is_a_source_too(source, tmp_path, capsys):
