@@ -180,3 +180,63 @@ def test_the_likelihood_curve_shows_an_iwae_runs_own_bound(tmp_path):
     assert done.returncode == 0, done.stderr
     assert table.read_text().splitlines()[2:] == ["| vae-iwae | 1 | 92.40 | – | 88.46 |",
                                                   "| vae-iwae | 2 | 92.20 | – | 88.10 |"]
+
+
+class TestGuidanceRules:
+    """benchmarks/guidance_rules.py: each rule against its formula, and against plain guidance where they agree."""
+
+    @pytest.fixture
+    def rules(self, monkeypatch):
+        monkeypatch.syspath_prepend(str(BENCHMARKS))
+        import guidance_rules
+
+        return guidance_rules
+
+    @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+    def test_x0_space_round_trip(self, rules, prediction):
+        from genladder.diffusion import NoiseSchedule
+
+        space = rules.X0Space(NoiseSchedule.cosine(1000), prediction)
+        x_t, out = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.randn(3, 1, 4, 4, dtype=torch.float64)
+        t = torch.tensor([10, 500, 990])
+        assert torch.allclose(space.output(x_t, t, space.x0(x_t, t, out)), out, atol=1e-8)
+
+    def test_rescale_matches_the_conditional_spread(self, rules):
+        guided, conditional = 3 * torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+        assert torch.equal(rules.rescaled(guided, conditional, 0.0), guided)
+        matched = rules.rescaled(guided, conditional, 1.0)
+        assert torch.allclose(matched.std(dim=(1, 2, 3)), conditional.std(dim=(1, 2, 3)), rtol=1e-5)
+        assert torch.allclose(matched / guided, (matched / guided)[:, :1, :1, :1].expand_as(guided))  # a scale
+
+    def test_projection_keeps_the_orthogonal_part(self, rules):
+        x0_cond, x0_uncond = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+        cfg = x0_cond + 1.5 * (x0_cond - x0_uncond)
+        assert torch.allclose(rules.projected(x0_cond, x0_uncond, 1.5, eta=1.0), cfg, atol=1e-5)
+        # an update parallel to x̂₀(c) is dropped at η = 0; one orthogonal to it is kept whole
+        assert torch.allclose(rules.projected(x0_cond, 0.4 * x0_cond, 1.5, eta=0.0), x0_cond, atol=1e-5)
+        flat = x0_cond.flatten(1)
+        orthogonal = torch.randn_like(flat)
+        orthogonal -= (orthogonal * flat).sum(1, keepdim=True) / (flat * flat).sum(1, keepdim=True) * flat
+        orthogonal = orthogonal.view_as(x0_cond)
+        assert torch.allclose(rules.projected(x0_cond, x0_cond - orthogonal, 2.0, eta=0.0), x0_cond + 2 * orthogonal,
+                              atol=1e-5)
+
+    @pytest.mark.parametrize("prediction", ["eps", "v"])
+    def test_rules_that_reduce_to_plain_guidance(self, rules, prediction):
+        """APG with η = 1 is classifier-free guidance (the maps to x̂₀ are affine); autoguidance by the model
+        itself is no guidance at all."""
+        from genladder.diffusion import NoiseSchedule
+        from genladder.diffusion.guidance import classifier_free_guidance, conditional
+        from genladder.models.unet import UNet, UNetConfig
+
+        torch.manual_seed(0)
+        model = UNet(UNetConfig(widths=(8, 16), blocks_per_level=1, attention_resolutions=(), num_classes=10,
+                                image_size=8)).eval()
+        space = rules.X0Space(NoiseSchedule.cosine(1000), prediction)
+        labels, x_t, t = torch.tensor([3, 7]), torch.randn(2, 1, 8, 8), torch.tensor([400, 400])
+        with torch.no_grad():
+            apg = rules.make_rule("apg", "1", space, None)(model, labels, 2.0, 10)(x_t, t)
+            cfg = classifier_free_guidance(model, labels, 2.0, null_label=10)(x_t, t)
+            assert torch.allclose(apg, cfg, atol=1e-4)
+            auto = rules.make_rule("auto", "step", space, model)(model, labels, 2.0, 10)(x_t, t)
+            assert torch.allclose(auto, conditional(model, labels)(x_t, t), atol=1e-5)

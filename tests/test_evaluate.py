@@ -396,6 +396,25 @@ class TestShippedClassifiers:
             assert rows["blur 3×3"][role]["density"] < floor["density"]
             assert rows["digits 0–4 only"][role]["coverage"] < floor["coverage"] - 0.2
             assert rows["digits 0–4 only"][role]["recall"] < floor["recall"] - 0.2
+            # digits the other judge reads strictly are read strictly more often by this one too
+            clear = rows["clear digits only"][role]["conditional_accuracy"]["strict"]
+            assert clear > floor["conditional_accuracy"]["strict"], (role, clear)
+
+    def test_clear_digits_are_the_first_ones_the_network_reads_strictly(self):
+        from genladder.evaluate.calibration import clear_digits
+        from genladder.evaluate.features import embed, load_feature_network
+        from genladder.evaluate.metrics import STRICT_PROBABILITY
+
+        train = load_split("mnist", "train", data_dir=MINI_MNIST)
+        network = load_feature_network(SECOND_CLASSIFIER)
+        order = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(1))
+        probabilities = embed(network, to_unit(to_32(train.images[order]))).probabilities
+        read = probabilities[torch.arange(len(order)), train.labels[order]] >= STRICT_PROBABILITY
+        assert 0 < int((~read).sum()), "the extract should hold some digits this network does not read strictly"
+        chosen = clear_digits([network], train.images, train.labels, order, n=50)  # read 200 at a time
+        assert torch.equal(chosen, order[read][:50])
+        everything = clear_digits([network], train.images, train.labels, order, n=len(order))
+        assert torch.equal(everything, order[read])  # fewer than n: every clear digit, in order
 
     def test_wrong_input_shape_is_refused(self):
         with pytest.raises(GenladderError, match="shape"):
