@@ -20,7 +20,9 @@ guidance weight:
 * ``auto:CHECKPOINT`` — Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"
   (autoguidance): the same rule as cfg with the unconditional output replaced by the *conditional* output of
   an earlier checkpoint of the same run, (1 + w)·out(x, c) − w·out_early(x, c). The paper's guide is also
-  smaller; here it is only shorter-trained.
+  smaller; here it is only shorter-trained. ``auto:CHECKPOINT:W_CFG`` adds classifier-free guidance of weight
+  W_CFG on top, out(x, c) + w·(out(x, c) − out_early(x, c)) + W_CFG·(out(x, c) − out(x, ∅)) (their §5 combines
+  the two the same way): three network passes a step instead of two.
 
 The rules are swapped in for ``genladder.sampling.classifier_free_guidance`` while a row is drawn, so that
 everything else (sampler, seeds, judges) is the library's own; none of them is part of the library, since
@@ -99,7 +101,13 @@ def make_rule(rule: str, parameter: str, space: X0Space, guide: torch.nn.Module 
         def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             y = labels.to(x_t.device)
             if rule == "auto":  # Karras et al. 2024: the earlier checkpoint's conditional output guides
-                return (1 + w) * model(x_t, t, y) - w * guide(x_t, t, y)
+                checkpoint, _, cfg_weight = parameter.partition(":")
+                if not cfg_weight:
+                    return (1 + w) * model(x_t, t, y) - w * guide(x_t, t, y)
+                out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
+                conditional, unconditional = out.chunk(2)
+                return (conditional + w * (conditional - guide(x_t, t, y))
+                        + float(cfg_weight) * (conditional - unconditional))
             out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
             conditional, unconditional = out.chunk(2)
             if rule == "rescale":
@@ -143,8 +151,10 @@ def main() -> int:
     for spec in args.rows.split(","):
         rule, _, parameter = spec.partition(":")
         if rule not in ("cfg", "rescale", "apg", "auto") or (rule != "cfg" and not parameter):
-            raise SystemExit(f"guidance_rules: unknown row {spec!r}; use cfg, rescale:PHI, apg:ETA or auto:CHECKPOINT")
-        guide = load_run(run_dir, device="cpu", checkpoint_name=parameter).model if rule == "auto" else None
+            raise SystemExit(f"guidance_rules: unknown row {spec!r}; use cfg, rescale:PHI, apg:ETA or "
+                     "auto:CHECKPOINT[:W_CFG]")
+        guide = (load_run(run_dir, device="cpu", checkpoint_name=parameter.partition(":")[0]).model
+                 if rule == "auto" else None)
         print(f"genladder: {spec}", file=sys.stderr, flush=True)
         with rule_in_place(make_rule(rule, parameter, space, guide)):
             result = evaluate_run(run_dir, evaluation, progress=False, quiet=True, write=False, cache=cache)

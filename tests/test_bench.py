@@ -240,3 +240,6 @@ class TestGuidanceRules:
             assert torch.allclose(apg, cfg, atol=1e-4)
             auto = rules.make_rule("auto", "step", space, model)(model, labels, 2.0, 10)(x_t, t)
             assert torch.allclose(auto, conditional(model, labels)(x_t, t), atol=1e-5)
+            # with classifier-free guidance on top, a guide equal to the model leaves only that guidance
+            both = rules.make_rule("auto", "step:2", space, model)(model, labels, 0.5, 10)(x_t, t)
+            assert torch.allclose(both, cfg, atol=1e-5)
