@@ -14,8 +14,8 @@ MNIST test set (the evaluation's reference), under the same metrics as ``genladd
 * ``resized, not padded`` — training digits brought to 32×32 by bilinear resizing instead of padding;
 * ``clear digits only`` — training digits that the *other* network reads as their label with probability
   ≥ 0.9 (the strict reading), so each judge scores digits chosen by a judge it does not share. Real digits are
-  not all clear (the floor's strict accuracy is below 99 %), so this row is the price in FID of a generator
-  that draws only unambiguous digits: the least that a target of ≥ 99 % strict accuracy costs.
+  not all clear (the floor's strict accuracy is below 99 %), so this row shows what FID a generator that draws
+  only unambiguous digits could reach: the reference for a target of ≥ 99 % strict accuracy.
 """
 
 from __future__ import annotations

@@ -249,6 +249,6 @@ def session(device: torch.device) -> Iterator[Distributed]:
         raise
     # Every process reaches the end before any tears its group down. Without this, rank 0 (which hosts the
     # rendezvous store) could exit while a peer's Gloo threads still talk to it, and that peer aborted at exit
-    # ("terminate called without an active exception", about one run in five of tests/test_distributed.py).
+    # ("terminate called without an active exception": seen once in five CI runs of tests/test_distributed.py).
     dist.barrier()
     dist.destroy_process_group()
