@@ -41,7 +41,7 @@ import torch
 
 import genladder.sampling as sampling
 from genladder.checkpoint import atomic_write_bytes
-from genladder.diffusion.objective import OutputFn
+from genladder.diffusion.objective import DiffusionObjective, OutputFn, as_eps_fn
 from genladder.errors import GenladderError
 from genladder.evaluate import EvaluationConfig, evaluate_run
 from genladder.evaluate.curves import curve_markdown, curve_row
@@ -52,23 +52,20 @@ ORIGINAL_RULE = sampling.classifier_free_guidance
 
 
 class X0Space:
-    """The affine maps between a network's raw output and the clean-image estimate x̂₀ at (x_t, t)."""
+    """The affine maps between a network's raw output and the clean-image estimate x̂₀ at (x_t, t), through the
+    library's own table of prediction types: ``as_eps_fn`` (output → ε̂) and ``DiffusionObjective.target``
+    ((x̂₀, ε̂) → the output a network of this type gives)."""
 
     def __init__(self, schedule, prediction: str) -> None:
         self.schedule, self.prediction = schedule, prediction
+        self.objective = DiffusionObjective(schedule, prediction)
 
     def x0(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        if self.prediction == "x0":
-            return out
-        if self.prediction == "v":
-            return self.schedule.predict_x0_from_v(x_t, t, out)
-        return self.schedule.predict_x0_from_eps(x_t, t, out)
+        eps = as_eps_fn(lambda *_: out, self.schedule, self.prediction)(x_t, t)
+        return self.schedule.predict_x0_from_eps(x_t, t, eps)
 
     def output(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        if self.prediction == "x0":
-            return x0
-        eps = self.schedule.predict_eps_from_x0(x_t, t, x0)
-        return self.schedule.v_from_x0_eps(x0, eps, t) if self.prediction == "v" else eps
+        return self.objective.target(x0, self.schedule.predict_eps_from_x0(x_t, t, x0), t)
 
 
 def per_image(values: torch.Tensor) -> tuple[int, ...]:
@@ -92,6 +89,7 @@ def projected(x0_cond: torch.Tensor, x0_uncond: torch.Tensor, w: float, eta: flo
 
 def make_rule(rule: str, parameter: str, space: X0Space, guide: torch.nn.Module | None):
     """A drop-in for classifier_free_guidance(model, labels, w, null_label) that applies ``rule``."""
+    cfg_weight = float(parameter.partition(":")[2] or 0) if rule == "auto" else 0.0  # auto:CHECKPOINT[:W_CFG]
 
     def guidance(model, labels: torch.Tensor, guidance_weight: float, null_label: int) -> OutputFn:
         w = float(guidance_weight)
@@ -100,16 +98,13 @@ def make_rule(rule: str, parameter: str, space: X0Space, guide: torch.nn.Module 
 
         def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             y = labels.to(x_t.device)
-            if rule == "auto":  # Karras et al. 2024: the earlier checkpoint's conditional output guides
-                checkpoint, _, cfg_weight = parameter.partition(":")
-                if not cfg_weight:
-                    return (1 + w) * model(x_t, t, y) - w * guide(x_t, t, y)
-                out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
-                conditional, unconditional = out.chunk(2)
-                return (conditional + w * (conditional - guide(x_t, t, y))
-                        + float(cfg_weight) * (conditional - unconditional))
+            if rule == "auto" and not cfg_weight:  # Karras et al. 2024: the earlier checkpoint's output guides
+                return (1 + w) * model(x_t, t, y) - w * guide(x_t, t, y)
+            # the conditional and unconditional passes as one batch [c; ∅], as classifier_free_guidance does
             out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
             conditional, unconditional = out.chunk(2)
+            if rule == "auto":
+                return conditional + w * (conditional - guide(x_t, t, y)) + cfg_weight * (conditional - unconditional)
             if rule == "rescale":
                 return rescaled((1 + w) * conditional - w * unconditional, conditional, float(parameter))
             x0 = projected(space.x0(x_t, t, conditional), space.x0(x_t, t, unconditional), w, float(parameter))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from genladder.data import to_unit
+from genladder.data import to_32, to_unit
 from genladder.evaluate.evaluation import EvaluationConfig, quality
 from genladder.evaluate.features import Embedding, FeatureNetwork, embed
 from genladder.evaluate.metrics import STRICT_PROBABILITY
@@ -54,8 +54,6 @@ def calibration_rows(networks: dict[str, FeatureNetwork], train_28: torch.Tensor
 
     ``*_28`` are uint8 MNIST digits (N, 1, 28, 28); the reference is the whole test set, padded to 32×32.
     """
-    from genladder.data import to_32
-
     evaluation = evaluation or EvaluationConfig(n=n, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     train_order = torch.randperm(len(train_28), generator=generator)
@@ -101,8 +99,6 @@ def clear_digits(networks: list[FeatureNetwork], digits_28: torch.Tensor, labels
                  order: torch.Tensor, n: int) -> torch.Tensor:
     """The first n indices in ``order`` of digits that every one of ``networks`` reads as their label with
     probability ≥ STRICT_PROBABILITY (fewer when the digits run out). Digits are read 4n at a time."""
-    from genladder.data import to_32
-
     kept: list[torch.Tensor] = []
     count = 0
     for start in range(0, len(order), 4 * n):
