@@ -259,7 +259,7 @@ class TestFlowErrors:
         (["--sampler", "dpmpp"], "the dpmpp sampler is for diffusion runs; this cflow run samples with euler, heun "
                                  "or midpoint"),
         (["--spacing", "karras"], "--spacing applies to the ddpm, ddim and dpmpp samplers only, not heun"),
-        (["--sampler", "euler", "--eta", "0.5"], "--eta applies to the ddim sampler only, not euler"),
+        (["--sampler", "euler", "--eta", "0.5"], "--eta applies to the ddim and dpmpp samplers only, not euler"),
     ])
     def test_sampling_options_of_the_other_family(self, flow_runs, tmp_path, capsys, extra, message):
         code, _, err = run_cli(capsys, "sample", flow_runs["cflow"], *extra, "--out", tmp_path / "x.png")

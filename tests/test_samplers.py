@@ -110,6 +110,12 @@ class TestClosedFormDistributions:
                              clip_x0=False)
         self.check(x0)
 
+    def test_dpmpp_sde_karras_100_steps(self):
+        # η = 1 (SDE-DPM-Solver++(2M)): the noise it adds must keep the marginals on N(mu, s²) as the ODE does
+        x0 = sample_dpmpp_2m(gaussian_eps_fn(LINEAR, self.MU, self.S), LINEAR, noise(self.N, 0), steps=100,
+                             spacing="karras", eta=1.0, generator=torch.Generator().manual_seed(1), clip_x0=False)
+        self.check(x0)
+
     def test_clip_x0_keeps_range(self):
         # data far outside [−1, 1]: the clipped chain cannot leave the data range
         x0 = sample_ddim(gaussian_eps_fn(LINEAR, 3.0, 0.1), LINEAR, noise(64, 0), steps=10, clip_x0=True)
@@ -124,6 +130,33 @@ class TestDeterminismAndAgreement:
         a = sample_ddim(eps_fn, LINEAR, noise(8, 0), steps=25, generator=torch.Generator().manual_seed(1))
         b = sample_ddim(eps_fn, LINEAR, noise(8, 0), steps=25, generator=torch.Generator().manual_seed(2))
         assert torch.equal(a, b)
+
+    @pytest.mark.parametrize("spacing", ["trailing", "karras"])
+    def test_dpmpp_sde_first_order_is_ddim_eta1(self, spacing):
+        # data at one point: x̂0 = mu at every step, so D = x̂0 (no second-order term) and each SDE step must be
+        # the DDPM posterior step, DDIM with η = 1, drawing the same noise in the same order
+        eps_fn = gaussian_eps_fn(LINEAR, 0.25, 0.0)
+        kwargs = {"steps": 12, "spacing": spacing, "clip_x0": False, "eta": 1.0}
+        sde = sample_dpmpp_2m(eps_fn, LINEAR, noise(8, 0), generator=torch.Generator().manual_seed(3), **kwargs)
+        ddim = sample_ddim(eps_fn, LINEAR, noise(8, 0), generator=torch.Generator().manual_seed(3), **kwargs)
+        torch.testing.assert_close(sde, ddim, atol=1e-5, rtol=0)
+        trajectories = {}
+        for name, fn in (("sde", sample_dpmpp_2m), ("ddim", sample_ddim)):
+            trajectories[name] = []
+            fn(eps_fn, LINEAR, noise(8, 0), generator=torch.Generator().manual_seed(3),
+               callback=lambda i, t, x, x0, seen=trajectories[name]: seen.append(x.clone()), **kwargs)
+        for a, b in zip(trajectories["sde"], trajectories["ddim"], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+    def test_dpmpp_eta_draws_noise_and_eta0_does_not(self):
+        eps_fn = mixture_eps_fn(LINEAR, self.CENTERS, 0.05)
+        ode = [sample_dpmpp_2m(eps_fn, LINEAR, noise(8, 0), steps=15, generator=torch.Generator().manual_seed(seed))
+               for seed in (1, 2)]
+        sde = [sample_dpmpp_2m(eps_fn, LINEAR, noise(8, 0), steps=15, eta=1.0,
+                               generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+        assert torch.equal(ode[0], ode[1]) and not torch.allclose(sde[0], sde[1], atol=1e-3)
+        with pytest.raises(GenladderError, match="eta"):
+            sample_dpmpp_2m(eps_fn, LINEAR, noise(2, 0), steps=5, eta=-0.5)
 
     def test_dpmpp_20_steps_matches_ddim_1000_steps(self):
         # a smooth three-mode mixture: its probability-flow ODE is non-linear but not stiff
@@ -258,6 +291,25 @@ class TestDiffusersOracle:
         ours = sample_dpmpp_2m(eps_fn, LINEAR, x_T, steps=steps, clip_x0=False)
         torch.testing.assert_close(ours, x, atol=1e-5, rtol=0)
 
+
+    @pytest.mark.parametrize("steps", [10, 20])
+    @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+    def test_sde_dpmpp_2m_matches(self, steps):
+        # η = 1 against diffusers' "sde-dpmsolver++", given the noise our sampler draws (one draw a step, none last)
+        ref = self.diffusers.DPMSolverMultistepScheduler(
+            num_train_timesteps=1000, algorithm_type="sde-dpmsolver++", solver_order=2, timestep_spacing="trailing",
+            final_sigmas_type="zero", lower_order_final=True)
+        ref.set_timesteps(steps)
+        eps_fn = mixture_eps_fn(LINEAR, torch.tensor([-0.5, 0.5]), 0.1)
+        x_T = noise(4, 40)
+        g = torch.Generator().manual_seed(41)
+        draws = [torch.randn(x_T.shape, generator=g) for _ in range(steps - 1)] + [torch.zeros_like(x_T)]
+        x = x_T
+        for t, z in zip(ref.timesteps, draws, strict=True):
+            x = ref.step(eps_fn(x, t.repeat(4)), t, x, variance_noise=z).prev_sample
+        ours = sample_dpmpp_2m(eps_fn, LINEAR, x_T, steps=steps, clip_x0=False, eta=1.0,
+                               generator=torch.Generator().manual_seed(41))
+        torch.testing.assert_close(ours, x, atol=1e-5, rtol=0)
 
 class TestKarrasSpacing:
     """EDM noise levels (Karras et al. 2022, eq. 5) down to the smallest trained σ, and the error they fix."""

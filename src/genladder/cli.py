@@ -308,7 +308,8 @@ def _add_sampling_options(p: argparse.ArgumentParser, guidance: bool = True) -> 
                        help="cddpm/cflow: classifier-free guidance weight w "
                        "(eps = (1+w) eps_cond - w eps_uncond, the same for the velocity; default 0)")
     p.add_argument("--eta", type=float_in(0, 1),
-                   help="ddim: 0 deterministic, 1 ancestral-like (default 0)")
+                   help="ddim and dpmpp: fresh noise at every step, 0 none (an ODE solver), 1 as much as ancestral "
+                   "sampling (dpmpp: SDE-DPM-Solver++(2M); default 0)")
     p.add_argument("--variance", choices=("beta", "posterior"),
                    help="ddpm: reverse variance beta_t (tutorial, the default) or the posterior's beta-tilde_t")
     p.add_argument("--spacing", choices=("karras", "trailing"),

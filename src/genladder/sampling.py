@@ -48,7 +48,7 @@ class SamplerConfig:
     steps: int | None = 20  # solver steps (None: all T, ancestral only); Heun and midpoint call the network twice
     # a step (Heun's last step once): network_evaluations() counts them
     guidance: float = 0.0  # classifier-free guidance weight w (conditional models only)
-    eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 ancestral-like
+    eta: float = 0.0  # ddim/dpmpp stochasticity: 0 deterministic (an ODE solver), 1 as much noise as ancestral
     variance: str = "beta"  # ancestral σ²: "beta" (β_t, the tutorial's) or "posterior" (β̃_t)
     # "karras": EDM noise levels down to the smallest trained one, so the last x̂0 jump is from σ ≈ 0.006;
     # "trailing": the spacing of genladder ≤ 0.3 (last jump from σ ≈ 0.09 at 20 cosine steps). See samplers.py.

@@ -239,18 +239,27 @@ def sample_ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, st
 
 def sample_dpmpp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int,
                     spacing: str = "trailing", generator: Generator = None, callback: Callback | None = None,
-                    clip_x0: bool = True) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2): deterministic multistep, data prediction.
+                    clip_x0: bool = True, eta: float = 0.0) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2), multistep in the data prediction; ``eta > 0``
+    adds fresh noise at every step, ``eta = 1`` being their SDE-DPM-Solver++(2M) (sec. 5 and appendix).
 
-    ``generator`` is accepted for the common signature and unused: the solver draws no noise after x_T.
+    α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t), h = λ_t − λ_s ≥ 0 for a step s → t. One step is
 
-    α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t). The first step and the last (into σ = 0, where
-    λ = ∞, Alg. 2's r_i would be 0) are first order. Matches diffusers' DPMSolverMultistepScheduler
-    with ``algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
-    final_sigmas_type="zero"``. The last step is a jump from the last timestep to x̂0, so with few
-    steps the result is slightly over-smoothed (the posterior mean at t ≈ T/steps).
+        x_t = (σ_t/σ_s) e^{−ηh} x_s + α_t (1 − e^{−(1+η)h}) D + σ_t √(1 − e^{−2ηh}) z,
+
+    with D the second-order estimate of x0 below. η = 0 is Alg. 2 exactly (deterministic; ``generator`` is then
+    unused). η = 1 is the SDE solver: its first-order step (D = x̂0) is the DDPM posterior step, i.e. DDIM with
+    η = 1 (Song et al. 2021, eq. 16), so the noise re-drawn at each step lets later steps correct the errors of
+    earlier ones (Karras et al. 2022, sec. 4) at the cost of needing more steps than the ODE. Values between
+    interpolate. The first step and the last (into σ = 0, where λ = ∞, Alg. 2's r_i would be 0) are first order.
+    Matches diffusers' DPMSolverMultistepScheduler with ``algorithm_type="dpmsolver++"`` (η = 0) or
+    ``"sde-dpmsolver++"`` (η = 1), ``solver_order=2, timestep_spacing="trailing", final_sigmas_type="zero"``.
+    The last step is a jump from the last timestep to x̂0, so with few trailing steps the result is slightly
+    over-smoothed (the posterior mean at t ≈ T/steps).
     """
     _check(x_T)
+    if not 0.0 <= eta:
+        raise GenladderError(f"eta must be >= 0, got {eta}")
     timesteps = sampler_timesteps(schedule, steps, spacing)
     with torch.inference_mode():
         x, x0_older, h_older = x_T, None, None
@@ -268,13 +277,16 @@ def sample_dpmpp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *
             # 2. Lu et al. 2022, Alg. 2: h_i = λ_{t_i} − λ_{t_{i−1}}
             h = 0.5 * math.log(ab_t / (1.0 - ab_t)) - 0.5 * math.log(ab_s / (1.0 - ab_s))
             if x0_older is None:
-                D = x0_hat  # 3. Lu et al. 2022, Alg. 2, step to t_1: first order (DPM-Solver++(1) ≡ DDIM η = 0)
+                D = x0_hat  # 3. Lu et al. 2022, Alg. 2, step to t_1: first order (DPM-Solver++(1) ≡ DDIM)
             else:
                 r = h_older / h  # 4. Lu et al. 2022, Alg. 2: r_i = h_{i−1}/h_i
                 # 5. Lu et al. 2022, Alg. 2: D_i = (1 + 1/(2r_i)) x_θ(x̃_{t_{i−1}}) − 1/(2r_i) x_θ(x̃_{t_{i−2}})
                 D = (1.0 + 0.5 / r) * x0_hat - (0.5 / r) * x0_older
-            # 6. Lu et al. 2022, Alg. 2: x̃_{t_i} = (σ_{t_i}/σ_{t_{i−1}}) x̃_{t_{i−1}} − α_{t_i} (e^{−h_i} − 1) D_i
-            x = (sigma_t / sigma_s) * x - (alpha_t * math.expm1(-h)) * D
+            # 6. Lu et al. 2022, Alg. 2: x̃_{t_i} = (σ_{t_i}/σ_{t_{i−1}}) x̃_{t_{i−1}} − α_{t_i}(e^{−h_i} − 1) D_i at
+            #    η = 0; their SDE solver damps x_s by e^{−ηh} and adds the matching noise (the docstring's step)
+            x = (sigma_t / sigma_s * math.exp(-eta * h)) * x - (alpha_t * math.expm1(-(1.0 + eta) * h)) * D
+            if eta > 0.0:
+                x = x + (sigma_t * math.sqrt(-math.expm1(-2.0 * eta * h))) * noise_like(x, generator)
             x0_older, h_older = x0_hat, h
     return x
 
@@ -291,5 +303,5 @@ class Solver(NamedTuple):
 SOLVERS = {
     "ddpm": Solver(sample_ddpm, ("variance",)),
     "ddim": Solver(sample_ddim, ("eta",)),
-    "dpmpp": Solver(sample_dpmpp_2m, ()),
+    "dpmpp": Solver(sample_dpmpp_2m, ("eta",)),
 }
