@@ -99,7 +99,7 @@ class TestDiffusionErrors:
             (["trajectory", diffusion_runs["cddpm"], "--frames", 1, "--out", out], "--frames must be at least 2"),
             (["reconstruct", diffusion_runs["ddpm"], "--out", out], "needs an ae, vae or cvae run"),
             (["sample", diffusion_runs["cddpm"], "--sampler", "ddpm", "--eta", 1, "--out", out],
-             "--eta applies to the ddim and dpmpp samplers only, not ddpm"),
+             "--eta applies to the ddim and euler samplers only, not ddpm"),
             (["sample", diffusion_runs["cddpm"], "--sampler", "ddim", "--variance", "posterior", "--out", out],
              "--variance applies to the ddpm sampler only"),
         ]

@@ -77,6 +77,36 @@ class TestSolvers:
         assert [s[0] for s in seen] == [0, 1, 2, 3] and [s[1] for s in seen] == [1.0, 0.75, 0.5, 0.25]
         assert abs(seen[0][2] - MEAN) < 0.05  # at t = 1, x̂₀ = E[x₀ | x₁] ≈ μ
 
+    def test_stochastic_euler_keeps_the_marginals(self):
+        # data at one point μ: every x̂₀ is μ, so x_t must stay N((1 − t)μ, t²) after each stochastic step; and for
+        # N(μ, s²) data the samples must land on it, like the ODE's
+        point = gaussian_velocity(MEAN, 0.0)
+        x1 = torch.randn(4096, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        seen = []
+        FLOW_SOLVERS["euler"].fn(point, x1, steps=8, eta=1.0, generator=torch.Generator().manual_seed(2),
+                                 callback=lambda i, t, x, x0: seen.append((t, x.clone())))
+        for t, x in seen[1:]:
+            assert abs(x.mean().item() - (1 - t) * MEAN) < 0.01 and abs(x.std().item() - t) < 0.01 * t, t
+        # η = 1 is the DDPM posterior: x_s keeps the share corr(x_t, x_s) = α_t σ_s/(α_s σ_t) of x_t (a
+        # Markov forward process); any other noise share would keep the marginals above but not this
+        for (t, x_t), (s, x_s) in zip(seen[1:], seen[2:], strict=False):
+            corr = torch.corrcoef(torch.stack([x_t.flatten(), x_s.flatten()]))[0, 1].item()
+            assert abs(corr - (1 - t) * s / ((1 - s) * t)) < 0.01, (t, s, corr)
+        # (a first-order method: the spread's error is −0.015 at 100 steps, −0.0055 at 400; the ODE's half that)
+        x0 = FLOW_SOLVERS["euler"].fn(gaussian_velocity(MEAN, STD), x1, steps=400, eta=1.0,
+                                      generator=torch.Generator().manual_seed(3))
+        assert abs(x0.mean().item() - MEAN) < 0.01 and abs(x0.std().item() - STD) < 0.008
+
+    def test_stochastic_euler_at_eta_0_is_euler_and_otherwise_draws(self):
+        velocity, x1 = gaussian_velocity(MEAN, STD), _x1(8)
+        euler = FLOW_SOLVERS["euler"].fn(velocity, x1, steps=6)
+        assert torch.equal(FLOW_SOLVERS["euler"].fn(velocity, x1, steps=6, eta=0.0), euler)
+        draws = [FLOW_SOLVERS["euler"].fn(velocity, x1, steps=6, eta=1.0, generator=torch.Generator().manual_seed(seed))
+                 for seed in (4, 4, 5)]
+        assert torch.equal(draws[0], draws[1]) and not torch.allclose(draws[0], draws[2], atol=1e-3)
+        with pytest.raises(GenladderError, match="eta must be >= 0"):
+            FLOW_SOLVERS["euler"].fn(velocity, x1, steps=6, eta=-1.0)
+
     def test_bad_step_counts(self):
         for steps in (0, -1, 2.5, True):
             with pytest.raises(GenladderError, match="steps must be a whole number"):

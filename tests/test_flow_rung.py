@@ -213,7 +213,7 @@ class TestFlowCommands:
             parse_sampler(run, "dpmpp", 5, 0)
         assert _sampler_choices(run.config) == {"choices": ["euler", "heun", "midpoint"], "value": "heun"}
         cddpm = ModelDescription("cddpm", run.config.model, DiffusionObjectiveConfig(label_dropout=0.1))
-        assert _sampler_choices(cddpm)["value"] == "dpmpp"
+        assert _sampler_choices(cddpm)["value"] == "dpmpp-sde"
 
     def test_sampling_cost_benchmark(self, flow_runs, monkeypatch, capsys):
         """benchmarks/sampling_cost.py: calls and FLOPs per image follow the sampler (Heun 3 = 5 calls, guided 10)."""
@@ -258,8 +258,8 @@ class TestFlowErrors:
     @pytest.mark.parametrize("extra,message", [
         (["--sampler", "dpmpp"], "the dpmpp sampler is for diffusion runs; this cflow run samples with euler, heun "
                                  "or midpoint"),
-        (["--spacing", "karras"], "--spacing applies to the ddpm, ddim and dpmpp samplers only, not heun"),
-        (["--sampler", "euler", "--eta", "0.5"], "--eta applies to the ddim and dpmpp samplers only, not euler"),
+        (["--spacing", "karras"], "--spacing applies to the ddpm, ddim, dpmpp and dpmpp-sde samplers only, not heun"),
+        (["--sampler", "heun", "--eta", "0.5"], "--eta applies to the ddim and euler samplers only, not heun"),
     ])
     def test_sampling_options_of_the_other_family(self, flow_runs, tmp_path, capsys, extra, message):
         code, _, err = run_cli(capsys, "sample", flow_runs["cflow"], *extra, "--out", tmp_path / "x.png")

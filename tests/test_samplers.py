@@ -10,10 +10,12 @@ import torch
 from genladder.diffusion.samplers import (
     ddim_step,
     ddpm_step,
+    dpmpp_2m,
     karras_timesteps,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
     spaced_timesteps,
 )
 from genladder.diffusion.schedule import NoiseSchedule
@@ -60,12 +62,13 @@ class TestTimesteps:
         assert spaced_timesteps(T, T) == list(range(T - 1, -1, -1))
 
     @pytest.mark.parametrize("steps", [0, 1001, -3, 2.5, True])
-    @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+    @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp", "dpmpp-sde"])
     def test_bad_steps_raise(self, steps, sampler):
         eps_fn, x_T = gaussian_eps_fn(LINEAR, 0.0, 1.0), noise(2, 0)
         call = {"ddpm": lambda: sample_ddpm(eps_fn, LINEAR, x_T, steps=steps),
                 "ddim": lambda: sample_ddim(eps_fn, LINEAR, x_T, steps=steps),
-                "dpmpp": lambda: sample_dpmpp_2m(eps_fn, LINEAR, x_T, steps=steps)}[sampler]
+                "dpmpp": lambda: sample_dpmpp_2m(eps_fn, LINEAR, x_T, steps=steps),
+                "dpmpp-sde": lambda: sample_dpmpp_2m_sde(eps_fn, LINEAR, x_T, steps=steps)}[sampler]
         with pytest.raises(GenladderError, match="steps must be"):
             call()
 
@@ -112,8 +115,8 @@ class TestClosedFormDistributions:
 
     def test_dpmpp_sde_karras_100_steps(self):
         # η = 1 (SDE-DPM-Solver++(2M)): the noise it adds must keep the marginals on N(mu, s²) as the ODE does
-        x0 = sample_dpmpp_2m(gaussian_eps_fn(LINEAR, self.MU, self.S), LINEAR, noise(self.N, 0), steps=100,
-                             spacing="karras", eta=1.0, generator=torch.Generator().manual_seed(1), clip_x0=False)
+        x0 = sample_dpmpp_2m_sde(gaussian_eps_fn(LINEAR, self.MU, self.S), LINEAR, noise(self.N, 0), steps=100,
+                                 spacing="karras", generator=torch.Generator().manual_seed(1), clip_x0=False)
         self.check(x0)
 
     def test_clip_x0_keeps_range(self):
@@ -136,15 +139,16 @@ class TestDeterminismAndAgreement:
         # data at one point: x̂0 = mu at every step, so D = x̂0 (no second-order term) and each SDE step must be
         # the DDPM posterior step, DDIM with η = 1, drawing the same noise in the same order
         eps_fn = gaussian_eps_fn(LINEAR, 0.25, 0.0)
-        kwargs = {"steps": 12, "spacing": spacing, "clip_x0": False, "eta": 1.0}
-        sde = sample_dpmpp_2m(eps_fn, LINEAR, noise(8, 0), generator=torch.Generator().manual_seed(3), **kwargs)
-        ddim = sample_ddim(eps_fn, LINEAR, noise(8, 0), generator=torch.Generator().manual_seed(3), **kwargs)
+        kwargs = {"steps": 12, "spacing": spacing, "clip_x0": False}
+        sde = sample_dpmpp_2m_sde(eps_fn, LINEAR, noise(8, 0), generator=torch.Generator().manual_seed(3), **kwargs)
+        ddim = sample_ddim(eps_fn, LINEAR, noise(8, 0), generator=torch.Generator().manual_seed(3), eta=1.0,
+                           **kwargs)
         torch.testing.assert_close(sde, ddim, atol=1e-5, rtol=0)
         trajectories = {}
-        for name, fn in (("sde", sample_dpmpp_2m), ("ddim", sample_ddim)):
+        for name, fn, options in (("sde", sample_dpmpp_2m_sde, {}), ("ddim", sample_ddim, {"eta": 1.0})):
             trajectories[name] = []
             fn(eps_fn, LINEAR, noise(8, 0), generator=torch.Generator().manual_seed(3),
-               callback=lambda i, t, x, x0, seen=trajectories[name]: seen.append(x.clone()), **kwargs)
+               callback=lambda i, t, x, x0, seen=trajectories[name]: seen.append(x.clone()), **kwargs, **options)
         for a, b in zip(trajectories["sde"], trajectories["ddim"], strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
@@ -152,11 +156,13 @@ class TestDeterminismAndAgreement:
         eps_fn = mixture_eps_fn(LINEAR, self.CENTERS, 0.05)
         ode = [sample_dpmpp_2m(eps_fn, LINEAR, noise(8, 0), steps=15, generator=torch.Generator().manual_seed(seed))
                for seed in (1, 2)]
-        sde = [sample_dpmpp_2m(eps_fn, LINEAR, noise(8, 0), steps=15, eta=1.0,
-                               generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+        sde = [sample_dpmpp_2m_sde(eps_fn, LINEAR, noise(8, 0), steps=15, generator=torch.Generator().manual_seed(seed))
+               for seed in (1, 2)]
         assert torch.equal(ode[0], ode[1]) and not torch.allclose(sde[0], sde[1], atol=1e-3)
+        # η = 0 of the shared maths is the ODE solver itself; a negative η is refused
+        assert torch.equal(dpmpp_2m(eps_fn, LINEAR, noise(8, 0), steps=15, eta=0.0), ode[0])
         with pytest.raises(GenladderError, match="eta"):
-            sample_dpmpp_2m(eps_fn, LINEAR, noise(2, 0), steps=5, eta=-0.5)
+            dpmpp_2m(eps_fn, LINEAR, noise(2, 0), steps=5, eta=-0.5)
 
     def test_dpmpp_20_steps_matches_ddim_1000_steps(self):
         # a smooth three-mode mixture: its probability-flow ODE is non-linear but not stiff
@@ -307,8 +313,8 @@ class TestDiffusersOracle:
         x = x_T
         for t, z in zip(ref.timesteps, draws, strict=True):
             x = ref.step(eps_fn(x, t.repeat(4)), t, x, variance_noise=z).prev_sample
-        ours = sample_dpmpp_2m(eps_fn, LINEAR, x_T, steps=steps, clip_x0=False, eta=1.0,
-                               generator=torch.Generator().manual_seed(41))
+        ours = sample_dpmpp_2m_sde(eps_fn, LINEAR, x_T, steps=steps, clip_x0=False,
+                                   generator=torch.Generator().manual_seed(41))
         torch.testing.assert_close(ours, x, atol=1e-5, rtol=0)
 
 class TestKarrasSpacing:
@@ -392,7 +398,7 @@ class TestKarrasSpacing:
 class TestSolverTable:
     CORE = {"eps_fn", "schedule", "x_T", "steps", "spacing", "generator", "callback", "clip_x0"}
 
-    @pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp"])
+    @pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp", "dpmpp-sde"])
     def test_one_signature_plus_the_options_listed(self, name):
         import inspect
 

@@ -399,7 +399,8 @@ def test_page_in_headless_chromium(server, runs, tmp_path):
             type_into("gen-n", "20")
             type_into("gen-steps", "5")
             assert generate(expect_image=True).size == tile_grid_size(2, 10)
-            expect(page.locator("#gen-status")).to_contain_text("cddpm: 20 images, one row per digit, dpmpp 5 steps")
+            status = "cddpm: 20 images, one row per digit, dpmpp-sde 5 steps"
+            expect(page.locator("#gen-status")).to_contain_text(status)
 
             # Bad input: a message in the page each time, and the server keeps answering.
             last_picture = page.locator("#gen-grid img").get_attribute("src")

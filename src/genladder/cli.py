@@ -299,17 +299,17 @@ def _add_sampling_options(p: argparse.ArgumentParser, guidance: bool = True) -> 
     # The diffusion options default to None ("not given": genladder.figures.sampler_config fills SamplerConfig's
     # defaults), so that one a run or sampler would ignore can be refused.
     p.add_argument("--sampler", choices=SAMPLERS,
-                   help="diffusion: ancestral ddpm, ddim, or DPM-Solver++(2M) (default dpmpp); flow: the ODE solvers "
-                   "euler, heun or midpoint (default heun; heun and midpoint evaluate the network twice a step, "
-                   "heun's last step once)")
+                   help="diffusion: ancestral ddpm, ddim, DPM-Solver++(2M) (dpmpp, an ODE solver) or its SDE variant "
+                   "(dpmpp-sde, fresh noise at every step; the default); flow: euler, heun or midpoint (default heun; "
+                   "heun and midpoint evaluate the network twice a step, heun's last step once)")
     p.add_argument("--steps", type=int_in(1, MAX_T), help="solver steps (default 20; ddpm: the full chain)")
     if guidance:
         p.add_argument("--guidance", type=float_in(*GUIDANCE_RANGE),
                        help="cddpm/cflow: classifier-free guidance weight w "
                        "(eps = (1+w) eps_cond - w eps_uncond, the same for the velocity; default 0)")
     p.add_argument("--eta", type=float_in(0, 1),
-                   help="ddim and dpmpp: fresh noise at every step, 0 none (an ODE solver), 1 as much as ancestral "
-                   "sampling (dpmpp: SDE-DPM-Solver++(2M); default 0)")
+                   help="ddim and euler: fresh noise at every step, 0 none (an ODE solver, the default), 1 as much as "
+                   "ancestral sampling")
     p.add_argument("--variance", choices=("beta", "posterior"),
                    help="ddpm: reverse variance beta_t (tutorial, the default) or the posterior's beta-tilde_t")
     p.add_argument("--spacing", choices=("karras", "trailing"),

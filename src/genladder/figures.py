@@ -16,6 +16,7 @@ from genladder.data import to_unit
 from genladder.data.config import DataConfig
 from genladder.diffusion.samplers import SOLVERS
 from genladder.errors import GenladderError
+from genladder.flow.samplers import FLOW_SOLVERS
 from genladder.plotting import save_grid, save_image_table, save_labelled_grid, save_latent_map
 from genladder.rungs import decode_image, encode_mean, grid_labels, kinds, rung
 from genladder.runs import Run, load_data_split, load_run
@@ -108,8 +109,8 @@ def latent_activity(run: Run, x: torch.Tensor, labels: torch.Tensor) -> torch.Te
 # The sampling options of the CLI that only a diffusion or flow run reads, and the samplers each solver option
 # belongs to. Their command-line default is None ("not given"), so a given one that would be ignored is refused.
 ITERATIVE_SAMPLING_OPTIONS = ("sampler", "steps", "guidance", "eta", "variance", "spacing", "guidance_interval")
-# (eta and variance: the diffusion solvers that list them; spacing: every diffusion solver, no flow solver)
-SOLVER_OPTIONS = {option: tuple(name for name, solver in SOLVERS.items() if option in solver.options)
+# (eta and variance: the diffusion and flow solvers that list them; spacing: every diffusion solver, no flow solver)
+SOLVER_OPTIONS = {option: tuple(name for name, solver in (SOLVERS | FLOW_SOLVERS).items() if option in solver.options)
                   for option in ("eta", "variance")} | {"spacing": tuple(SOLVERS)}
 
 

@@ -29,26 +29,28 @@ from genladder.flow import FLOW_SOLVERS, as_velocity_fn, flow_noise_level
 from genladder.noise import image_generators, standard_normal
 from genladder.run_config import ModelDescription
 
-DIFFUSION_SAMPLERS = tuple(SOLVERS)  # "ddpm", "ddim", "dpmpp": over a noise schedule
+DIFFUSION_SAMPLERS = tuple(SOLVERS)  # "ddpm", "ddim", "dpmpp", "dpmpp-sde": over a noise schedule
 FLOW_SAMPLERS = tuple(FLOW_SOLVERS)  # "euler", "heun", "midpoint": ODE solvers over a velocity field
 SAMPLERS = DIFFUSION_SAMPLERS + FLOW_SAMPLERS
 FAMILY_SAMPLERS = {"diffusion": DIFFUSION_SAMPLERS, "flow": FLOW_SAMPLERS}
-# A sampler left unnamed is the family's default: DPM-Solver++(2M) for diffusion; Heun for flow (at 10 steps its
-# 19 network evaluations are about DPM-Solver++'s 20).
-DEFAULT_SAMPLER = {"diffusion": "dpmpp", "flow": "heun"}
+# A sampler left unnamed is the family's default: SDE-DPM-Solver++(2M) for diffusion (at 20 steps it halved the
+# cpu-fast network's unguided FID against the ODE solver's at the same 20 calls: docs/performance.md, "Stochastic
+# sampling"); Heun for flow (at 10 steps its 19 network evaluations are about DPM-Solver++'s 20).
+DEFAULT_SAMPLER = {"diffusion": "dpmpp-sde", "flow": "heun"}
 
 
 @dataclass
 class SamplerConfig:
     """How to sample: which solver, how many network evaluations, how much guidance."""
 
-    # diffusion: "ddpm" (ancestral), "ddim", "dpmpp" (DPM-Solver++(2M)); flow: "euler", "heun", "midpoint";
+    # diffusion: "ddpm" (ancestral), "ddim", "dpmpp" (DPM-Solver++(2M)), "dpmpp-sde" (its SDE variant); flow:
+    # "euler", "heun", "midpoint";
     # None: the run's family default (DEFAULT_SAMPLER), filled in by for_model()
     sampler: str | None = None
     steps: int | None = 20  # solver steps (None: all T, ancestral only); Heun and midpoint call the network twice
     # a step (Heun's last step once): network_evaluations() counts them
     guidance: float = 0.0  # classifier-free guidance weight w (conditional models only)
-    eta: float = 0.0  # ddim/dpmpp stochasticity: 0 deterministic (an ODE solver), 1 as much noise as ancestral
+    eta: float = 0.0  # ddim/euler stochasticity: 0 deterministic (an ODE solver), 1 as much noise as ancestral
     variance: str = "beta"  # ancestral σ²: "beta" (β_t, the tutorial's) or "posterior" (β̃_t)
     # "karras": EDM noise levels down to the smallest trained one, so the last x̂0 jump is from σ ≈ 0.006;
     # "trailing": the spacing of genladder ≤ 0.3 (last jump from σ ≈ 0.09 at 20 cosine steps). See samplers.py.
@@ -211,9 +213,13 @@ def generate(
             if callback is not None:
                 callback(i, t, x_t, x0_hat)
 
-        if flow:  # the ODE from x₁ = noise at t = 1 to the data at t = 0; deterministic given x₁
+        if flow:  # from x₁ = noise at t = 1 to the data at t = 0; deterministic given x₁ unless eta > 0 (Euler)
             velocity = velocity_function(model, description, batch_labels, sampler.guidance, sampler.guidance_interval)
-            images = FLOW_SOLVERS[sampler.sampler].fn(velocity, x_T, steps, callback=tick)
+            solver = FLOW_SOLVERS[sampler.sampler]
+            options = {name: getattr(sampler, name) for name in solver.options}
+            if options.get("eta"):
+                options["generator"] = generators
+            images = solver.fn(velocity, x_T, steps, callback=tick, **options)
         else:
             eps_fn = eps_function(model, description, schedule, batch_labels, sampler.guidance,
                                   sampler.guidance_interval)
@@ -226,7 +232,7 @@ def generate(
 
 
 def preview_sampler(description: ModelDescription, count: int):
-    """The per-epoch grid of a diffusion or flow run: 20 network evaluations (20 DPM-Solver++ steps, 10 Heun
+    """The per-epoch grid of a diffusion or flow run: 20 network evaluations (20 SDE-DPM-Solver++ steps, 10 Heun
     steps: seconds, not minutes), mild guidance."""
     from genladder.rungs import grid_labels
 

@@ -67,8 +67,8 @@ def _generate_tab(gr, catalog: RunCatalog) -> None:
             n = gr.Number(value=100, precision=0, label=f"images (1–{MAX_IMAGES})", elem_id="gen-n")
             with gr.Group(visible=first.kind in ITERATIVE) as diffusion_options:
                 sampler = gr.Radio(**_sampler_choices(first.config), elem_id="gen-sampler",
-                                   label="sampler: ancestral ddpm, ddim, dpmpp = DPM-Solver++(2M) (diffusion); the "
-                                   "ODE solvers euler, heun, midpoint (flow)")
+                                   label="sampler: ancestral ddpm, ddim, dpmpp = DPM-Solver++(2M), dpmpp-sde = its "
+                                   "SDE variant (diffusion); the ODE solvers euler, heun, midpoint (flow)")
                 steps = gr.Number(value=20, precision=0, label="steps", elem_id="gen-steps")
                 guidance = gr.Slider(0, 8, value=2, step=0.5, label="guidance weight w (cddpm, cflow)",
                                      visible=can_guide(first.config), elem_id="gen-guidance")

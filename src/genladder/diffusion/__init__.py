@@ -24,6 +24,7 @@ from genladder.diffusion.samplers import (
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
     sampler_timesteps,
     spaced_timesteps,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
     "karras_timesteps",
     "sampler_timesteps",
     "spaced_timesteps",

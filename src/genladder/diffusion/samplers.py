@@ -239,7 +239,28 @@ def sample_ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, st
 
 def sample_dpmpp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int,
                     spacing: str = "trailing", generator: Generator = None, callback: Callback | None = None,
-                    clip_x0: bool = True, eta: float = 0.0) -> torch.Tensor:
+                    clip_x0: bool = True) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2): deterministic multistep, data prediction.
+
+    ``generator`` is accepted for the common signature and unused: the solver draws no noise after x_T. The
+    maths, shared with the SDE variant, is in ``dpmpp_2m`` (η = 0 there).
+    """
+    return dpmpp_2m(eps_fn, schedule, x_T, steps=steps, spacing=spacing, generator=generator, callback=callback,
+                    clip_x0=clip_x0, eta=0.0)
+
+
+def sample_dpmpp_2m_sde(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int,
+                        spacing: str = "trailing", generator: Generator = None, callback: Callback | None = None,
+                        clip_x0: bool = True) -> torch.Tensor:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, sec. 5): DPM-Solver++(2M) with fresh noise at every step, ``dpmpp_2m``
+    at η = 1. Each image's noise comes from ``generator`` (one per image keeps images independent of batches)."""
+    return dpmpp_2m(eps_fn, schedule, x_T, steps=steps, spacing=spacing, generator=generator, callback=callback,
+                    clip_x0=clip_x0, eta=1.0)
+
+
+def dpmpp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int, spacing: str = "trailing",
+             generator: Generator = None, callback: Callback | None = None, clip_x0: bool = True,
+             eta: float = 0.0) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2), multistep in the data prediction; ``eta > 0``
     adds fresh noise at every step, ``eta = 1`` being their SDE-DPM-Solver++(2M) (sec. 5 and appendix).
 
@@ -303,5 +324,6 @@ class Solver(NamedTuple):
 SOLVERS = {
     "ddpm": Solver(sample_ddpm, ("variance",)),
     "ddim": Solver(sample_ddim, ("eta",)),
-    "dpmpp": Solver(sample_dpmpp_2m, ("eta",)),
+    "dpmpp": Solver(sample_dpmpp_2m, ()),
+    "dpmpp-sde": Solver(sample_dpmpp_2m_sde, ()),
 }
