@@ -257,6 +257,39 @@ class TestErrors:
         code, _, err = run_cli(capsys, "reconstruct", mixed, "--out", tmp_path / "x.png")
         assert code == 2 and "unknown objective setting 'kl_weight'" in err and err.count("\n") == 1
 
+    @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+    def test_sigterm_saves_a_checkpoint_and_the_run_resumes(self, tmp_path, capsys, mini_mnist):
+        # A scheduler's kill (SIGTERM) must stop training as Ctrl-C does: a checkpoint at the step reached, exit
+        # 143, the resume command in one line; without the handler the process dies with nothing saved since
+        # the last checkpoint (here: none, as the first would come at the epoch's end, step 94).
+        import signal
+        import time
+
+        run_dir = tmp_path / "ae"
+        argv = [sys.executable, "-m", "genladder", *map(str, tiny_train_args("ae", run_dir, mini_mnist)),
+                "--limit", "3000", "--steps", "5000", "--log-every", "1", "--threads", "1"]
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        seen = []
+        deadline = time.monotonic() + 120
+        for line in process.stderr:  # wait for three logged steps
+            seen.append(line)
+            if line.startswith("step 3/") or time.monotonic() > deadline:
+                break
+        process.send_signal(signal.SIGTERM)
+        rest = process.stderr.read()
+        assert process.wait(timeout=60) == 143, "".join(seen) + rest
+        lines = (*seen, *rest.splitlines())
+        logged = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("step ")]
+        saved = json.loads((run_dir / "latest.json").read_text())["step"]
+        assert 3 <= saved < 94 and saved in (logged[-1], logged[-1] + 1), (saved, logged)
+        assert rest.strip().splitlines()[-1] == (f"genladder: interrupted; continue from the newest checkpoint with "
+                                                 f"'genladder train --resume {run_dir}' (one process saves one on "
+                                                 "Ctrl-C or SIGTERM)")
+        code, _, err = run_cli(capsys, "train", "--resume", run_dir, "--steps", saved + 2, "--no-progress")
+        assert code == 0 and err.startswith(f"genladder: resuming {run_dir} (ae, ")
+        assert json.loads((run_dir / "latest.json").read_text())["step"] == saved + 2
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the in-process run put the old handler back
+
     def test_no_traceback_from_the_console_script(self, tmp_path):
         result = subprocess.run([sys.executable, "-m", "genladder", "train", "vae", "--batch-size", "0"],
                                 capture_output=True, text=True, cwd=tmp_path)

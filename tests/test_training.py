@@ -312,6 +312,8 @@ class TestRecovery:
         run_training(vae_config(mini_mnist, steps=2), run_dir, show_progress=False)
         assert f"took over the stale lock of process {dead.pid}" in capsys.readouterr().err
         assert latest_checkpoint(run_dir).name == "step_0000002"
+        # a run that ends (here: cleanly) empties the file, so the next writer has no stale PID to report
+        assert (run_dir / "train.lock").read_text() == ""
 
     def test_run_without_a_checkpoint_restarts_on_resume(self, tmp_path, mini_mnist, capsys):
         """A run killed before its first checkpoint: --resume starts it again, equal to a fresh run."""

@@ -8,9 +8,12 @@ traceback. Options that the user did not give are absent from the parsed namespa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from genladder import __version__
@@ -747,6 +750,31 @@ def _set_threads(threads: int | None) -> None:
               f"thread{'s' * (threads > 1)} (--threads or OMP_NUM_THREADS to choose)", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that a run stops the same way."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops_like_ctrl_c(command: str | None):
+    """While ``train`` or ``reflow`` runs in one process, SIGTERM (kill, a scheduler, a container's stop) saves a
+    checkpoint and stops as Ctrl-C does, instead of ending the process with the steps since the last checkpoint
+    lost. Under torchrun the launcher stops its workers and no process can save alone (the loop's rule), and
+    Python only lets the main thread set handlers; there, and afterwards, the old handler stands."""
+    single = os.environ.get("WORLD_SIZE", "1") == "1"
+    if command not in ("train", "reflow") or not single or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genladder`` console script; returns the exit code."""
     from genladder.runtime import tune_allocator
@@ -757,7 +785,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in COMPUTE_VERBS:
             _set_threads(getattr(args, "threads", None))
         if args.command == "train":
-            return _train(args)
+            with _sigterm_stops_like_ctrl_c(args.command):
+                return _train(args)
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "report":
@@ -765,7 +794,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "guidance-curve":
             return _guidance_curve(args)
         if args.command == "reflow":
-            return _reflow(args)
+            with _sigterm_stops_like_ctrl_c(args.command):
+                return _reflow(args)
         if args.command == "steps-curve":
             return _steps_curve(args)
         if args.command == "posthoc-ema":
@@ -790,9 +820,10 @@ def main(argv: list[str] | None = None) -> int:
         print("genladder: error: out of memory; ask for fewer or smaller images (--n, --batch-size) or a smaller model",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        code = 143 if isinstance(interrupt, Terminated) else 130  # 128 + the signal's number, as shells report
         if os.environ.get("RANK", "0") != "0":  # under torchrun the main process speaks for all
-            return 130
+            return code
         args = locals().get("args")
         run_dir = _interrupted_run_dir(args)
         if getattr(args, "command", None) == "reflow" and not (Path(args.run_dir) / "config.json").exists():
@@ -800,10 +831,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.run_dir}' again keeps the chunks already drawn", file=sys.stderr)
         elif run_dir is not None:
             print(f"genladder: interrupted; continue from the newest checkpoint with 'genladder train --resume "
-                  f"{run_dir}' (one process saves one on Ctrl-C)", file=sys.stderr)
+                  f"{run_dir}' (one process saves one on Ctrl-C or SIGTERM)", file=sys.stderr)
         else:
             print("genladder: interrupted", file=sys.stderr)
-        return 130
+        return code
 
 
 if __name__ == "__main__":

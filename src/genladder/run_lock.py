@@ -4,7 +4,7 @@ Two resumes of one run at once would interleave ``metrics.jsonl`` and delete eac
 temporary checkpoint folders. The lock is an OS lock (``fcntl.flock``) on ``<run>/train.lock``,
 which the kernel drops when its process dies, however it dies: a lock file left by a killed run
 is stale by construction and the next writer takes it over (and says so). The file holds the
-holder's PID so that a refused writer can name it.
+holder's PID so that a refused writer can name it, and is emptied when the holder leaves cleanly.
 """
 
 from __future__ import annotations
@@ -64,6 +64,12 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-        yield
+        try:
+            yield
+        finally:
+            # Leaving the block (a finished run, an error, Ctrl-C or SIGTERM): forget our PID while the lock is
+            # still ours, so that only a process that died without this cleanup leaves a stale one to report.
+            handle.seek(0)
+            handle.truncate()
     finally:
-        handle.close()  # closing drops the flock; the file stays, holding a PID that is then stale
+        handle.close()  # closing drops the flock; the file stays, empty unless its writer was killed outright
