@@ -162,6 +162,20 @@ class TestFlowCommands:
         assert data["images"].shape == (20, 1, 32, 32) and data["images"].min() >= -1 and data["images"].max() <= 1
         assert data["labels"].tolist() == [d for d in range(10) for _ in range(2)]
 
+    def test_stochastic_euler_from_the_command_line(self, flow_runs, tmp_path, capsys):
+        # --eta reaches the flow's Euler sampler with each image's own generator: the same seed gives the same
+        # images at any batch size, and the noise changes them against η = 0
+        def draw(name, *extra):
+            out = tmp_path / f"{name}.npz"
+            argv = ["sample", flow_runs["cflow"], "--n", 6, "--guidance", 1, "--sampler", "euler", "--steps", 4,
+                    *extra, "--out", out, "--no-progress"]
+            assert run_cli(capsys, *argv)[0] == 0
+            return np.load(out)["images"]
+
+        ode, sde = draw("ode"), draw("sde", "--eta", 1)
+        assert np.array_equal(draw("sde-batch2", "--eta", 1, "--batch-size", 2), sde)
+        assert not np.allclose(ode, sde, atol=1e-3)
+
     def test_figures(self, flow_runs, tmp_path, capsys):
         for argv in (["trajectory", flow_runs["cflow"], "--n", 2, "--steps", 4, "--frames", 3],
                      ["guidance-sweep", flow_runs["cflow"], "--guidance-weights", "0,1", "--steps", 2],
