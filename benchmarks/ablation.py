@@ -24,7 +24,7 @@ from genladder.checkpoint import atomic_write_bytes
 from genladder.evaluate import EvaluationConfig, evaluate_run
 from genladder.evaluate.curves import curve_row
 from genladder.evaluate.evaluation import RealDigitCache
-from genladder.sampling import SamplerConfig
+from genladder.sampling import DIFFUSION_SAMPLERS, SamplerConfig
 
 # name -> extra `genladder train` flags (one change from the preset each)
 TRAINING_VARIANTS = {
@@ -77,6 +77,8 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=1000, help="samples per evaluation (default 1000)")
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=20, help="solver steps (default 20)")
+    parser.add_argument("--sampler", choices=DIFFUSION_SAMPLERS, help="the evaluation's sampler (default: the "
+                        "library's; the committed tables used dpmpp, the default then)")
     parser.add_argument("--markdown", help="also write the table to this .md file")
     args = parser.parse_args()
 
@@ -106,8 +108,8 @@ def main() -> int:
                     sys.exit(f"{name} failed (exit {process.returncode}); see {root}")
         time.sleep(2)
 
-    evaluation = EvaluationConfig(n=args.n, samples_only=True,
-                                  sampling=SamplerConfig(steps=args.steps, guidance=args.guidance))
+    sampler = SamplerConfig(sampler=args.sampler, steps=args.steps, guidance=args.guidance)
+    evaluation = EvaluationConfig(n=args.n, samples_only=True, sampling=sampler)
     lines = [f"| variant (n = {args.n}, w = {args.guidance:g}, {args.steps} steps; {args.images:,} training images) "
              "| accuracy / strict | FID | excess | KID | precision / recall | 2nd network: strict / excess "
              "| train img/s (1 thread) | command |", "|" + "---|" * 9]

@@ -131,6 +131,8 @@ def main() -> int:
                         "cfg,rescale:0.7,apg:0)")
     parser.add_argument("--guidance", type=float, default=1.0, help="the weight w of every row (default 1)")
     parser.add_argument("--n", type=int, default=1000, help="samples per row (default 1000)")
+    parser.add_argument("--sampler", choices=sampling.DIFFUSION_SAMPLERS, help="20 steps of this sampler (default: "
+                        "the library's; the committed table used dpmpp, the default then)")
     parser.add_argument("--markdown", help="write the table here too")
     args = parser.parse_args()
 
@@ -141,7 +143,8 @@ def main() -> int:
     schedule_config = run.config.objective.schedule
     space = X0Space(schedule_config.build(), schedule_config.prediction)
     evaluation = EvaluationConfig(n=args.n, samples_only=True,
-                                  sampling=sampling.SamplerConfig(steps=20, guidance=args.guidance))
+                                  sampling=sampling.SamplerConfig(sampler=args.sampler, steps=20,
+                                                                  guidance=args.guidance))
     names, rows, cache = [], [], RealDigitCache()
     for spec in args.rows.split(","):
         rule, _, parameter = spec.partition(":")
