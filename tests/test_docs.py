@@ -29,6 +29,8 @@ NOT_REDRAWN = {
     "cpu-fast-grid-w05.png": "genladder sample --grid --guidance 0.5 on that run",
     "cpu-fast-grid-w1.png": "genladder sample --grid --guidance 1 on that run",
     "cpu-fast-ddim-eta1-grid-w0.png": "genladder sample --grid --sampler ddim --eta 1 --steps 50 (cpu-fast-v)",
+    "cpu-fast-sde-grid-w0.png": "genladder sample --grid, the default dpmpp-sde 20 steps (cpu-fast-v)",
+    "cpu-fast-sde-grid-w025.png": "genladder sample --grid --guidance 0.25, dpmpp-sde 20 steps (cpu-fast-v)",
     "mnist-test-grid.png": "the first ten MNIST test digits of each class (docs/performance.md says how)",
     "ablation-previews.png": "the last training previews of three ablation runs (docs/performance.md)",
     "cpu-fast-training-curve.png": "benchmarks/time_to_quality.py on the full-budget cpu-fast run",
