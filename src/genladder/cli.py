@@ -755,13 +755,13 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _sigterm_stops_like_ctrl_c(command: str | None):
+def _sigterm_stops_like_ctrl_c():
     """While ``train`` or ``reflow`` runs in one process, SIGTERM (kill, a scheduler, a container's stop) saves a
     checkpoint and stops as Ctrl-C does, instead of ending the process with the steps since the last checkpoint
     lost. Under torchrun the launcher stops its workers and no process can save alone (the loop's rule), and
     Python only lets the main thread set handlers; there, and afterwards, the old handler stands."""
     single = os.environ.get("WORLD_SIZE", "1") == "1"
-    if command not in ("train", "reflow") or not single or threading.current_thread() is not threading.main_thread():
+    if not single or threading.current_thread() is not threading.main_thread():
         yield
         return
 
@@ -785,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in COMPUTE_VERBS:
             _set_threads(getattr(args, "threads", None))
         if args.command == "train":
-            with _sigterm_stops_like_ctrl_c(args.command):
+            with _sigterm_stops_like_ctrl_c():
                 return _train(args)
         if args.command == "evaluate":
             return _evaluate(args)
@@ -794,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "guidance-curve":
             return _guidance_curve(args)
         if args.command == "reflow":
-            with _sigterm_stops_like_ctrl_c(args.command):
+            with _sigterm_stops_like_ctrl_c():
                 return _reflow(args)
         if args.command == "steps-curve":
             return _steps_curve(args)

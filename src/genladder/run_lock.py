@@ -68,8 +68,10 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
             yield
         finally:
             # Leaving the block (a finished run, an error, Ctrl-C or SIGTERM): forget our PID while the lock is
-            # still ours, so that only a process that died without this cleanup leaves a stale one to report.
-            handle.seek(0)
-            handle.truncate()
+            # still ours, so that only a process that died without this cleanup leaves a stale one to report. A
+            # failure here (a vanished folder, a full disk) must not hide the block's own outcome.
+            with contextlib.suppress(OSError):
+                handle.seek(0)
+                handle.truncate()
     finally:
         handle.close()  # closing drops the flock; the file stays, empty unless its writer was killed outright
