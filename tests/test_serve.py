@@ -385,8 +385,9 @@ def test_page_in_headless_chromium(server, runs, tmp_path):
                 page.locator("#gen-button").click()
                 if not expect_image:
                     return None
-                expect(page.locator("#gen-grid img")).to_be_visible(timeout=30_000)
-                expect(page.locator("#gen-grid img")).not_to_have_attribute("src", old or "", timeout=30_000)
+                # (90 s: the first picture includes loading the run; on a loaded 2-core machine it once took over 30)
+                expect(page.locator("#gen-grid img")).to_be_visible(timeout=90_000)
+                expect(page.locator("#gen-grid img")).not_to_have_attribute("src", old or "", timeout=90_000)
                 body = page.request.get(page.locator("#gen-grid img").get_attribute("src")).body()
                 assert body[:8] == b"\x89PNG\r\n\x1a\n"  # a real PNG
                 return Image.open(io.BytesIO(body))
