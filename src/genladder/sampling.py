@@ -165,9 +165,13 @@ def run_sampler(eps_fn, schedule, x_T: torch.Tensor, sampler: SamplerConfig, gen
     """Run the sampler ``sampler`` names (genladder.diffusion.samplers.SOLVERS) with the options it reads.
     ``clip_x0``: clamp x̂₀ to the data range [−1, 1] (pixels; not a latent rung's latents, which have none)."""
     solver = SOLVERS[sampler.sampler]
-    options = {name: getattr(sampler, name) for name in solver.options}
     return solver.fn(eps_fn, schedule, x_T, steps=sampler.steps, spacing=sampler.spacing, generator=generator,
-                     callback=callback, clip_x0=clip_x0, **options)
+                     callback=callback, clip_x0=clip_x0, **solver_options(solver, sampler))
+
+
+def solver_options(solver, sampler: SamplerConfig) -> dict:
+    """The options of ``sampler`` that ``solver`` (a diffusion or flow solver) lists as its own."""
+    return {name: getattr(sampler, name) for name in solver.options}
 
 
 @torch.no_grad()
@@ -217,10 +221,8 @@ def generate(
         if flow:  # from x₁ = noise at t = 1 to the data at t = 0; deterministic given x₁ unless eta > 0 (Euler)
             velocity = velocity_function(model, description, batch_labels, sampler.guidance, sampler.guidance_interval)
             solver = FLOW_SOLVERS[sampler.sampler]
-            options = {name: getattr(sampler, name) for name in solver.options}
-            if options.get("eta"):
-                options["generator"] = generators
-            images = solver.fn(velocity, x_T, steps, callback=tick, **options)
+            images = solver.fn(velocity, x_T, steps, callback=tick, generator=generators,
+                               **solver_options(solver, sampler))
         else:
             eps_fn = eps_function(model, description, schedule, batch_labels, sampler.guidance,
                                   sampler.guidance_interval)

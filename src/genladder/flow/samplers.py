@@ -105,14 +105,18 @@ def sample_euler(velocity_fn: VelocityFn, x_1: torch.Tensor, steps: int, callbac
 
 
 @torch.no_grad()
-def sample_heun(velocity_fn: VelocityFn, x_1: torch.Tensor, steps: int, callback: Callback | None = None):
-    """Heun's 2nd-order method from t = 1 to 0, its last step Euler's: 2·``steps`` − 1 velocity evaluations."""
+def sample_heun(velocity_fn: VelocityFn, x_1: torch.Tensor, steps: int, callback: Callback | None = None, *,
+                generator: Generators = None):
+    """Heun's 2nd-order method from t = 1 to 0, its last step Euler's: 2·``steps`` − 1 velocity evaluations.
+    ``generator`` is accepted for the common signature and unused (no noise after x₁)."""
     return _run(_heun, velocity_fn, x_1, steps, callback)
 
 
 @torch.no_grad()
-def sample_midpoint(velocity_fn: VelocityFn, x_1: torch.Tensor, steps: int, callback: Callback | None = None):
-    """The explicit midpoint method from t = 1 to 0: 2·``steps`` velocity evaluations."""
+def sample_midpoint(velocity_fn: VelocityFn, x_1: torch.Tensor, steps: int, callback: Callback | None = None, *,
+                    generator: Generators = None):
+    """The explicit midpoint method from t = 1 to 0: 2·``steps`` velocity evaluations. ``generator`` is accepted
+    for the common signature and unused (no noise after x₁)."""
     return _run(_midpoint, velocity_fn, x_1, steps, callback)
 
 
@@ -121,7 +125,7 @@ class FlowSolver(NamedTuple):
     order: int  # the global error falls as steps^-order
     evaluations_per_step: int
     saved_at_the_end: int = 0  # evaluations the last step skips (Heun's correction at t = 0)
-    options: tuple[str, ...] = ()  # keyword options only this solver reads (with ``generator`` when it draws noise)
+    options: tuple[str, ...] = ()  # keyword options only this solver reads (every solver takes ``generator``)
 
     def evaluations(self, steps: int) -> int:
         """Velocity evaluations of a solve in ``steps`` steps."""
